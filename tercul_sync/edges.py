@@ -1,0 +1,122 @@
+"""Classifying ``edges`` rows: which become references, and why the others do not.
+
+References themselves are written by ``sync.ObjectSyncer`` as part of the
+source object; this module answers which edges exist and which source
+objects an edge window touches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tercul_sync import source
+from tercul_sync.registry import RELATIONS, Relation, entity
+from tercul_sync.sync import ReasonLog
+
+OK = "ok"
+# Why a live edge makes no reference. Each is counted, with sample edge ids.
+UNKNOWN_RELATION = "unknown_relation"
+MISSING_SOURCE = "missing_source"
+DELETED_SOURCE = "deleted_source"
+MISSING_TARGET = "missing_target"
+DELETED_TARGET = "deleted_target"
+
+
+@dataclass(frozen=True)
+class EdgeWindow:
+    """The old ``EnqueueEdgeSync(batch_size, offset)``: edge rows ``offset .. offset+batch_size`` in id order."""
+
+    batch_size: int
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.offset < 0:
+            raise ValueError(f"edge window needs batch_size >= 1 and offset >= 0, got {self.batch_size}, {self.offset}")
+
+
+@dataclass
+class EdgeClassification:
+    edges_read: int = 0  # live edges in scope
+    valid: int = 0  # live edges joining two live rows of a known relation
+    skipped: ReasonLog = field(default_factory=ReasonLog)
+
+
+def _scope(edges: sa.Table, shards: Sequence[source.Shard], edge_ids: Sequence[int] | None) -> list[sa.ColumnElement[bool]]:
+    clauses = [edges.c.deleted_at.is_(None)]
+    if shards and not all(s.count == 1 for s in shards):
+        clauses.append(sa.or_(*(s.clause(edges.c.source_id) for s in shards)))
+    if edge_ids is not None:
+        clauses.append(edges.c.id.in_(sorted(set(edge_ids))))
+    return clauses
+
+
+def _known(edges: sa.Table, rel: Relation) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        edges.c.source_table == entity(rel.source).table,
+        edges.c.relation == rel.name,
+        edges.c.target_table == entity(rel.target).table,
+    )
+
+
+def classify_edges(engine: Engine, shards: Sequence[source.Shard], edge_ids: Sequence[int] | None = None) -> EdgeClassification:
+    """Count live edges in scope by outcome, in SQL, without loading them all."""
+    edges = source.edges_table()
+    scope = _scope(edges, shards, edge_ids)
+    result = EdgeClassification()
+    with engine.connect() as conn:
+        unknown = sa.select(edges.c.id).where(*scope, sa.not_(sa.or_(*(_known(edges, r) for r in RELATIONS)))).order_by(edges.c.id)
+        for (edge_id,) in conn.execute(unknown):
+            result.skipped.add(UNKNOWN_RELATION, edge_id)
+        for rel in RELATIONS:
+            src, tgt = entity(rel.source), entity(rel.target)
+            s, t = source.table_for(src).alias("s"), source.table_for(tgt).alias("t")
+            reason = sa.case(
+                (s.c.id.is_(None), MISSING_SOURCE),
+                (s.c[src.soft_delete_column].is_not(None), DELETED_SOURCE),
+                (t.c.id.is_(None), MISSING_TARGET),
+                (t.c[tgt.soft_delete_column].is_not(None), DELETED_TARGET),
+                else_=OK,
+            ).label("reason")
+            joined = edges.outerjoin(s, s.c.id == edges.c.source_id).outerjoin(t, t.c.id == edges.c.target_id)
+            base = sa.select(edges.c.id, reason).select_from(joined).where(*scope, _known(edges, rel)).subquery()
+            counts = sa.select(base.c.reason, sa.func.count()).group_by(base.c.reason)
+            for name, n in conn.execute(counts):
+                if name == OK:
+                    result.valid += n
+                else:
+                    result.skipped.counts[name] = result.skipped.counts.get(name, 0) + n
+            bad = sa.select(base.c.id, base.c.reason).where(base.c.reason != OK).order_by(base.c.id).limit(10 * 4)
+            for edge_id, name in conn.execute(bad):
+                sample = result.skipped.samples.setdefault(name, [])
+                if len(sample) < 10:
+                    sample.append(edge_id)
+    result.edges_read = result.valid + sum(result.skipped.counts.values())
+    return result
+
+
+def window_edges(engine: Engine, window: EdgeWindow) -> list[tuple[int, str, int, str]]:
+    """The window's edge rows, soft-deleted ones included (their sources need updating too)."""
+    edges = source.edges_table()
+    q = (
+        sa.select(edges.c.id, edges.c.source_table, edges.c.source_id, edges.c.relation)
+        .order_by(edges.c.id)
+        .offset(window.offset)
+        .limit(window.batch_size)
+    )
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(q)]
+
+
+def touched_sources(rows: Sequence[tuple[int, str, int, str]], shards: Sequence[source.Shard]) -> dict[str, set[int]]:
+    """``{collection: source ids}`` whose reference lists a window of edges can change."""
+    out: dict[str, set[int]] = {}
+    for _, source_table, source_id, relation in rows:
+        for rel in RELATIONS:
+            if entity(rel.source).table == source_table and rel.name == relation:
+                if not shards or any(s.count == 1 or source_id % s.count == s.index for s in shards):
+                    out.setdefault(rel.source, set()).add(source_id)
+    return out

@@ -1,0 +1,96 @@
+"""Rows to Weaviate objects: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from tercul_sync.registry import SOURCE_ID_PROPERTY, EntityType, Kind, object_uuid
+
+HASH_PROPERTY = "sync_hash"  # content hash of what we store; lets unchanged objects be skipped
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ObjectWrite:
+    """One object to upsert: its row id (for reports), uuid, properties and references."""
+
+    row_id: int
+    uuid: str
+    properties: dict[str, Any]
+    references: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Approximate request bytes, used to keep a batch under the gRPC message limit."""
+        text = sum(len(v) for v in self.properties.values() if isinstance(v, str))
+        return 64 * (len(self.properties) + 1) + 4 * text + 48 * sum(len(v) for v in self.references.values())
+
+
+def to_weaviate_value(kind: Kind, value: Any) -> Any:
+    """A column value as Weaviate stores it.
+
+    Timestamps become timezone-aware (SQLite hands back naive ones, which the
+    contract defines as UTC). Values of a surprising type pass through as they
+    are: Weaviate's own validation rejects them, and the row is reported.
+    """
+    if kind is Kind.TIMESTAMP and isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return value
+
+
+def row_properties(e: EntityType, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The contract's properties for one row; NULL columns are left out."""
+    props: dict[str, Any] = {SOURCE_ID_PROPERTY: row["id"]}
+    for c in e.property_columns:
+        value = row[c.name]
+        if value is not None:
+            props[c.name] = to_weaviate_value(c.kind, value)
+    return props
+
+
+def _canonical(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def content_hash(properties: Mapping[str, Any], references: Mapping[str, Sequence[str]]) -> str:
+    """A stable digest of an object's properties and reference lists."""
+    doc = {
+        "p": {k: _canonical(v) for k, v in sorted(properties.items()) if k != HASH_PROPERTY},
+        "r": {k: sorted(v) for k, v in sorted(references.items()) if v},
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def build_object(e: EntityType, row: Mapping[str, Any], references: Mapping[str, Sequence[str]] | None = None) -> ObjectWrite:
+    """The object for one row, with its references (sorted) and content hash."""
+    refs = {name: sorted(set(uuids)) for name, uuids in (references or {}).items() if uuids}
+    props = row_properties(e, row)
+    props[HASH_PROPERTY] = content_hash(props, refs)
+    return ObjectWrite(row["id"], object_uuid(e.collection, row["id"]), props, refs)
+
+
+def chunk(items: Iterable[T], max_count: int, max_bytes: int, size_of: Callable[[T], int]) -> Iterator[list[T]]:
+    """Split ``items`` into lists of at most ``max_count`` items and about ``max_bytes``.
+
+    An item larger than ``max_bytes`` alone goes in a list of its own, so it is
+    still tried (and reported if the server refuses it) instead of dropped.
+    """
+    if max_count < 1 or max_bytes < 1:
+        raise ValueError(f"batch limits must be positive, got count={max_count} bytes={max_bytes}")
+    current: list[T] = []
+    current_bytes = 0
+    for item in items:
+        size = size_of(item)
+        if current and (len(current) >= max_count or current_bytes + size > max_bytes):
+            yield current
+            current, current_bytes = [], 0
+        current.append(item)
+        current_bytes += size
+    if current:
+        yield current

@@ -1,0 +1,214 @@
+"""The one declarative description of what tercul_sync copies.
+
+Everything else (the SQL tables the reader selects from, the Weaviate
+collections, the Dagster assets, the demo data generator) is generated from
+``ENTITIES`` and ``RELATIONS``. Adding a Tercul table is one ``EntityType``
+entry; adding a relationship is one ``Relation`` entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from weaviate.util import generate_uuid5
+
+
+class Kind(Enum):
+    """A column's logical type; it fixes both the SQL type and the Weaviate type."""
+
+    TEXT = "text"
+    VARCHAR = "varchar"
+    CHAR = "char"
+    INT = "int"
+    BIGINT = "bigint"
+    BOOL = "bool"
+    TIMESTAMP = "timestamp"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: Kind
+    nullable: bool = True
+    length: int | None = None
+    unique: bool = False
+
+
+@dataclass(frozen=True)
+class EntityType:
+    """One Tercul table and the Weaviate collection that mirrors it."""
+
+    collection: str
+    table: str
+    columns: tuple[Column, ...]
+    id_column: str = "id"
+    cursor_column: str = "updated_at"
+    soft_delete_column: str = "deleted_at"
+
+    @property
+    def property_columns(self) -> tuple[Column, ...]:
+        """Columns stored as Weaviate properties: own columns plus the GORM timestamps."""
+        return (*self.columns, *GORM_PROPERTY_COLUMNS)
+
+    def object_uuid(self, row_id: int) -> str:
+        return object_uuid(self.collection, row_id)
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A relationship from the ``edges`` table, stored as a cross-reference property."""
+
+    source: str  # collection name of the source entity
+    name: str  # the edge's ``relation`` value and the reference property's name
+    target: str  # collection name of the target entity
+
+
+def object_uuid(collection: str, row_id: int) -> str:
+    """The contract's deterministic object id: re-runs replace instead of duplicating."""
+    return str(generate_uuid5(f"{collection}:{row_id}"))
+
+
+def _text(name: str, nullable: bool = True, unique: bool = False) -> Column:
+    return Column(name, Kind.TEXT, nullable, unique=unique)
+
+
+def _varchar(name: str, length: int, nullable: bool = True, unique: bool = False) -> Column:
+    return Column(name, Kind.VARCHAR, nullable, length=length, unique=unique)
+
+
+def _int(name: str) -> Column:
+    return Column(name, Kind.INT)
+
+
+def _bigint(name: str) -> Column:
+    return Column(name, Kind.BIGINT)
+
+
+GORM_PROPERTY_COLUMNS = (
+    Column("created_at", Kind.TIMESTAMP, nullable=False),
+    Column("updated_at", Kind.TIMESTAMP, nullable=False),
+)
+SOURCE_ID_PROPERTY = "source_id"  # the row id; `id` is reserved in Weaviate
+
+ENTITIES: tuple[EntityType, ...] = (
+    EntityType(
+        "Author",
+        "authors",
+        (
+            _text("name", nullable=False),
+            _text("biography"),
+            _int("birth_year"),
+            _int("death_year"),
+            Column("country_code", Kind.CHAR, length=2),
+            _varchar("language", 8),
+        ),
+    ),
+    EntityType(
+        "Work",
+        "works",
+        (
+            _text("title", nullable=False),
+            _varchar("original_language", 8, nullable=False),
+            _text("genre"),
+            _text("summary"),
+            _text("body"),
+            _int("published_year"),
+            Column("is_public_domain", Kind.BOOL),
+        ),
+    ),
+    EntityType(
+        "Translation",
+        "translations",
+        (
+            _bigint("work_id"),
+            _varchar("language", 8, nullable=False),
+            _text("title"),
+            _text("body"),
+            _text("translator_note"),
+            _text("status"),
+            Column("published_at", Kind.TIMESTAMP),
+        ),
+    ),
+    EntityType(
+        "Book",
+        "books",
+        (
+            _text("title", nullable=False),
+            _varchar("isbn", 17, unique=True),
+            _bigint("publisher_id"),
+            _int("published_year"),
+            _varchar("language", 8),
+        ),
+    ),
+    EntityType("Publisher", "publishers", (_text("name", nullable=False), Column("country_code", Kind.CHAR, length=2))),
+    EntityType("Tag", "tags", (_text("name", nullable=False, unique=True), _text("slug"))),
+    EntityType("Category", "categories", (_text("name", nullable=False), _text("description"), _bigint("parent_id"))),
+)
+
+RELATIONS: tuple[Relation, ...] = (
+    Relation("Work", "authors", "Author"),
+    Relation("Work", "tags", "Tag"),
+    Relation("Work", "categories", "Category"),
+    Relation("Translation", "translation_of", "Work"),
+    Relation("Translation", "translators", "Author"),
+    Relation("Book", "contains", "Work"),
+    Relation("Book", "publisher", "Publisher"),
+    Relation("Category", "parent", "Category"),
+)
+
+EDGES_TABLE = "edges"
+
+_BY_COLLECTION = {e.collection: e for e in ENTITIES}
+_BY_TABLE = {e.table: e for e in ENTITIES}
+
+
+def entity(collection: str) -> EntityType:
+    """Look an entity type up by collection name, with an error that lists the known ones."""
+    try:
+        return _BY_COLLECTION[collection]
+    except KeyError:
+        raise KeyError(f"unknown entity type {collection!r}; known: {', '.join(_BY_COLLECTION)}") from None
+
+
+def entity_for_table(table: str) -> EntityType | None:
+    return _BY_TABLE.get(table)
+
+
+def relations_from(collection: str) -> tuple[Relation, ...]:
+    return tuple(r for r in RELATIONS if r.source == collection)
+
+
+def relation_for_edge(source_table: str, relation: str, target_table: str) -> Relation | None:
+    """The registry relation an ``edges`` row stands for, or None when Tercul does not use it."""
+    source, target = _BY_TABLE.get(source_table), _BY_TABLE.get(target_table)
+    if source is None or target is None:
+        return None
+    for r in RELATIONS:
+        if r.source == source.collection and r.name == relation and r.target == target.collection:
+            return r
+    return None
+
+
+def validate_registry(entities: tuple[EntityType, ...] = ENTITIES, relations: tuple[Relation, ...] = RELATIONS) -> None:
+    """Fail at import time on a registry mistake rather than half way through a sync."""
+    names = [e.collection for e in entities]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate collection names in registry: {names}")
+    known = set(names)
+    for e in entities:
+        props = [c.name for c in e.property_columns] + [SOURCE_ID_PROPERTY]
+        if len(set(props)) != len(props):
+            raise ValueError(f"{e.collection}: duplicate property names {props}")
+        for c in e.columns:
+            if c.kind in (Kind.VARCHAR, Kind.CHAR) and not c.length:
+                raise ValueError(f"{e.collection}.{c.name}: {c.kind.value} needs a length")
+    for r in relations:
+        if r.source not in known or r.target not in known:
+            raise ValueError(f"relation {r.source}.{r.name} -> {r.target} names an unknown collection")
+        clash = {c.name for c in entity(r.source).property_columns} | {SOURCE_ID_PROPERTY}
+        if r.name in clash:
+            raise ValueError(f"relation {r.source}.{r.name} clashes with a property of the same name")
+
+
+validate_registry()

@@ -1,0 +1,196 @@
+"""Reading Tercul's relational database with SQLAlchemy Core.
+
+SQLAlchemy is here so that one reader serves PostgreSQL in production and
+SQLite for the demo, with bound parameters and no hand-written dialect code.
+Tables are built from the registry, not reflected, so a column the registry
+names is read with the registry's meaning.
+
+Rows are read by keyset pagination (``id > last ORDER BY id LIMIT n``):
+every page costs the same however deep into the table it is, unlike OFFSET.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, RowMapping
+
+from tercul_sync.registry import EDGES_TABLE, ENTITIES, EntityType, Kind, Relation, entity
+
+_SQL_TYPES = {
+    Kind.TEXT: lambda c: sa.Text(),
+    Kind.VARCHAR: lambda c: sa.String(c.length),
+    Kind.CHAR: lambda c: sa.CHAR(c.length),
+    Kind.INT: lambda c: sa.Integer(),
+    Kind.BIGINT: lambda c: sa.BigInteger(),
+    Kind.BOOL: lambda c: sa.Boolean(),
+    Kind.TIMESTAMP: lambda c: sa.DateTime(timezone=True),
+}
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY, so BIGINT ids become INTEGER there.
+_ID_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _gorm_columns() -> list[sa.Column]:
+    return [
+        sa.Column("id", _ID_TYPE, primary_key=True, autoincrement=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+    ]
+
+
+def build_metadata() -> sa.MetaData:
+    """SQLAlchemy tables for every registry entity plus ``edges``, as GORM lays them out."""
+    md = sa.MetaData()
+    for e in ENTITIES:
+        cols = [sa.Column(c.name, _SQL_TYPES[c.kind](c), nullable=c.nullable, unique=c.unique) for c in e.columns]
+        t = sa.Table(e.table, md, *_gorm_columns(), *cols)
+        sa.Index(f"idx_{e.table}_updated_at", t.c.updated_at, t.c.id)
+    edges = sa.Table(
+        EDGES_TABLE,
+        md,
+        *_gorm_columns(),
+        sa.Column("source_table", sa.Text, nullable=False),
+        sa.Column("source_id", sa.BigInteger, nullable=False),
+        sa.Column("target_table", sa.Text, nullable=False),
+        sa.Column("target_id", sa.BigInteger, nullable=False),
+        sa.Column("relation", sa.Text, nullable=False),
+    )
+    sa.Index("idx_edges_source", edges.c.source_table, edges.c.source_id)
+    sa.Index("idx_edges_target", edges.c.target_table, edges.c.target_id)
+    sa.Index(f"idx_{EDGES_TABLE}_updated_at", edges.c.updated_at, edges.c.id)
+    return md
+
+
+METADATA = build_metadata()
+
+
+def table_for(e: EntityType) -> sa.Table:
+    return METADATA.tables[e.table]
+
+
+def edges_table() -> sa.Table:
+    return METADATA.tables[EDGES_TABLE]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A stable slice of a table's id space: rows with ``id % count == index``.
+
+    A shard always holds the same rows however the table grows, so a
+    partition that failed can be re-run alone and means what it meant.
+    """
+
+    index: int
+    count: int
+
+    def clause(self, id_column: sa.ColumnElement) -> sa.ColumnElement[bool]:
+        if self.count == 1:
+            return sa.true()
+        return (id_column % self.count) == self.index
+
+
+def select_live_page(e: EntityType, shard: Shard, after_id: int, limit: int) -> sa.Select:
+    """One keyset page of live rows of one shard, in id order."""
+    t = table_for(e)
+    cols = [t.c.id, *(t.c[c.name] for c in e.property_columns)]
+    return (
+        sa.select(*cols)
+        .where(t.c[e.soft_delete_column].is_(None), t.c.id > after_id, shard.clause(t.c.id))
+        .order_by(t.c.id)
+        .limit(limit)
+    )
+
+
+def iter_live_pages(engine: Engine, e: EntityType, shard: Shard, page_size: int) -> Iterator[list[RowMapping]]:
+    """Stream a shard's live rows a page at a time; memory is bounded by ``page_size``."""
+    if page_size < 1:
+        raise ValueError(f"page size must be at least 1, got {page_size}")
+    after = -1 << 62
+    while True:
+        with engine.connect() as conn:
+            page = list(conn.execute(select_live_page(e, shard, after, page_size)).mappings())
+        if not page:
+            return
+        yield page
+        if len(page) < page_size:
+            return
+        after = page[-1]["id"]
+
+
+def fetch_live_rows(engine: Engine, e: EntityType, ids: Sequence[int]) -> list[RowMapping]:
+    """Live rows of ``e`` among ``ids`` (for syncing chosen sources, e.g. an edge window)."""
+    if not ids:
+        return []
+    t = table_for(e)
+    cols = [t.c.id, *(t.c[c.name] for c in e.property_columns)]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(*cols).where(t.c.id.in_(sorted(set(ids))), t.c[e.soft_delete_column].is_(None)).order_by(t.c.id)
+        )
+        return list(rows.mappings())
+
+
+def live_ids(engine: Engine, e: EntityType, ids: Sequence[int]) -> set[int]:
+    """Which of ``ids`` are live rows of ``e``."""
+    if not ids:
+        return set()
+    t = table_for(e)
+    with engine.connect() as conn:
+        q = sa.select(t.c.id).where(t.c.id.in_(sorted(set(ids))), t.c[e.soft_delete_column].is_(None))
+        return set(conn.execute(q).scalars())
+
+
+def live_edges_from(engine: Engine, rel: Relation, source_ids: Sequence[int]) -> dict[int, list[tuple[int, int]]]:
+    """Live edges of one relation starting at ``source_ids`` whose target row is live.
+
+    Returns ``{source_id: [(edge_id, target_id), ...]}``. Edges to missing or
+    soft-deleted targets are left out here and counted by ``classify_edges``.
+    """
+    if not source_ids:
+        return {}
+    edges = edges_table()
+    src, tgt = entity(rel.source), entity(rel.target)
+    target = table_for(tgt)
+    q = (
+        sa.select(edges.c.id, edges.c.source_id, edges.c.target_id)
+        .join(target, target.c.id == edges.c.target_id)
+        .where(
+            edges.c.deleted_at.is_(None),
+            edges.c.source_table == src.table,
+            edges.c.relation == rel.name,
+            edges.c.target_table == tgt.table,
+            edges.c.source_id.in_(sorted(set(source_ids))),
+            target.c[tgt.soft_delete_column].is_(None),
+        )
+        .order_by(edges.c.source_id, edges.c.target_id, edges.c.id)
+    )
+    out: dict[int, list[tuple[int, int]]] = {}
+    with engine.connect() as conn:
+        for edge_id, source_id, target_id in conn.execute(q):
+            out.setdefault(source_id, []).append((edge_id, target_id))
+    return out
+
+
+def count_live(engine: Engine, e: EntityType, shard: Shard | None = None) -> int:
+    t = table_for(e)
+    q = sa.select(sa.func.count()).select_from(t).where(t.c[e.soft_delete_column].is_(None))
+    if shard is not None:
+        q = q.where(shard.clause(t.c.id))
+    with engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
+
+
+def safe_url(url: str) -> str:
+    """The database URL with any password masked, for logs and metadata."""
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the pool settings this project's short, sequential steps want."""
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    return sa.create_engine(url, **kwargs)

@@ -1,0 +1,127 @@
+"""Syncing rows to Weaviate: the work inside an asset step, free of Dagster.
+
+One path writes objects, whoever asks: the entity assets (a shard at a
+time), the edges asset (the source objects whose reference lists it sets)
+and, later, the incremental sync. An object is always written whole, with
+its properties and its complete reference lists, so a write replaces and a
+re-run never duplicates anything, references included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import weaviate
+from sqlalchemy.engine import Engine
+
+from tercul_sync import source, weaviate_io
+from tercul_sync.batch_writer import BatchProcessor, RetrySettings, WriteReport
+from tercul_sync.objects import HASH_PROPERTY, ObjectWrite, build_object, chunk
+from tercul_sync.registry import EntityType, object_uuid, relations_from
+
+MAX_SAMPLE_IDS = 10
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    batch_size: int = 500
+    max_batch_bytes: int = 16 * 1024 * 1024
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    force: bool = False  # rewrite objects even when their content hash is unchanged
+
+
+@dataclass
+class ReasonLog:
+    """Counts by reason, with a few ids of each, for metadata that explains itself."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, list[Hashable]] = field(default_factory=dict)
+
+    def add(self, reason: str, key: Hashable, n: int = 1) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + n
+        sample = self.samples.setdefault(reason, [])
+        if len(sample) < MAX_SAMPLE_IDS:
+            sample.append(key)
+
+    def merge(self, other: ReasonLog) -> None:
+        for reason, n in other.counts.items():
+            self.counts[reason] = self.counts.get(reason, 0) + n
+            room = MAX_SAMPLE_IDS - len(self.samples.setdefault(reason, []))
+            self.samples[reason].extend(other.samples.get(reason, [])[: max(room, 0)])
+
+
+@dataclass
+class ObjectSyncReport:
+    """What syncing one collection did."""
+
+    collection: str
+    rows_read: int = 0
+    unchanged: int = 0
+    references_written: int = 0
+    deferred_references: ReasonLog = field(default_factory=ReasonLog)
+    write: WriteReport = field(default_factory=WriteReport)
+
+
+class ObjectSyncer:
+    """Writes rows of one entity type as whole objects through the batch processor."""
+
+    def __init__(self, engine: Engine, client: weaviate.WeaviateClient, e: EntityType, settings: WriteSettings) -> None:
+        self.engine, self.client, self.entity, self.settings = engine, client, e, settings
+        self.report = ObjectSyncReport(e.collection)
+        self._processor: BatchProcessor[ObjectWrite] = BatchProcessor(
+            lambda items: weaviate_io.send_objects(client, e.collection, items),
+            key_of=lambda o: o.row_id,
+            retry=settings.retry,
+        )
+        self.report.write = self._processor.report
+
+    def sync_shards(self, shards: Iterable[source.Shard]) -> ObjectSyncReport:
+        for shard in shards:
+            for page in source.iter_live_pages(self.engine, self.entity, shard, self.settings.batch_size):
+                self.write_rows(page)
+        return self.report
+
+    def sync_ids(self, ids: Sequence[int]) -> ObjectSyncReport:
+        """Write the live rows among ``ids`` (rows that are not live are left alone)."""
+        ordered = sorted(set(ids))
+        for start in range(0, len(ordered), self.settings.batch_size):
+            self.write_rows(source.fetch_live_rows(self.engine, self.entity, ordered[start : start + self.settings.batch_size]))
+        return self.report
+
+    def write_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        self.report.rows_read += len(rows)
+        references = self._references([r["id"] for r in rows])
+        objects = [build_object(self.entity, row, references.get(row["id"], {})) for row in rows]
+        if not self.settings.force:
+            stored = weaviate_io.stored_hashes(self.client, self.entity.collection, [o.uuid for o in objects])
+            fresh = [o for o in objects if stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]]
+            self.report.unchanged += len(objects) - len(fresh)
+            objects = fresh
+        for batch in chunk(objects, self.settings.batch_size, self.settings.max_batch_bytes, lambda o: o.size):
+            landed = self._processor.write_batch(batch)
+            self.report.references_written += sum(len(v) for o in landed for v in o.references.values())
+
+    def _references(self, ids: Sequence[int]) -> dict[int, dict[str, list[str]]]:
+        """Each source row's reference lists: live edges to live rows whose object exists.
+
+        An edge whose target row is live but has no object yet (its own sync
+        has not run, or failed) is left out and logged as deferred; the edges
+        asset writes it once the target exists.
+        """
+        out: dict[int, dict[str, list[str]]] = {}
+        for rel in relations_from(self.entity.collection):
+            edges = source.live_edges_from(self.engine, rel, ids)
+            wanted = {object_uuid(rel.target, t) for pairs in edges.values() for _, t in pairs}
+            present = weaviate_io.existing_uuids(self.client, rel.target, wanted)
+            for source_id, pairs in edges.items():
+                for edge_id, target_id in pairs:
+                    target = object_uuid(rel.target, target_id)
+                    if target in present:
+                        out.setdefault(source_id, {}).setdefault(rel.name, []).append(target)
+                    else:
+                        self.report.deferred_references.add("target_not_in_weaviate", edge_id)
+        return out

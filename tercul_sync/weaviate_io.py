@@ -1,0 +1,124 @@
+"""Talking to Weaviate: connecting, batch writes, existence checks, counts.
+
+weaviate-client's synchronous batch call (``insert_many``, one gRPC
+BatchObjects request) is used rather than the background batcher
+(``batch.fixed_size``): it returns each refused object's index and message
+for the batch just sent, raises instead of hiding a connection failure in a
+background thread, and has no thread to hang after ``fork``. The retry
+policy around it is ours (tenacity, in ``batch_writer``), so it is the same
+for every kind of write.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from urllib.parse import urlparse
+
+import weaviate
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from weaviate.classes.data import DataObject
+from weaviate.classes.init import AdditionalConfig, Auth, Timeout
+from weaviate.classes.query import Filter
+from weaviate.exceptions import WeaviateConnectionError, WeaviateGRPCUnavailableError, WeaviateInsertManyAllFailedError
+
+from tercul_sync.objects import HASH_PROPERTY, ObjectWrite
+
+ID_CHUNK = 5_000  # below QUERY_MAXIMUM_RESULTS (10,000 by default)
+
+
+def connect(url: str, grpc_port: int, api_key: str | None = None, timeout_s: float = 60.0, connect_within_s: float = 30.0) -> weaviate.WeaviateClient:
+    """Open a client, retrying while the server is starting or briefly away."""
+    parsed = urlparse(url)
+    if not parsed.hostname:
+        raise ValueError(f"WEAVIATE_URL must look like http://host:port, got {url!r}")
+    secure = parsed.scheme == "https"
+    port = parsed.port or (443 if secure else 80)
+
+    @retry(
+        retry=retry_if_exception_type((WeaviateConnectionError, WeaviateGRPCUnavailableError, OSError)),
+        stop=stop_after_delay(connect_within_s),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.2),
+        reraise=True,
+    )
+    def _open() -> weaviate.WeaviateClient:
+        return weaviate.connect_to_custom(
+            http_host=parsed.hostname,
+            http_port=port,
+            http_secure=secure,
+            grpc_host=parsed.hostname,
+            grpc_port=grpc_port,
+            grpc_secure=secure,
+            auth_credentials=Auth.api_key(api_key) if api_key else None,
+            additional_config=AdditionalConfig(timeout=Timeout(init=10, query=timeout_s, insert=timeout_s)),
+        )
+
+    return _open()
+
+
+_ALL_FAILED = re.compile(r"Here is the set of all errors: (.*)", re.S)
+
+
+def send_objects(client: weaviate.WeaviateClient, collection: str, items: list[ObjectWrite]) -> dict[int, str]:
+    """Upsert one batch; return ``{index: message}`` for the objects Weaviate refused.
+
+    ``insert_many`` raises when every object of a batch failed, with only the
+    set of messages. One distinct message belongs to every object; several
+    are attributed exactly by splitting the batch in two and sending again.
+    """
+    col = client.collections.use(collection)
+    objs = [DataObject(properties=o.properties, uuid=o.uuid, references=o.references or None) for o in items]
+    try:
+        result = col.data.insert_many(objs)
+    except WeaviateInsertManyAllFailedError as exc:
+        match = _ALL_FAILED.search(str(exc))
+        messages = set(match.group(1).split("\n")) if match else {str(exc)}
+        if len(messages) == 1 or len(items) == 1:
+            return dict.fromkeys(range(len(items)), "; ".join(sorted(messages)))
+        half = len(items) // 2
+        left = send_objects(client, collection, items[:half])
+        right = send_objects(client, collection, items[half:])
+        return left | {half + i: m for i, m in right.items()}
+    return {i: err.message for i, err in result.errors.items()}
+
+
+def existing_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str]) -> set[str]:
+    """Which of ``uuids`` have an object in ``collection``."""
+    wanted = sorted(set(uuids))
+    found: set[str] = set()
+    col = client.collections.use(collection)
+    for start in range(0, len(wanted), ID_CHUNK):
+        part = wanted[start : start + ID_CHUNK]
+        res = col.query.fetch_objects(filters=Filter.by_id().contains_any(part), limit=len(part), return_properties=[])
+        found.update(str(o.uuid) for o in res.objects)
+    return found
+
+
+def count_objects(client: weaviate.WeaviateClient, collection: str) -> int:
+    return int(client.collections.use(collection).aggregate.over_all(total_count=True).total_count or 0)
+
+
+def delete_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Sequence[str]) -> int:
+    """Delete objects by id, in chunks that ``delete_many`` accepts whole; return how many went."""
+    col = client.collections.use(collection)
+    deleted = 0
+    for start in range(0, len(uuids), ID_CHUNK):
+        part = list(uuids[start : start + ID_CHUNK])
+        while True:  # delete_many removes at most QUERY_MAXIMUM_RESULTS per call
+            res = col.data.delete_many(where=Filter.by_id().contains_any(part))
+            deleted += res.successful
+            if res.matches == 0 or res.successful == 0:
+                break
+    return deleted
+
+
+def stored_hashes(client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str]) -> dict[str, str | None]:
+    """``{uuid: content hash}`` for the objects among ``uuids`` that exist."""
+    wanted = sorted(set(uuids))
+    out: dict[str, str | None] = {}
+    col = client.collections.use(collection)
+    for start in range(0, len(wanted), ID_CHUNK):
+        part = wanted[start : start + ID_CHUNK]
+        res = col.query.fetch_objects(filters=Filter.by_id().contains_any(part), limit=len(part), return_properties=[HASH_PROPERTY])
+        out.update({str(o.uuid): o.properties.get(HASH_PROPERTY) for o in res.objects})
+    return out

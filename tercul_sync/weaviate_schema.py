@@ -1,0 +1,139 @@
+"""Weaviate collections generated from the registry.
+
+Missing collections are created; an existing one with a compatible schema is
+reused (missing properties are added); an incompatible one stops the sync
+with an error that names the collection and the property.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import weaviate
+from weaviate.classes.config import Configure, DataType, Property, ReferenceProperty
+from weaviate.exceptions import UnexpectedStatusCodeError
+
+from tercul_sync.objects import HASH_PROPERTY
+from tercul_sync.registry import ENTITIES, RELATIONS, SOURCE_ID_PROPERTY, EntityType, Kind, Relation
+
+WEAVIATE_TYPES = {
+    Kind.TEXT: DataType.TEXT,
+    Kind.VARCHAR: DataType.TEXT,
+    Kind.CHAR: DataType.TEXT,
+    Kind.INT: DataType.INT,
+    Kind.BIGINT: DataType.INT,
+    Kind.BOOL: DataType.BOOL,
+    Kind.TIMESTAMP: DataType.DATE,
+}
+
+
+class SchemaMismatchError(RuntimeError):
+    """An existing collection cannot hold what the registry describes."""
+
+
+@dataclass(frozen=True)
+class PropertySpec:
+    name: str
+    data_type: DataType
+
+
+def property_specs(e: EntityType) -> list[PropertySpec]:
+    """The properties the contract gives a collection, in registry order."""
+    specs = [PropertySpec(SOURCE_ID_PROPERTY, DataType.INT)]
+    specs += [PropertySpec(c.name, WEAVIATE_TYPES[c.kind]) for c in e.property_columns]
+    specs.append(PropertySpec(HASH_PROPERTY, DataType.TEXT))
+    return specs
+
+
+def _create_property(spec: PropertySpec) -> Property:
+    if spec.name == HASH_PROPERTY:  # bookkeeping, never searched
+        return Property(name=spec.name, data_type=spec.data_type, index_searchable=False, index_filterable=False, skip_vectorization=True)
+    # Ranges on ints and dates make `source_id` and `updated_at` cheap to filter by.
+    ranged = spec.data_type in (DataType.INT, DataType.DATE)
+    return Property(name=spec.name, data_type=spec.data_type, index_range_filters=ranged)
+
+
+def schema_problems(
+    e: EntityType, existing_props: dict[str, str], existing_refs: dict[str, list[str]], relations: Iterable[Relation]
+) -> list[str]:
+    """Why an existing collection is incompatible; empty when it can be reused.
+
+    ``existing_props`` maps property name to Weaviate data type name;
+    ``existing_refs`` maps reference property name to its target collections.
+    """
+    problems = []
+    for spec in property_specs(e):
+        have = existing_props.get(spec.name)
+        if have is not None and have != spec.data_type.value:
+            problems.append(f"{e.collection}.{spec.name} is {have} in Weaviate, the registry needs {spec.data_type.value}")
+        if spec.name in existing_refs:
+            problems.append(f"{e.collection}.{spec.name} is a reference in Weaviate, the registry needs {spec.data_type.value}")
+    for r in relations:
+        if r.name in existing_props:
+            problems.append(f"{e.collection}.{r.name} is a {existing_props[r.name]} property in Weaviate, the registry needs a reference to {r.target}")
+        targets = existing_refs.get(r.name)
+        if targets is not None and [t.lower() for t in targets] != [r.target.lower()]:
+            problems.append(f"{e.collection}.{r.name} references {targets} in Weaviate, the registry needs [{r.target}]")
+    return problems
+
+
+def ensure_schema(
+    client: weaviate.WeaviateClient,
+    entities: Iterable[EntityType] = ENTITIES,
+    relations: Iterable[Relation] = RELATIONS,
+) -> list[str]:
+    """Create or check every collection and reference property; return what was changed."""
+    entities, relations = list(entities), list(relations)
+    changes: list[str] = []
+    # Properties first, references second: a reference needs its target collection to exist.
+    for e in entities:
+        changes += _ensure_collection(client, e, [r for r in relations if r.source == e.collection])
+    for r in relations:
+        changes += _ensure_reference(client, r)
+    return changes
+
+
+def _existing(client: weaviate.WeaviateClient, name: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    config = client.collections.use(name).config.get()
+    props = {p.name: p.data_type.value for p in config.properties}
+    refs = {r.name: list(r.target_collections) for r in config.references}
+    return props, refs
+
+
+def _ensure_collection(client: weaviate.WeaviateClient, e: EntityType, relations: list[Relation]) -> list[str]:
+    if not client.collections.exists(e.collection):
+        try:
+            client.collections.create(
+                e.collection,
+                properties=[_create_property(s) for s in property_specs(e)],
+                vector_config=Configure.Vectors.self_provided(),
+            )
+            return [f"created collection {e.collection}"]
+        except UnexpectedStatusCodeError as exc:  # another step created it meanwhile
+            if "already exists" not in str(exc):
+                raise
+    props, refs = _existing(client, e.collection)
+    problems = schema_problems(e, props, refs, relations)
+    if problems:
+        raise SchemaMismatchError("incompatible Weaviate schema: " + "; ".join(problems))
+    changes = []
+    collection = client.collections.use(e.collection)
+    for spec in property_specs(e):
+        if spec.name not in props:
+            collection.config.add_property(_create_property(spec))
+            changes.append(f"added property {e.collection}.{spec.name}")
+    return changes
+
+
+def _ensure_reference(client: weaviate.WeaviateClient, r: Relation) -> list[str]:
+    _, refs = _existing(client, r.source)
+    if r.name in refs:
+        return []
+    try:
+        client.collections.use(r.source).config.add_reference(ReferenceProperty(name=r.name, target_collection=r.target))
+    except UnexpectedStatusCodeError as exc:
+        if "already exists" not in str(exc):
+            raise
+        return []
+    return [f"added reference {r.source}.{r.name} -> {r.target}"]

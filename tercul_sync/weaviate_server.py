@@ -1,0 +1,167 @@
+"""Finding, building and starting a local Weaviate server.
+
+The binary is looked for in this order: ``WEAVIATE_BIN``; the project's own
+``.tools/bin``; the cache of weaviate-client's embedded mode. When none is
+there and Go is, it is built from Weaviate's Go module (no cgo), trying the
+pinned tag first and then older ones down to 1.27.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tercul_sync.settings import PROJECT_DIR
+
+WEAVIATE_MODULE = "github.com/weaviate/weaviate/cmd/weaviate-server"
+PINNED_VERSION = "1.39.0"
+FALLBACK_VERSIONS = ("1.38.0", "1.37.0", "1.36.0", "1.35.0", "1.34.0", "1.33.0", "1.32.0", "1.31.0", "1.30.0", "1.29.0", "1.28.0", "1.27.0")
+TOOLS_BIN = PROJECT_DIR / ".tools" / "bin"
+EMBEDDED_CACHE = Path.home() / ".cache" / "weaviate-embedded"
+
+
+class WeaviateUnavailable(RuntimeError):
+    """No Weaviate server can be had; the message says what to do."""
+
+
+def embedded_binary_name(version: str) -> str:
+    """weaviate-client's embedded mode names its binary after the version's sha256."""
+    v = f"v{version}"
+    return f"weaviate-{v}-{hashlib.sha256(v.encode()).hexdigest()}"
+
+
+def find_binary(env: Mapping[str, str] | None = None) -> Path | None:
+    env = os.environ if env is None else env
+    if env.get("WEAVIATE_BIN"):
+        path = Path(env["WEAVIATE_BIN"])
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise WeaviateUnavailable(f"WEAVIATE_BIN={path} is not an executable file")
+        return path
+    candidates = [TOOLS_BIN / "weaviate-server"]
+    candidates += [EMBEDDED_CACHE / embedded_binary_name(v) for v in (PINNED_VERSION, *FALLBACK_VERSIONS)]
+    return next((p for p in candidates if p.is_file() and os.access(p, os.X_OK)), None)
+
+
+def build_binary(log=print) -> Path:
+    """Build weaviate-server into .tools/bin with `go install`; newest tag that builds wins."""
+    go = shutil.which("go")
+    if go is None:
+        raise WeaviateUnavailable(
+            "No Weaviate server binary was found and Go is not installed to build one. Either install Go "
+            "(1.26 or newer) and run again, run Weaviate in Docker (docker run -p 8080:8080 -p 50051:50051 "
+            "semitechnologies/weaviate:1.39.0) and set WEAVIATE_URL, or point WEAVIATE_BIN at a weaviate-server binary."
+        )
+    TOOLS_BIN.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for version in (PINNED_VERSION, *FALLBACK_VERSIONS):
+        log(f"building weaviate-server v{version} with go install (a few minutes, once)...")
+        env = {**os.environ, "CGO_ENABLED": "0", "GOBIN": str(TOOLS_BIN)}
+        proc = subprocess.run([go, "install", f"{WEAVIATE_MODULE}@v{version}"], env=env, capture_output=True, text=True)
+        if proc.returncode == 0:
+            (TOOLS_BIN / "VERSION").write_text(version + "\n")
+            return TOOLS_BIN / "weaviate-server"
+        errors.append(f"v{version}: {proc.stderr.strip()[-500:]}")
+    raise WeaviateUnavailable("every Weaviate tag failed to build:\n" + "\n".join(errors))
+
+
+def ensure_binary(log=print) -> Path:
+    return find_binary() or build_binary(log)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_ready(url: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{url}/v1/.well-known/ready", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class LocalWeaviate:
+    """A Weaviate server process of our own, on loopback."""
+
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def server_env(data_dir: Path, grpc_port: int, gossip_port: int, data_port: int, raft_port: int, raft_internal_port: int) -> dict[str, str]:
+    """The environment a single loopback node needs (see docs/weaviate.md for why each is there)."""
+    return {
+        "PERSISTENCE_DATA_PATH": str(data_dir),
+        "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
+        "DEFAULT_VECTORIZER_MODULE": "none",
+        "DISABLE_TELEMETRY": "true",
+        "GO_PROFILING_DISABLE": "true",
+        "GRPC_PORT": str(grpc_port),
+        "CLUSTER_HOSTNAME": "tercul-node1",
+        "CLUSTER_BIND_ADDR": "127.0.0.1",
+        "CLUSTER_ADVERTISE_ADDR": "127.0.0.1",
+        "CLUSTER_GOSSIP_BIND_PORT": str(gossip_port),
+        "CLUSTER_DATA_BIND_PORT": str(data_port),
+        "RAFT_PORT": str(raft_port),
+        "RAFT_INTERNAL_RPC_PORT": str(raft_internal_port),
+        "RAFT_BOOTSTRAP_EXPECT": "1",
+        "RAFT_JOIN": f"tercul-node1:{raft_port}",
+        "LOG_LEVEL": "warning",
+        "QUERY_DEFAULTS_LIMIT": "25",
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+    }
+
+
+def start(data_dir: Path, http_port: int | None = None, grpc_port: int | None = None, log_file: Path | None = None, ready_within_s: float = 90) -> LocalWeaviate:
+    """Start a server on loopback and wait until it answers ready."""
+    binary = ensure_binary()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    http_port = http_port or free_port()
+    grpc_port = grpc_port or free_port()
+    ports = [free_port() for _ in range(4)]
+    env = server_env(data_dir, grpc_port, *ports)
+    out = open(log_file or data_dir / "weaviate.log", "ab")
+    proc = subprocess.Popen(
+        [str(binary), "--host", "127.0.0.1", "--port", str(http_port), "--scheme", "http"],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = LocalWeaviate(proc, http_port, grpc_port, data_dir)
+    deadline = time.monotonic() + ready_within_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise WeaviateUnavailable(f"weaviate-server exited with {proc.returncode}; see {out.name}")
+        if is_ready(server.url):
+            return server
+        time.sleep(0.3)
+    server.stop()
+    raise WeaviateUnavailable(f"weaviate-server did not become ready within {ready_within_s}s; see {out.name}")
