@@ -20,7 +20,7 @@ from tercul_sync import source, weaviate_io
 from tercul_sync.batch_writer import WriteReport
 from tercul_sync.registry import ENTITIES, RELATIONS, EntityType, entity
 from tercul_sync.resources import SyncSettings, TerculDatabase, WeaviateResource
-from tercul_sync.sync import ObjectSyncer, ObjectSyncReport, ReasonLog
+from tercul_sync.sync import ObjectSyncer, ObjectSyncReport, ReasonLog, sweep_orphans
 from tercul_sync.weaviate_schema import SchemaMismatchError, ensure_schema
 
 GROUP = "tercul"
@@ -169,8 +169,14 @@ def build_entity_asset(e: EntityType, partitions: dg.StaticPartitionsDefinition,
         started = time.perf_counter()
         _ensure_schema(context, weaviate)
         syncer = ObjectSyncer(tercul_db.engine, weaviate.client, e, sync_settings.write_settings(config.force))
-        report = syncer.sync_shards(_shards(context, shard_count))
-        extra = {"weaviate_object_count": weaviate_io.count_objects(weaviate.client, e.collection)}
+        shards = _shards(context, shard_count)
+        report = syncer.sync_shards(shards)
+        sweep = sweep_orphans(tercul_db.engine, weaviate.client, e, shards)
+        extra = {
+            "objects_deleted": sweep.deleted,
+            "deleted_sample_ids": dg.MetadataValue.json(sweep.sample_ids),
+            "weaviate_object_count": weaviate_io.count_objects(weaviate.client, e.collection),
+        }
         return _finish(context, sync_settings, e.collection, [report], started, extra)
 
     return _entity_asset

@@ -194,3 +194,11 @@ def make_engine(url: str) -> Engine:
     """An engine with the pool settings this project's short, sequential steps want."""
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     return sa.create_engine(url, **kwargs)
+
+
+def live_id_set(engine: Engine, e: EntityType, shards: Sequence[Shard]) -> set[int]:
+    """Every live id of ``e`` in ``shards`` (the orphan sweep's side of the comparison)."""
+    t = table_for(e)
+    q = sa.select(t.c.id).where(t.c[e.soft_delete_column].is_(None), sa.or_(*(s.clause(t.c.id) for s in shards)))
+    with engine.connect() as conn:
+        return set(conn.execute(q).scalars())

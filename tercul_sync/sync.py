@@ -125,3 +125,25 @@ class ObjectSyncer:
                     else:
                         self.report.deferred_references.add("target_not_in_weaviate", edge_id)
         return out
+
+
+@dataclass
+class SweepReport:
+    deleted: int = 0
+    sample_ids: list[int] = field(default_factory=list)
+
+
+def sweep_orphans(engine: Engine, client: weaviate.WeaviateClient, e: EntityType, shards: Sequence[source.Shard]) -> SweepReport:
+    """Delete the objects of ``shards`` whose row is gone or soft-deleted.
+
+    The ids stored in Weaviate (``source_id``) are compared with the live ids
+    in the database; the difference is deleted in chunks.
+    """
+    stored = weaviate_io.stored_source_ids(client, e.collection)
+    in_scope = {sid: uid for sid, uid in stored.items() if any(s.count == 1 or sid % s.count == s.index for s in shards)}
+    live = source.live_id_set(engine, e, shards)
+    orphans = sorted(sid for sid in in_scope if sid not in live)
+    report = SweepReport(sample_ids=orphans[:MAX_SAMPLE_IDS])
+    if orphans:
+        report.deleted = weaviate_io.delete_uuids(client, e.collection, [in_scope[sid] for sid in orphans])
+    return report

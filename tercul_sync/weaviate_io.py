@@ -23,6 +23,7 @@ from weaviate.classes.query import Filter
 from weaviate.exceptions import WeaviateConnectionError, WeaviateGRPCUnavailableError, WeaviateInsertManyAllFailedError
 
 from tercul_sync.objects import HASH_PROPERTY, ObjectWrite
+from tercul_sync.registry import SOURCE_ID_PROPERTY
 
 ID_CHUNK = 5_000  # below QUERY_MAXIMUM_RESULTS (10,000 by default)
 
@@ -121,4 +122,14 @@ def stored_hashes(client: weaviate.WeaviateClient, collection: str, uuids: Itera
         part = wanted[start : start + ID_CHUNK]
         res = col.query.fetch_objects(filters=Filter.by_id().contains_any(part), limit=len(part), return_properties=[HASH_PROPERTY])
         out.update({str(o.uuid): o.properties.get(HASH_PROPERTY) for o in res.objects})
+    return out
+
+
+def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[int, str]:
+    """``{source_id: uuid}`` of every object in ``collection`` (a cursor walk, no offset limit)."""
+    out: dict[int, str] = {}
+    for obj in client.collections.use(collection).iterator(return_properties=[SOURCE_ID_PROPERTY], cache_size=5_000):
+        sid = obj.properties.get(SOURCE_ID_PROPERTY)
+        if sid is not None:
+            out[int(sid)] = str(obj.uuid)
     return out

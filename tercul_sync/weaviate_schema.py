@@ -94,6 +94,12 @@ def ensure_schema(
     return changes
 
 
+def _lost_race(exc: UnexpectedStatusCodeError) -> bool:
+    """Whether a 422 says another step created the same thing first (steps run in parallel)."""
+    text = str(exc)
+    return "already exists" in text or "already in use" in text
+
+
 def _existing(client: weaviate.WeaviateClient, name: str) -> tuple[dict[str, str], dict[str, list[str]]]:
     config = client.collections.use(name).config.get()
     props = {p.name: p.data_type.value for p in config.properties}
@@ -110,8 +116,8 @@ def _ensure_collection(client: weaviate.WeaviateClient, e: EntityType, relations
                 vector_config=Configure.Vectors.self_provided(),
             )
             return [f"created collection {e.collection}"]
-        except UnexpectedStatusCodeError as exc:  # another step created it meanwhile
-            if "already exists" not in str(exc):
+        except UnexpectedStatusCodeError as exc:
+            if not _lost_race(exc):
                 raise
     props, refs = _existing(client, e.collection)
     problems = schema_problems(e, props, refs, relations)
@@ -121,8 +127,12 @@ def _ensure_collection(client: weaviate.WeaviateClient, e: EntityType, relations
     collection = client.collections.use(e.collection)
     for spec in property_specs(e):
         if spec.name not in props:
-            collection.config.add_property(_create_property(spec))
-            changes.append(f"added property {e.collection}.{spec.name}")
+            try:
+                collection.config.add_property(_create_property(spec))
+                changes.append(f"added property {e.collection}.{spec.name}")
+            except UnexpectedStatusCodeError as exc:
+                if not _lost_race(exc):
+                    raise
     return changes
 
 
@@ -133,7 +143,7 @@ def _ensure_reference(client: weaviate.WeaviateClient, r: Relation) -> list[str]
     try:
         client.collections.use(r.source).config.add_reference(ReferenceProperty(name=r.name, target_collection=r.target))
     except UnexpectedStatusCodeError as exc:
-        if "already exists" not in str(exc):
+        if not _lost_race(exc):
             raise
         return []
     return [f"added reference {r.source}.{r.name} -> {r.target}"]

@@ -1,0 +1,145 @@
+"""The ``tercul-sync`` command: demo data, a local Weaviate, and the demo front door."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tercul_sync.settings import PROJECT_DIR, load_settings
+
+
+def _cmd_demo_db(args: argparse.Namespace) -> int:
+    from tercul_sync import demo_data, source
+
+    url = args.url or load_settings().effective_database_url
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = source.make_engine(url)
+    started = time.perf_counter()
+    written = demo_data.generate(engine, args.rows, seed=args.seed)
+    print(f"wrote demo Tercul database to {source.safe_url(url)} in {time.perf_counter() - started:.1f}s:")
+    for table, n in written.items():
+        print(f"  {table:<14} {n:>9,}")
+    return 0
+
+
+def _cmd_weaviate(args: argparse.Namespace) -> int:
+    from tercul_sync import weaviate_server
+
+    settings = load_settings()
+    if args.action == "binary":
+        print(weaviate_server.ensure_binary())
+        return 0
+    data = Path(args.data_dir) if args.data_dir else settings.home / "weaviate"
+    server = weaviate_server.start(data, http_port=args.port, grpc_port=args.grpc_port)
+    print(f"Weaviate is up at {server.url} (gRPC {server.grpc_port}), data in {data}, pid {server.process.pid}")
+    (data / "weaviate.pid").write_text(str(server.process.pid))
+    if args.action == "run":
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            server.stop()
+    return 0
+
+
+def _run_summary(dagster_home: Path, job_name: str) -> tuple[str, list[dict[str, object]]]:
+    """The last run of ``job_name`` and one row of figures per asset, from Dagster's own records."""
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_runs(dg.RunsFilter(job_name=job_name), limit=1)[0]
+        records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        seen: dict[str, dict[str, object]] = {}
+        for rec in records:
+            mat = rec.event_log_entry.asset_materialization
+            name = mat.asset_key.to_user_string()
+            if name not in seen:  # one event per partition, all with the step's figures
+                seen[name] = {"asset": name, **{k: getattr(v, "value", v) for k, v in mat.metadata.items()}}
+        return run.status.value, list(seen.values())
+
+
+def print_summary(status: str, rows: list[dict[str, object]]) -> None:
+    header = f"{'entity type':<12} {'rows read':>10} {'written':>9} {'unchanged':>10} {'failed':>7} {'seconds':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['asset']:<12} {r.get('rows_read', 0):>10,} {r.get('objects_written', 0):>9,} "
+            f"{r.get('objects_unchanged', 0):>10,} {r.get('objects_failed', 0):>7,} {r.get('duration_s', 0):>8.2f}"
+        )
+    edges = next((r for r in rows if r["asset"] == "edges"), None)
+    if edges:
+        skipped = {k.removeprefix("skipped_"): v for k, v in edges.items() if k.startswith("skipped_") and k != "skipped_sample_ids"}
+        print(f"edges: {edges.get('edges_read', 0):,} live edges read, {edges.get('edges_valid', 0):,} valid; skipped: {skipped}")
+    print(f"run status: {status}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Demo data on SQLite, a local Weaviate, the full_sync job, and its summary."""
+    from tercul_sync import weaviate_server
+
+    settings = load_settings()
+    env = dict(os.environ)
+    db_path = settings.home / "demo" / "tercul.db"
+    if settings.database_url is None and (args.fresh or not db_path.exists()):
+        _cmd_demo_db(argparse.Namespace(url=settings.demo_database_url, rows=args.rows, seed=7))
+    server = None
+    if not weaviate_server.is_ready(settings.weaviate_url):
+        if "WEAVIATE_URL" in os.environ:
+            print(f"WEAVIATE_URL={settings.weaviate_url} does not answer", file=sys.stderr)
+            return 2
+        print("starting a local Weaviate (built from its Go module the first time)...")
+        server = weaviate_server.start(settings.home / "weaviate")
+        env.update(WEAVIATE_URL=server.url, WEAVIATE_GRPC_PORT=str(server.grpc_port))
+    dagster_home = settings.home / "dagster_home"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    env["DAGSTER_HOME"] = str(dagster_home)
+    try:
+        cmd = [sys.executable, "-m", "dagster", "job", "execute", "-m", "tercul_sync.definitions", "-j", "full_sync"]
+        print("running:", " ".join(cmd[2:]))
+        started = time.perf_counter()
+        log = settings.home / "last-demo-run.log"
+        with log.open("w") as fh:
+            proc = subprocess.run(cmd, env=env, cwd=PROJECT_DIR, stdout=fh, stderr=subprocess.STDOUT)
+        print(f"full_sync finished in {time.perf_counter() - started:.1f}s (Dagster's log: {log})\n")
+        status, rows = _run_summary(dagster_home, "full_sync")
+        print_summary(status, rows)
+        return proc.returncode
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tercul-sync", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="sync a demo database into a local Weaviate and print a summary")
+    p.add_argument("--rows", type=int, default=10_000, help="entity rows in the demo database (edges come on top)")
+    p.add_argument("--fresh", action="store_true", help="regenerate the demo database even if it exists")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("demo-db", help="write a deterministic, messy Tercul database")
+    p.add_argument("--url", help="SQLAlchemy URL (default: TERCUL_DATABASE_URL, else the demo SQLite file)")
+    p.add_argument("--rows", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=_cmd_demo_db)
+
+    p = sub.add_parser("weaviate", help="find or build the server binary, or start a local server")
+    p.add_argument("action", choices=["binary", "start", "run"], help="binary: print its path; start: in the background; run: in the foreground")
+    p.add_argument("--data-dir")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--grpc-port", type=int, default=50051)
+    p.set_defaults(func=_cmd_weaviate)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
