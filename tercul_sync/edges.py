@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from tercul_sync import source
 from tercul_sync.registry import RELATIONS, Relation, entity
-from tercul_sync.sync import ReasonLog
+from tercul_sync.sync import MAX_SAMPLE_IDS, ReasonLog
 
 OK = "ok"
 # Why a live edge makes no reference. Each is counted, with sample edge ids.
@@ -89,10 +89,12 @@ def classify_edges(engine: Engine, shards: Sequence[source.Shard], edge_ids: Seq
                     result.valid += n
                 else:
                     result.skipped.counts[name] = result.skipped.counts.get(name, 0) + n
-            bad = sa.select(base.c.id, base.c.reason).where(base.c.reason != OK).order_by(base.c.id).limit(10 * 4)
+            rank = sa.func.row_number().over(partition_by=base.c.reason, order_by=base.c.id).label("rank")
+            ranked = sa.select(base.c.id, base.c.reason, rank).where(base.c.reason != OK).subquery()
+            bad = sa.select(ranked.c.id, ranked.c.reason).where(ranked.c.rank <= MAX_SAMPLE_IDS).order_by(ranked.c.id)
             for edge_id, name in conn.execute(bad):
                 sample = result.skipped.samples.setdefault(name, [])
-                if len(sample) < 10:
+                if len(sample) < MAX_SAMPLE_IDS:
                     sample.append(edge_id)
     result.edges_read = result.valid + sum(result.skipped.counts.values())
     return result
