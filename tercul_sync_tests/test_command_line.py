@@ -1,0 +1,70 @@
+"""The commands the README gives, run as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tercul_sync import demo_data, source, weaviate_io
+from tercul_sync.registry import ENTITIES, entity
+from tercul_sync.settings import PROJECT_DIR
+from tercul_sync_tests.helpers import expected_objects
+
+BIN = Path(sys.executable).parent
+
+
+def _env(tmp_path: Path, server, db_url: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TERCUL_", "WEAVIATE_", "DAGSTER_"))}
+    (tmp_path / "dagster_home").mkdir(exist_ok=True)
+    env.update(
+        WEAVIATE_URL=server.url,
+        WEAVIATE_GRPC_PORT=str(server.grpc_port),
+        DAGSTER_HOME=str(tmp_path / "dagster_home"),
+        TERCUL_SYNC_HOME=str(tmp_path / "home"),
+        TERCUL_SYNC_BATCH_SIZE="250",
+        **extra,
+    )
+    if db_url:
+        env["TERCUL_DATABASE_URL"] = db_url
+    return env
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_dagster_job_execute_full_sync_with_no_arguments(tmp_path, pg_database, weaviate_server_proc, weaviate_client):
+    engine = source.make_engine(pg_database)
+    demo_data.generate(engine, 2_000, seed=2)
+    proc = _run([str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "full_sync"], _env(tmp_path, weaviate_server_proc, pg_database))
+    assert "RUN_SUCCESS" in proc.stdout + proc.stderr
+    for e in ENTITIES:
+        assert weaviate_io.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e)), e.collection
+    assert "tercul:tercul@" not in proc.stdout + proc.stderr  # the database password is never logged
+
+
+def test_dg_launch_one_entity_type(tmp_path, pg_database, weaviate_server_proc, weaviate_client):
+    engine = source.make_engine(pg_database)
+    demo_data.generate(engine, 1_000, seed=4)
+    _run([str(BIN / "dg"), "launch", "--job", "sync_tag"], _env(tmp_path, weaviate_server_proc, pg_database))
+    assert weaviate_io.count_objects(weaviate_client, "Tag") == len(expected_objects(engine, entity("Tag")))
+    assert not weaviate_client.collections.use("Work").aggregate.over_all(total_count=True).total_count
+
+
+def test_demo_front_door_prints_a_summary(tmp_path, weaviate_server_proc, weaviate_client):
+    env = _env(tmp_path, weaviate_server_proc)
+    proc = _run([str(BIN / "tercul-sync"), "demo", "--rows", "1500"], env)
+    out = proc.stdout
+    for e in ENTITIES:
+        assert f"\n{e.collection:<12}" in out, out
+    assert "run status: SUCCESS" in out
+    again = _run([str(BIN / "tercul-sync"), "demo"], env).stdout
+    work_line = next(line for line in again.splitlines() if line.startswith("Work "))
+    assert work_line.split()[2] == "0"  # nothing rewritten on the second run
+    engine = source.make_engine(f"sqlite:///{tmp_path / 'home' / 'demo' / 'tercul.db'}")
+    for e in ENTITIES:
+        assert weaviate_io.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e))

@@ -1,0 +1,55 @@
+"""The registry: the one place a table becomes a collection."""
+
+from __future__ import annotations
+
+import pytest
+import weaviate.util
+
+from tercul_sync import registry
+from tercul_sync.registry import ENTITIES, RELATIONS, Column, EntityType, Kind, Relation, validate_registry
+from tercul_sync.weaviate_schema import property_specs, schema_problems
+
+
+def test_uuid_is_the_contracts_uuid5():
+    assert registry.object_uuid("Work", 42) == str(weaviate.util.generate_uuid5("Work:42"))
+    assert registry.object_uuid("Work", 42) != registry.object_uuid("Author", 42)
+
+
+def test_every_contract_table_and_relation_is_registered():
+    assert {e.table: e.collection for e in ENTITIES} == {
+        "authors": "Author", "works": "Work", "translations": "Translation", "books": "Book",
+        "publishers": "Publisher", "tags": "Tag", "categories": "Category",
+    }
+    assert len(RELATIONS) == 8
+    assert registry.relation_for_edge("books", "publisher", "publishers") == Relation("Book", "publisher", "Publisher")
+    assert registry.relation_for_edge("books", "authors", "authors") is None
+    assert registry.relation_for_edge("nope", "authors", "authors") is None
+
+
+def test_properties_follow_the_contract():
+    names = [s.name for s in property_specs(registry.entity("Work"))]
+    assert names[:1] == ["source_id"]
+    assert {"title", "original_language", "body", "is_public_domain", "created_at", "updated_at"} <= set(names)
+    assert "deleted_at" not in names and "id" not in names
+
+
+def test_registry_mistakes_are_caught_at_import_time():
+    dup = (*ENTITIES, EntityType("Work", "works2", ()))
+    with pytest.raises(ValueError, match="duplicate collection"):
+        validate_registry(dup, RELATIONS)
+    with pytest.raises(ValueError, match="unknown collection"):
+        validate_registry(ENTITIES, (*RELATIONS, Relation("Work", "x", "Nope")))
+    with pytest.raises(ValueError, match="clashes"):
+        validate_registry(ENTITIES, (*RELATIONS, Relation("Work", "title", "Author")))
+    with pytest.raises(ValueError, match="needs a length"):
+        validate_registry((EntityType("X", "xs", (Column("code", Kind.CHAR),)),), ())
+
+
+def test_schema_problems_name_the_property():
+    work = registry.entity("Work")
+    props = {s.name: s.data_type.value for s in property_specs(work)}
+    assert schema_problems(work, props, {"authors": ["Author"]}, registry.relations_from("Work")) == []
+    props["published_year"] = "text"
+    problems = schema_problems(work, props, {"authors": ["Tag"]}, registry.relations_from("Work"))
+    assert any("Work.published_year is text" in p for p in problems)
+    assert any("Work.authors references ['Tag']" in p for p in problems)
