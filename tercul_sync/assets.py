@@ -7,7 +7,6 @@ shards is one step that walks its shards in turn, reading with keyset
 pagination and writing in batches of the configured size.
 """
 
-
 import json
 import time
 from pathlib import Path
@@ -121,7 +120,10 @@ def _finish(
     if rate > settings.max_failure_rate:
         gave_up = any(f.message.startswith("gave up after") for f in total.failures)
         raise dg.Failure(
-            description=f"{name}: {total.failed} of {rows_read} objects failed ({rate:.2%}), above TERCUL_SYNC_MAX_FAILURE_RATE={settings.max_failure_rate:.2%}; see {report_path}",
+            description=(
+                f"{name}: {total.failed} of {rows_read} objects failed ({rate:.2%}), above "
+                f"TERCUL_SYNC_MAX_FAILURE_RATE={settings.max_failure_rate:.2%}; see {report_path}"
+            ),
             metadata=metadata,
             allow_retries=gave_up,
         )
@@ -218,7 +220,9 @@ def build_edges_asset(partitions: dg.StaticPartitionsDefinition, shard_count: in
             rows = edge_rules.window_edges(engine, window)
             classification = edge_rules.classify_edges(engine, shards, [r[0] for r in rows])
             touched = edge_rules.touched_sources(rows, shards)
-            reports = [ObjectSyncer(engine, weaviate.client, entity(c), settings).sync_ids(sorted(ids)) for c, ids in sorted(touched.items())]
+            reports = [
+                ObjectSyncer(engine, weaviate.client, entity(c), settings).sync_ids(sorted(ids)) for c, ids in sorted(touched.items())
+            ]
             window_meta = {"window": f"offset {window.offset}, batch_size {window.batch_size}", "window_edge_rows": len(rows)}
         extra = {
             "edges_read": classification.edges_read,

@@ -157,8 +157,7 @@ class BatchProcessor(Generic[T]):
             retrying(attempt)
         except RetryError:
             permanent.extend(
-                (item, f"gave up after {attempts} attempts: {last_transient.get(i, 'transient error')}")
-                for i, item in enumerate(pending)
+                (item, f"gave up after {attempts} attempts: {last_transient.get(i, 'transient error')}") for i, item in enumerate(pending)
             )
         failed_ids = {id(item) for item, _ in permanent}
         landed = [item for item in items if id(item) not in failed_ids]

@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_demo_db)
 
     p = sub.add_parser("weaviate", help="find or build the server binary, or start a local server")
-    p.add_argument("action", choices=["binary", "start", "run"], help="binary: print its path; start: in the background; run: in the foreground")
+    p.add_argument(
+        "action", choices=["binary", "start", "run"], help="binary: print its path; start: in the background; run: in the foreground"
+    )
     p.add_argument("--data-dir")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--grpc-port", type=int, default=50051)

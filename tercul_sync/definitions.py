@@ -4,7 +4,6 @@ Load it with ``dagster dev -w workspace.yaml``, ``dagster job execute -m
 tercul_sync.definitions -j full_sync`` or ``dg launch --job full_sync``.
 """
 
-
 import os
 
 import dagster as dg
@@ -34,7 +33,7 @@ entity_jobs = [
     dg.define_asset_job(
         f"sync_{e.collection.lower()}",
         selection=dg.AssetSelection.assets(e.collection),
-        description=f"Only {e.collection} (the old EnqueueEntitySync(\"{e.collection}\")), over every shard.",
+        description=f'Only {e.collection} (the old EnqueueEntitySync("{e.collection}")), over every shard.',
         tags=ALL_SHARDS_TAGS,
     )
     for e in ENTITIES

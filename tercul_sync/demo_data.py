@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tercul_sync import source
-from tercul_sync.registry import ENTITIES, EDGES_TABLE, EntityType, Kind, entity
+from tercul_sync.registry import EDGES_TABLE, ENTITIES, EntityType, Kind, entity
 
 # Share of the requested rows that each table gets; edges come on top.
 SHARES = {"Author": 0.12, "Work": 0.30, "Translation": 0.30, "Book": 0.12, "Publisher": 0.04, "Tag": 0.06, "Category": 0.06}
@@ -28,11 +28,53 @@ NULL_RATE = 0.15
 LONG_BODY_BYTES = 300_000
 BASE_TIME = datetime(2020, 1, 1, tzinfo=UTC)
 
-WORDS = (
-    "night river war peace love winter garden letter city sea mountain silence memory bread fire "
-    "Ночь мир война любовь зима 夜 河 戦争 平和 愛 冬 ليل نهر حرب سلام حب شتاء ראשית אור "
-    "naïve café Ælfred Øresund ẞtraße 🌙 📚 ✍️ e\u0301cole ﷺ 𝔊𝔬𝔱𝔥𝔦𝔠"
-).split()
+WORDS = [
+    "night",
+    "river",
+    "war",
+    "peace",
+    "love",
+    "winter",
+    "garden",
+    "letter",
+    "city",
+    "sea",
+    "mountain",
+    "silence",
+    "memory",
+    "bread",
+    "fire",
+    "Ночь",
+    "мир",
+    "война",
+    "любовь",
+    "зима",
+    "夜",
+    "河",
+    "戦争",
+    "平和",
+    "愛",
+    "冬",
+    "ليل",
+    "نهر",
+    "حرب",
+    "سلام",
+    "حب",
+    "شتاء",
+    "ראשית",
+    "אור",
+    "naïve",
+    "café",
+    "Ælfred",
+    "Øresund",
+    "ẞtraße",
+    "🌙",
+    "📚",
+    "✍️",
+    "école",
+    "ﷺ",
+    "𝔊𝔬𝔱𝔥𝔦𝔠",  # noqa: RUF001 (look-alike letters on purpose)
+]
 LANGS = ["en", "ru", "ja", "ar", "he", "fr", "de", "es", "zh-Hans", "ka"]
 COUNTRIES = ["GB", "RU", "JP", "EG", "IL", "FR", "DE", "ES", "CN", "GE"]
 
@@ -135,7 +177,7 @@ def _edges(rng: random.Random, counts: dict[str, int]) -> Iterator[dict[str, Any
                 if roll > 0.99:
                     yield edge(s.table, sid, rel, t.table, tid)  # the same relationship twice
     # Relations Tercul does not use, and an edge whose source row does not exist.
-    for i in range(max(3, counts["Work"] // 50)):
+    for _ in range(max(3, counts["Work"] // 50)):
         yield edge("works", rng.randint(1, counts["Work"]), "inspired_by", "works", rng.randint(1, counts["Work"]))
         yield edge("books", rng.randint(1, counts["Book"]), "authors", "authors", rng.randint(1, counts["Author"]))
     yield edge("works", counts["Work"] + 5000, "authors", "authors", 1)

@@ -118,7 +118,7 @@ def touched_sources(rows: Sequence[tuple[int, str, int, str]], shards: Sequence[
     out: dict[str, set[int]] = {}
     for _, source_table, source_id, relation in rows:
         for rel in RELATIONS:
-            if entity(rel.source).table == source_table and rel.name == relation:
-                if not shards or any(s.count == 1 or source_id % s.count == s.index for s in shards):
-                    out.setdefault(rel.source, set()).add(source_id)
+            in_scope = not shards or any(s.count == 1 or source_id % s.count == s.index for s in shards)
+            if entity(rel.source).table == source_table and rel.name == relation and in_scope:
+                out.setdefault(rel.source, set()).add(source_id)
     return out

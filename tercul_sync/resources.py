@@ -70,10 +70,15 @@ class SyncSettings(dg.ConfigurableResource):
     """How the batch processor writes and when a step fails."""
 
     batch_size: int = Field(default=500, description="Rows per read page and objects per write batch (TERCUL_SYNC_BATCH_SIZE).")
-    max_batch_bytes: int = Field(default=16 * 1024 * 1024, description="Upper bound on one batch request's size (TERCUL_SYNC_MAX_BATCH_BYTES).")
+    max_batch_bytes: int = Field(
+        default=16 * 1024 * 1024, description="Upper bound on one batch request's size (TERCUL_SYNC_MAX_BATCH_BYTES)."
+    )
     max_failure_rate: float = Field(
         default=0.01,
-        description="A step fails when more than this fraction of its objects failed; below it, it succeeds with a failing WARN check (TERCUL_SYNC_MAX_FAILURE_RATE).",
+        description=(
+            "A step fails when more than this fraction of its objects failed; below it, it succeeds "
+            "with a failing WARN check (TERCUL_SYNC_MAX_FAILURE_RATE)."
+        ),
     )
     retry_attempts: int = Field(default=5, description="Attempts per batch for transient errors (TERCUL_SYNC_RETRY_ATTEMPTS).")
     report_dir: str = Field(description="Where each step writes its full failure report (JSON lines).")

@@ -99,10 +99,7 @@ def select_live_page(e: EntityType, shard: Shard, after_id: int, limit: int) -> 
     t = table_for(e)
     cols = [t.c.id, *(t.c[c.name] for c in e.property_columns)]
     return (
-        sa.select(*cols)
-        .where(t.c[e.soft_delete_column].is_(None), t.c.id > after_id, shard.clause(t.c.id))
-        .order_by(t.c.id)
-        .limit(limit)
+        sa.select(*cols).where(t.c[e.soft_delete_column].is_(None), t.c.id > after_id, shard.clause(t.c.id)).order_by(t.c.id).limit(limit)
     )
 
 
@@ -129,9 +126,7 @@ def fetch_live_rows(engine: Engine, e: EntityType, ids: Sequence[int]) -> list[R
     t = table_for(e)
     cols = [t.c.id, *(t.c[c.name] for c in e.property_columns)]
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(*cols).where(t.c.id.in_(sorted(set(ids))), t.c[e.soft_delete_column].is_(None)).order_by(t.c.id)
-        )
+        rows = conn.execute(sa.select(*cols).where(t.c.id.in_(sorted(set(ids))), t.c[e.soft_delete_column].is_(None)).order_by(t.c.id))
         return list(rows.mappings())
 
 

@@ -28,7 +28,9 @@ from tercul_sync.registry import SOURCE_ID_PROPERTY
 ID_CHUNK = 5_000  # below QUERY_MAXIMUM_RESULTS (10,000 by default)
 
 
-def connect(url: str, grpc_port: int, api_key: str | None = None, timeout_s: float = 60.0, connect_within_s: float = 30.0) -> weaviate.WeaviateClient:
+def connect(
+    url: str, grpc_port: int, api_key: str | None = None, timeout_s: float = 60.0, connect_within_s: float = 30.0
+) -> weaviate.WeaviateClient:
     """Open a client, retrying while the server is starting or briefly away."""
     parsed = urlparse(url)
     if not parsed.hostname:

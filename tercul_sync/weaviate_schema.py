@@ -71,7 +71,9 @@ def schema_problems(
             problems.append(f"{e.collection}.{spec.name} is a reference in Weaviate, the registry needs {spec.data_type.value}")
     for r in relations:
         if r.name in existing_props:
-            problems.append(f"{e.collection}.{r.name} is a {existing_props[r.name]} property in Weaviate, the registry needs a reference to {r.target}")
+            problems.append(
+                f"{e.collection}.{r.name} is a {existing_props[r.name]} property in Weaviate, the registry needs a reference to {r.target}"
+            )
         targets = existing_refs.get(r.name)
         if targets is not None and [t.lower() for t in targets] != [r.target.lower()]:
             problems.append(f"{e.collection}.{r.name} references {targets} in Weaviate, the registry needs [{r.target}]")

@@ -139,7 +139,9 @@ def server_env(data_dir: Path, grpc_port: int, gossip_port: int, data_port: int,
     }
 
 
-def start(data_dir: Path, http_port: int | None = None, grpc_port: int | None = None, log_file: Path | None = None, ready_within_s: float = 90) -> LocalWeaviate:
+def start(
+    data_dir: Path, http_port: int | None = None, grpc_port: int | None = None, log_file: Path | None = None, ready_within_s: float = 90
+) -> LocalWeaviate:
     """Start a server on loopback and wait until it answers ready."""
     binary = ensure_binary()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -147,21 +149,22 @@ def start(data_dir: Path, http_port: int | None = None, grpc_port: int | None = 
     grpc_port = grpc_port or free_port()
     ports = [free_port() for _ in range(4)]
     env = server_env(data_dir, grpc_port, *ports)
-    out = open(log_file or data_dir / "weaviate.log", "ab")
-    proc = subprocess.Popen(
-        [str(binary), "--host", "127.0.0.1", "--port", str(http_port), "--scheme", "http"],
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log_path = log_file or data_dir / "weaviate.log"
+    with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [str(binary), "--host", "127.0.0.1", "--port", str(http_port), "--scheme", "http"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     server = LocalWeaviate(proc, http_port, grpc_port, data_dir)
     deadline = time.monotonic() + ready_within_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise WeaviateUnavailable(f"weaviate-server exited with {proc.returncode}; see {out.name}")
+            raise WeaviateUnavailable(f"weaviate-server exited with {proc.returncode}; see {log_path}")
         if is_ready(server.url):
             return server
         time.sleep(0.3)
     server.stop()
-    raise WeaviateUnavailable(f"weaviate-server did not become ready within {ready_within_s}s; see {out.name}")
+    raise WeaviateUnavailable(f"weaviate-server did not become ready within {ready_within_s}s; see {log_path}")

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
-import sqlalchemy as sa
 import httpx
+import sqlalchemy as sa
 import weaviate
 
 from tercul_sync.assets import build_assets, shard_keys

@@ -11,7 +11,13 @@ FAST = RetrySettings(attempts=3, initial_wait=0.001, max_wait=0.002)
 class FlakyStore:
     """A stand-in server: refuses some keys for good, some for a while, raises on chosen calls."""
 
-    def __init__(self, bad: set[int] = frozenset(), flaky: dict[int, int] | None = None, raise_on_calls: set[int] = frozenset(), error: str = "UNAVAILABLE: connection refused"):
+    def __init__(
+        self,
+        bad: set[int] = frozenset(),
+        flaky: dict[int, int] | None = None,
+        raise_on_calls: set[int] = frozenset(),
+        error: str = "UNAVAILABLE: connection refused",
+    ):
         self.bad, self.flaky, self.raise_on_calls, self.error = bad, dict(flaky or {}), raise_on_calls, error
         self.stored: list[int] = []
         self.calls = 0

@@ -40,7 +40,10 @@ def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 def test_dagster_job_execute_full_sync_with_no_arguments(tmp_path, pg_database, weaviate_server_proc, weaviate_client):
     engine = source.make_engine(pg_database)
     demo_data.generate(engine, 2_000, seed=2)
-    proc = _run([str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "full_sync"], _env(tmp_path, weaviate_server_proc, pg_database))
+    proc = _run(
+        [str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "full_sync"],
+        _env(tmp_path, weaviate_server_proc, pg_database),
+    )
     assert "RUN_SUCCESS" in proc.stdout + proc.stderr
     for e in ENTITIES:
         assert weaviate_io.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e)), e.collection

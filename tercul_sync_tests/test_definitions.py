@@ -38,4 +38,4 @@ def test_nightly_schedule_requests_every_entity_and_every_partition():
     job = defs.resolve_job_def(schedule.job_name)
     partitioned = job.asset_layer.executable_asset_keys
     assert {k.to_user_string() for k in partitioned} >= {e.collection for e in ENTITIES}
-    assert nightly_full_sync is not None and ALL_SHARDS_TAGS == {k: request.tags[k] for k in ALL_SHARDS_TAGS}
+    assert nightly_full_sync is not None and {k: request.tags[k] for k in ALL_SHARDS_TAGS} == ALL_SHARDS_TAGS

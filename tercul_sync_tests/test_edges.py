@@ -47,8 +47,16 @@ def test_removed_edges_and_deleted_targets_remove_references(pg_database, weavia
     (w1, a1), (w2, a2) = [(k[2], min(v)) for k, v in before.items() if k[:2] == ("Work", "authors")][:2]
     (t_src, t_work) = next((k[2], min(v)) for k, v in before.items() if k[:2] == ("Translation", "translation_of"))
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE edges SET deleted_at = now() WHERE source_table='works' AND relation='authors' AND source_id=:s AND target_id=:t"), {"s": w1, "t": a1})
-        conn.execute(sa.text("DELETE FROM edges WHERE source_table='works' AND relation='authors' AND source_id=:s AND target_id=:t"), {"s": w2, "t": a2})
+        conn.execute(
+            sa.text(
+                "UPDATE edges SET deleted_at = now() WHERE source_table='works' AND relation='authors' AND source_id=:s AND target_id=:t"
+            ),
+            {"s": w1, "t": a1},
+        )
+        conn.execute(
+            sa.text("DELETE FROM edges WHERE source_table='works' AND relation='authors' AND source_id=:s AND target_id=:t"),
+            {"s": w2, "t": a2},
+        )
         conn.execute(sa.text("UPDATE works SET deleted_at = now() WHERE id = :w"), {"w": t_work})
     run_sync(pg_database, weaviate_server_proc)
     after = _assert_references_match(engine, weaviate_server_proc)
@@ -63,14 +71,24 @@ def test_edge_window_syncs_only_its_edges(pg_database, weaviate_server_proc, wea
     run_sync(pg_database, weaviate_server_proc)
     # New edges everywhere; a window over the first 100 edge rows only touches their sources.
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO edges (created_at, updated_at, source_table, source_id, target_table, target_id, relation) "
-            "SELECT now(), now(), 'works', w.id, 'tags', 1, 'tags' FROM works w WHERE w.deleted_at IS NULL AND w.id <= 300"
-        ))
-        first_window_sources = {r[0] for r in conn.execute(sa.text(
-            "SELECT source_id FROM edges WHERE source_table = 'works' AND relation IN ('authors', 'tags', 'categories') AND id IN (SELECT id FROM edges ORDER BY id LIMIT 100)"
-        ))}
-    result = run_sync(pg_database, weaviate_server_proc, selection=["edges"], run_config={"ops": {"edges": {"config": {"batch_size": 100, "offset": 0}}}})
+        conn.execute(
+            sa.text(
+                "INSERT INTO edges (created_at, updated_at, source_table, source_id, target_table, target_id, relation) "
+                "SELECT now(), now(), 'works', w.id, 'tags', 1, 'tags' FROM works w WHERE w.deleted_at IS NULL AND w.id <= 300"
+            )
+        )
+        first_window_sources = {
+            r[0]
+            for r in conn.execute(
+                sa.text(
+                    "SELECT source_id FROM edges WHERE source_table = 'works' "
+                    "AND relation IN ('authors', 'tags', 'categories') AND id IN (SELECT id FROM edges ORDER BY id LIMIT 100)"
+                )
+            )
+        }
+    result = run_sync(
+        pg_database, weaviate_server_proc, selection=["edges"], run_config={"ops": {"edges": {"config": {"batch_size": 100, "offset": 0}}}}
+    )
     md = metadata(result, "edges")
     assert md["window"] == "offset 0, batch_size 100" and md["window_edge_rows"] == 100
     stored = stored_references(weaviate_server_proc)
@@ -91,6 +109,11 @@ def _soft_deleted(engine: sa.Engine, table: str) -> set[int]:
 
 def _had_tag_one_before(engine: sa.Engine) -> set[int]:
     with engine.connect() as conn:
-        return set(conn.execute(sa.text(
-            "SELECT source_id FROM edges WHERE source_table='works' AND relation='tags' AND target_id=1 AND deleted_at IS NULL AND created_at < now() - interval '1 second'"
-        )).scalars())
+        return set(
+            conn.execute(
+                sa.text(
+                    "SELECT source_id FROM edges WHERE source_table='works' AND relation='tags' AND target_id=1 "
+                    "AND deleted_at IS NULL AND created_at < now() - interval '1 second'"
+                )
+            ).scalars()
+        )

@@ -45,10 +45,13 @@ def test_live_edges_leave_out_dead_targets(tmp_path):
         conn.execute(sa.text("UPDATE authors SET deleted_at = '2024-01-01 00:00:00' WHERE id = 2"))
         now = "'2024-01-01 00:00:00'"
         for eid, (tid, deleted) in enumerate([(1, None), (2, None), (99999, None), (1, now)], start=1):
-            conn.execute(sa.text(
-                f"INSERT INTO edges (id, created_at, updated_at, deleted_at, source_table, source_id, target_table, target_id, relation) "
-                f"VALUES ({eid}, {now}, {now}, {deleted or 'NULL'}, 'works', 5, 'authors', {tid}, 'authors')"
-            ))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO edges (id, created_at, updated_at, deleted_at, "
+                    "source_table, source_id, target_table, target_id, relation) "
+                    f"VALUES ({eid}, {now}, {now}, {deleted or 'NULL'}, 'works', 5, 'authors', {tid}, 'authors')"
+                )
+            )
     rel = next(r for r in RELATIONS if r.name == "authors")
     assert source.live_edges_from(engine, rel, [5]) == {5: [(1, 1)]}
 

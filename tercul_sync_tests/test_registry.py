@@ -17,8 +17,13 @@ def test_uuid_is_the_contracts_uuid5():
 
 def test_every_contract_table_and_relation_is_registered():
     assert {e.table: e.collection for e in ENTITIES} == {
-        "authors": "Author", "works": "Work", "translations": "Translation", "books": "Book",
-        "publishers": "Publisher", "tags": "Tag", "categories": "Category",
+        "authors": "Author",
+        "works": "Work",
+        "translations": "Translation",
+        "books": "Book",
+        "publishers": "Publisher",
+        "tags": "Tag",
+        "categories": "Category",
     }
     assert len(RELATIONS) == 8
     assert registry.relation_for_edge("books", "publisher", "publishers") == Relation("Book", "publisher", "Publisher")
