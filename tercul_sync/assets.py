@@ -9,17 +9,18 @@ pagination and writing in batches of the configured size.
 
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from tercul_sync import edges as edge_rules
-from tercul_sync import source, weaviate_io
+from tercul_sync import incremental, source, weaviate_io
 from tercul_sync.batch_writer import WriteReport
 from tercul_sync.registry import ENTITIES, RELATIONS, EntityType, entity
 from tercul_sync.resources import SyncSettings, TerculDatabase, WeaviateResource
-from tercul_sync.sync import ObjectSyncer, ObjectSyncReport, ReasonLog, sweep_orphans
+from tercul_sync.sync import ObjectSyncer, ObjectSyncReport, ReasonLog
 from tercul_sync.weaviate_schema import SchemaMismatchError, ensure_schema
 
 GROUP = "tercul"
@@ -51,7 +52,14 @@ def _shards(context: dg.AssetExecutionContext, count: int) -> list[source.Shard]
     return [shard_from_key(k, count) for k in context.partition_keys]
 
 
+MODES = (incremental.FULL, incremental.INCREMENTAL, incremental.SWEEP)
+
+
 class EntitySyncConfig(dg.Config):
+    mode: str = Field(
+        default=incremental.FULL,
+        description="full: every live row, then the orphan sweep. incremental: rows changed since the cursor. sweep: only delete orphans.",
+    )
     force: bool = Field(default=False, description="Rewrite every object, even those whose content hash is unchanged.")
 
 
@@ -62,6 +70,25 @@ class EdgeSyncConfig(dg.Config):
     )
     offset: int = Field(default=0, description="First edge row of the window, counted in id order from 0.")
     force: bool = Field(default=False, description="Rewrite every source object, even when unchanged.")
+    mode: str = Field(default=incremental.FULL, description="full: every source object. incremental: sources of changed edges and targets.")
+
+
+def _mode(mode: str, allowed: tuple[str, ...]) -> str:
+    if mode not in allowed:
+        raise dg.Failure(description=f"run config mode={mode!r} is not one of {', '.join(allowed)}", allow_retries=False)
+    return mode
+
+
+def _previous_cursors(context: dg.AssetExecutionContext, asset: str) -> dict[str, dict | None]:
+    """Each shard's cursor, from the latest materialization of that shard (Dagster's own records)."""
+    out: dict[str, dict | None] = {}
+    for key in context.partition_keys:
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1
+        ).records
+        value = records[0].asset_materialization.metadata.get("cursor_after") if records else None
+        out[key] = (value.value or {}).get(key) if value is not None else None
+    return out
 
 
 def _write_failure_report(settings: SyncSettings, context: dg.AssetExecutionContext, name: str, report: WriteReport) -> str | None:
@@ -169,24 +196,36 @@ def build_entity_asset(e: EntityType, partitions: dg.StaticPartitionsDefinition,
         sync_settings: SyncSettings,
     ) -> dg.MaterializeResult:
         started = time.perf_counter()
+        mode = _mode(config.mode, MODES)
         _ensure_schema(context, weaviate)
-        syncer = ObjectSyncer(tercul_db.engine, weaviate.client, e, sync_settings.write_settings(config.force))
-        shards = _shards(context, shard_count)
-        report = syncer.sync_shards(shards)
-        sweep = sweep_orphans(tercul_db.engine, weaviate.client, e, shards)
+        shards = {k: shard_from_key(k, shard_count) for k in context.partition_keys}
+        before = _previous_cursors(context, e.collection)
+        run = incremental.run_entity(
+            tercul_db.engine,
+            weaviate.client,
+            e,
+            shards,
+            mode,
+            {k: incremental.Cursor.from_json(v) for k, v in before.items()},
+            sync_settings.write_settings(config.force),
+            timedelta(seconds=sync_settings.overlap_seconds),
+        )
         extra = {
-            "objects_deleted": sweep.deleted,
-            "deleted_sample_ids": dg.MetadataValue.json(sweep.sample_ids),
+            "mode": mode,
+            "rows_changed": run.rows_changed,
+            "objects_deleted": run.deleted,
+            "deleted_sample_ids": dg.MetadataValue.json(run.deleted_sample),
+            "orphan_sweep": run.swept,
+            "cursor_before": dg.MetadataValue.json(before),
+            "cursor_after": dg.MetadataValue.json(run.cursors),
             "weaviate_object_count": weaviate_io.count_objects(weaviate.client, e.collection),
         }
-        return _finish(context, sync_settings, e.collection, [report], started, extra)
+        return _finish(context, sync_settings, e.collection, [run.report], started, extra)
 
     return _entity_asset
 
 
 def build_edges_asset(partitions: dg.StaticPartitionsDefinition, shard_count: int) -> dg.AssetsDefinition:
-    sources = sorted({r.source for r in RELATIONS})
-
     @dg.asset(
         name=EDGES_ASSET,
         group_name=GROUP,
@@ -207,14 +246,33 @@ def build_edges_asset(partitions: dg.StaticPartitionsDefinition, shard_count: in
         sync_settings: SyncSettings,
     ) -> dg.MaterializeResult:
         started = time.perf_counter()
+        mode = _mode(config.mode, (incremental.FULL, incremental.INCREMENTAL))
         _ensure_schema(context, weaviate)
         shards = _shards(context, shard_count)
         settings = sync_settings.write_settings(config.force)
         engine = tercul_db.engine
+        before = _previous_cursors(context, EDGES_ASSET)
         if config.batch_size is None:
-            classification = edge_rules.classify_edges(engine, shards)
-            reports = [ObjectSyncer(engine, weaviate.client, entity(c), settings).sync_shards(shards) for c in sources]
-            window_meta: dict[str, object] = {"window": "all edges"}
+            run = incremental.run_edges(
+                engine,
+                weaviate.client,
+                {k: shard_from_key(k, shard_count) for k in context.partition_keys},
+                mode,
+                before,
+                settings,
+                timedelta(seconds=sync_settings.overlap_seconds),
+            )
+            reports = run.reports
+            # An incremental run explains only the edges it saw change; a full run, all of them.
+            classification = edge_rules.classify_edges(engine, shards, None if mode == incremental.FULL else run.changed_edge_ids)
+            window_meta: dict[str, object] = {
+                "window": "all edges",
+                "mode": mode,
+                "edges_changed": run.edges_changed,
+                "reconciled_by_count_check": ", ".join(run.reconciled) or "none",
+                "cursor_before": dg.MetadataValue.json(before),
+                "cursor_after": dg.MetadataValue.json(run.cursors),
+            }
         else:
             window = edge_rules.EdgeWindow(config.batch_size, config.offset)
             rows = edge_rules.window_edges(engine, window)
@@ -223,7 +281,11 @@ def build_edges_asset(partitions: dg.StaticPartitionsDefinition, shard_count: in
             reports = [
                 ObjectSyncer(engine, weaviate.client, entity(c), settings).sync_ids(sorted(ids)) for c, ids in sorted(touched.items())
             ]
-            window_meta = {"window": f"offset {window.offset}, batch_size {window.batch_size}", "window_edge_rows": len(rows)}
+            window_meta = {
+                "window": f"offset {window.offset}, batch_size {window.batch_size}",
+                "window_edge_rows": len(rows),
+                "cursor_after": dg.MetadataValue.json(before),  # a window moves no cursor
+            }
         extra = {
             "edges_read": classification.edges_read,
             "edges_valid": classification.valid,

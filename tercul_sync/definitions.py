@@ -38,6 +38,20 @@ entity_jobs = [
     )
     for e in ENTITIES
 ]
+incremental_sync = dg.define_asset_job(
+    "incremental_sync",
+    selection=dg.AssetSelection.groups("tercul"),
+    description="Rows and edges changed since the last successful sync, and deletes; every shard.",
+    tags=ALL_SHARDS_TAGS,
+    config={"ops": {name: {"config": {"mode": "incremental"}} for name in [*(e.collection for e in ENTITIES), EDGES_ASSET]}},
+)
+orphan_sweep = dg.define_asset_job(
+    "orphan_sweep",
+    selection=dg.AssetSelection.groups("tercul"),
+    description="Delete objects whose row is gone (hard deletes), then set every reference list right.",
+    tags=ALL_SHARDS_TAGS,
+    config={"ops": {e.collection: {"config": {"mode": "sweep"}} for e in ENTITIES}},
+)
 sync_edges = dg.define_asset_job(
     "sync_edges",
     selection=dg.AssetSelection.assets(EDGES_ASSET),
@@ -57,6 +71,28 @@ def nightly_full_sync(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     return dg.RunRequest(tags={**ALL_SHARDS_TAGS, "tercul_sync/trigger": "nightly_full_sync"})
 
 
+@dg.schedule(
+    job=incremental_sync,
+    cron_schedule=settings.incremental_cron,
+    execution_timezone=settings.schedule_timezone,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Incremental sync (TERCUL_SYNC_INCREMENTAL_CRON, default every 10 minutes).",
+)
+def incremental_sync_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    return dg.RunRequest(tags={**ALL_SHARDS_TAGS, "tercul_sync/trigger": "incremental_sync_schedule"})
+
+
+@dg.schedule(
+    job=orphan_sweep,
+    cron_schedule=settings.sweep_cron,
+    execution_timezone=settings.schedule_timezone,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Orphan sweep for hard deletes (TERCUL_SYNC_SWEEP_CRON, default hourly at :30).",
+)
+def orphan_sweep_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    return dg.RunRequest(tags={**ALL_SHARDS_TAGS, "tercul_sync/trigger": "orphan_sweep_schedule"})
+
+
 def _database_url() -> str | dg.EnvVar:
     # EnvVar keeps the URL (and its password) out of the UI and the run config.
     return dg.EnvVar("TERCUL_DATABASE_URL") if os.environ.get("TERCUL_DATABASE_URL") else settings.demo_database_url
@@ -74,13 +110,14 @@ resources = {
         max_batch_bytes=settings.max_batch_bytes,
         max_failure_rate=settings.max_failure_rate,
         retry_attempts=settings.retry_attempts,
+        overlap_seconds=settings.overlap_seconds,
         report_dir=str(settings.report_dir),
     ),
 }
 
 defs = dg.Definitions(
     assets=assets,
-    jobs=[full_sync, *entity_jobs, sync_edges],
-    schedules=[nightly_full_sync],
+    jobs=[full_sync, incremental_sync, orphan_sweep, *entity_jobs, sync_edges],
+    schedules=[nightly_full_sync, incremental_sync_schedule, orphan_sweep_schedule],
     resources=resources,
 )

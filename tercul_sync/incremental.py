@@ -14,7 +14,7 @@ per shard), never in Tercul's database.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -111,7 +111,9 @@ def iter_changed_pages(
         after = (_aware(page[-1]["updated_at"]), page[-1]["id"])
 
 
-def soft_deleted_since(engine: Engine, e: EntityType, shards: Sequence[source.Shard], cursor: Cursor, overlap: timedelta) -> list[tuple[int, Any]]:
+def soft_deleted_since(
+    engine: Engine, e: EntityType, shards: Sequence[source.Shard], cursor: Cursor, overlap: timedelta
+) -> list[tuple[int, Any]]:
     """``(id, deleted_at)`` of rows soft-deleted after ``cursor.deleted_at - overlap``."""
     t = source.table_for(e)
     q = sa.select(t.c.id, t.c[e.soft_delete_column]).where(_shard_clause(t, "id", shards), t.c[e.soft_delete_column].is_not(None))
@@ -150,7 +152,9 @@ def changed_target_ids(engine: Engine, e: EntityType, cursor: Cursor, overlap: t
         return [tuple(r) for r in conn.execute(q)]
 
 
-def sources_pointing_at(engine: Engine, target: EntityType, target_ids: Sequence[int], shards: Sequence[source.Shard]) -> dict[str, set[int]]:
+def sources_pointing_at(
+    engine: Engine, target: EntityType, target_ids: Sequence[int], shards: Sequence[source.Shard]
+) -> dict[str, set[int]]:
     """``{source collection: ids}`` of rows with an edge (live or not) to one of ``target_ids``."""
     out: dict[str, set[int]] = {}
     if not target_ids:
@@ -206,3 +210,161 @@ def valid_reference_count(engine: Engine, collection: str) -> int:
             )
             total += int(conn.execute(sa.select(sa.func.count()).select_from(pairs)).scalar_one())
     return total
+
+
+# --- Running a sync in one of its modes (used by the assets; free of Dagster) ---------------
+
+FULL, INCREMENTAL, SWEEP = "full", "incremental", "sweep"
+
+
+@dataclass
+class EntityRun:
+    """The outcome of one entity step, whatever its mode."""
+
+    report: Any  # sync.ObjectSyncReport
+    rows_changed: int = 0
+    deleted: int = 0
+    deleted_sample: list[int] = field(default_factory=list)
+    swept: bool = False
+    cursors: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+
+
+def run_entity(
+    engine: Engine,
+    client: Any,
+    e: EntityType,
+    shards: dict[str, source.Shard],
+    mode: str,
+    previous: dict[str, Cursor | None],
+    settings: Any,  # sync.WriteSettings
+    overlap: timedelta,
+) -> EntityRun:
+    """Full: every live row of each shard. Incremental: rows changed since each shard's cursor.
+    Sweep: only delete objects whose row is gone. Each shard's cursor moves only if all its writes landed."""
+    from tercul_sync import weaviate_io
+    from tercul_sync.sync import ObjectSyncer, sweep_orphans
+
+    syncer = ObjectSyncer(engine, client, e, settings)
+    run = EntityRun(syncer.report, cursors={k: (c.to_json() if c else None) for k, c in previous.items()})
+    table = source.table_for(e)
+    for key, shard in shards.items():
+        if mode == SWEEP:
+            break
+        failed_before = syncer.report.write.failed
+        cursor = previous.get(key)
+        if mode == FULL or cursor is None:
+            new = high_water(engine, table, [shard])  # read before the scan: later changes stay ahead of it
+            syncer.sync_shards([shard])
+        else:
+            new = cursor
+            for page in iter_changed_pages(engine, e, [shard], cursor, overlap, settings.batch_size):
+                run.rows_changed += len(page)
+                syncer.write_rows([r for r in page if r[e.soft_delete_column] is None])
+                run.deleted += _delete(client, e, [r["id"] for r in page if r[e.soft_delete_column] is not None], run)
+                for r in page:
+                    new = new.advanced(r["updated_at"], r["id"], r[e.soft_delete_column])
+            gone = soft_deleted_since(engine, e, [shard], cursor, overlap)
+            run.rows_changed += len(gone)
+            run.deleted += _delete(client, e, [i for i, _ in gone], run)
+            for row_id, deleted_at in gone:
+                new = new.advanced(None, row_id, deleted_at)
+        if syncer.report.write.failed == failed_before:
+            run.cursors[key] = new.to_json()
+    # Rows removed outright leave no trace to follow: compare counts, sweep when they differ.
+    live = source.count_live(engine, e)
+    if mode != INCREMENTAL or weaviate_io.count_objects(client, e.collection) != live:
+        sweep = sweep_orphans(engine, client, e, list(shards.values()))
+        run.swept = True
+        run.deleted += sweep.deleted
+        run.deleted_sample.extend(sweep.sample_ids[: 10 - len(run.deleted_sample)])
+    return run
+
+
+def _delete(client: Any, e: EntityType, ids: list[int], run: EntityRun) -> int:
+    from tercul_sync import weaviate_io
+    from tercul_sync.registry import object_uuid
+
+    if not ids:
+        return 0
+    run.deleted_sample.extend(ids[: max(0, 10 - len(run.deleted_sample))])
+    return weaviate_io.delete_uuids(client, e.collection, [object_uuid(e.collection, i) for i in ids])
+
+
+def edge_targets() -> list[EntityType]:
+    return [entity(c) for c in sorted({r.target for r in RELATIONS})]
+
+
+def edge_sources() -> list[EntityType]:
+    return [entity(c) for c in sorted({r.source for r in RELATIONS})]
+
+
+@dataclass
+class EdgesRun:
+    reports: list[Any]
+    edges_changed: int = 0
+    changed_edge_ids: list[int] = field(default_factory=list)
+    reconciled: list[str] = field(default_factory=list)
+    cursors: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+
+
+def _edge_high_water(engine: Engine, shard: source.Shard) -> dict[str, Any]:
+    marks = {"edges": high_water(engine, source.edges_table(), [shard], id_column="source_id").to_json()}
+    for t in edge_targets():
+        marks[t.table] = high_water(engine, source.table_for(t), []).to_json()
+    return marks
+
+
+def run_edges(
+    engine: Engine,
+    client: Any,
+    shards: dict[str, source.Shard],
+    mode: str,
+    previous: dict[str, dict[str, Any] | None],
+    settings: Any,
+    overlap: timedelta,
+) -> EdgesRun:
+    """Full: rewrite every source object whose reference lists changed. Incremental: only the
+    sources of changed edges and of changed target rows, then a count check per source type
+    that falls back to the full pass for that type when references were lost another way."""
+    from tercul_sync import weaviate_io
+    from tercul_sync.edges import touched_sources
+    from tercul_sync.sync import ObjectSyncer
+
+    syncers = {e.collection: ObjectSyncer(engine, client, e, settings) for e in edge_sources()}
+    run = EdgesRun([s.report for s in syncers.values()], cursors=dict(previous))
+    failed = lambda: sum(s.report.write.failed for s in syncers.values())  # noqa: E731
+    for key, shard in shards.items():
+        before = failed()
+        cursors = previous.get(key)
+        if mode == FULL or not cursors:
+            marks = _edge_high_water(engine, shard)
+            for s in syncers.values():
+                s.sync_shards([shard])
+        else:
+            marks = dict(cursors)
+            edge_cursor = Cursor.from_json(cursors.get("edges")) or Cursor()
+            rows = changed_edges(engine, [shard], edge_cursor, overlap)
+            run.edges_changed += len(rows)
+            run.changed_edge_ids.extend(r["id"] for r in rows)
+            touched = touched_sources([(r["id"], r["source_table"], r["source_id"], r["relation"]) for r in rows], [shard])
+            for r in rows:
+                edge_cursor = edge_cursor.advanced(r["updated_at"], r["id"], r["deleted_at"])
+            marks["edges"] = edge_cursor.to_json()
+            for t in edge_targets():
+                c = Cursor.from_json(cursors.get(t.table)) or Cursor()
+                changed = changed_target_ids(engine, t, c, overlap)
+                for collection, ids in sources_pointing_at(engine, t, [i for i, _, _ in changed], [shard]).items():
+                    touched.setdefault(collection, set()).update(ids)
+                for row_id, updated_at, deleted_at in changed:
+                    c = c.advanced(updated_at, row_id, deleted_at)
+                marks[t.table] = c.to_json()
+            for collection, ids in sorted(touched.items()):
+                syncers[collection].sync_ids(sorted(ids))
+        if failed() == before:
+            run.cursors[key] = marks
+    if mode == INCREMENTAL:
+        for collection, s in syncers.items():
+            if weaviate_io.reference_total(client, collection) != valid_reference_count(engine, collection):
+                s.sync_shards(list(shards.values()))
+                run.reconciled.append(collection)
+    return run

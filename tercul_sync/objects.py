@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 from tercul_sync.registry import SOURCE_ID_PROPERTY, EntityType, Kind, object_uuid
 
 HASH_PROPERTY = "sync_hash"  # content hash of what we store; lets unchanged objects be skipped
+REF_COUNT_PROPERTY = "sync_ref_count"  # references the object carries; their sum is checked against SQL
+BOOKKEEPING_PROPERTIES = (HASH_PROPERTY, REF_COUNT_PROPERTY)
 
 T = TypeVar("T")
 
@@ -71,6 +73,7 @@ def build_object(e: EntityType, row: Mapping[str, Any], references: Mapping[str,
     """The object for one row, with its references (sorted) and content hash."""
     refs = {name: sorted(set(uuids)) for name, uuids in (references or {}).items() if uuids}
     props = row_properties(e, row)
+    props[REF_COUNT_PROPERTY] = sum(len(v) for v in refs.values())
     props[HASH_PROPERTY] = content_hash(props, refs)
     return ObjectWrite(row["id"], object_uuid(e.collection, row["id"]), props, refs)
 

@@ -81,6 +81,10 @@ class SyncSettings(dg.ConfigurableResource):
         ),
     )
     retry_attempts: int = Field(default=5, description="Attempts per batch for transient errors (TERCUL_SYNC_RETRY_ATTEMPTS).")
+    overlap_seconds: int = Field(
+        default=300,
+        description="Seconds before its cursor the incremental sync re-reads, for late commits (TERCUL_SYNC_OVERLAP_SECONDS).",
+    )
     report_dir: str = Field(description="Where each step writes its full failure report (JSON lines).")
 
     def write_settings(self, force: bool = False) -> WriteSettings:

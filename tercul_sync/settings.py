@@ -56,7 +56,10 @@ class Settings:
     shards: int
     max_failure_rate: float
     retry_attempts: int
+    overlap_seconds: int
     full_sync_cron: str
+    incremental_cron: str
+    sweep_cron: str
     schedule_timezone: str
 
     @property
@@ -84,6 +87,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         shards=_int(env, "TERCUL_SYNC_SHARDS", 8),
         max_failure_rate=_float(env, "TERCUL_SYNC_MAX_FAILURE_RATE", 0.01, 0.0, 1.0),
         retry_attempts=_int(env, "TERCUL_SYNC_RETRY_ATTEMPTS", 5),
+        overlap_seconds=_int(env, "TERCUL_SYNC_OVERLAP_SECONDS", 300, minimum=0),
         full_sync_cron=env.get("TERCUL_SYNC_FULL_CRON") or "0 2 * * *",
+        incremental_cron=env.get("TERCUL_SYNC_INCREMENTAL_CRON") or "*/10 * * * *",
+        sweep_cron=env.get("TERCUL_SYNC_SWEEP_CRON") or "30 * * * *",
         schedule_timezone=env.get("TERCUL_SYNC_TIMEZONE") or "UTC",
     )

@@ -17,12 +17,13 @@ from urllib.parse import urlparse
 
 import weaviate
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from weaviate.classes.aggregate import Metrics
 from weaviate.classes.data import DataObject
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 from weaviate.classes.query import Filter
 from weaviate.exceptions import WeaviateConnectionError, WeaviateGRPCUnavailableError, WeaviateInsertManyAllFailedError
 
-from tercul_sync.objects import HASH_PROPERTY, ObjectWrite
+from tercul_sync.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, ObjectWrite
 from tercul_sync.registry import SOURCE_ID_PROPERTY
 
 ID_CHUNK = 5_000  # below QUERY_MAXIMUM_RESULTS (10,000 by default)
@@ -135,3 +136,9 @@ def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[
         if sid is not None:
             out[int(sid)] = str(obj.uuid)
     return out
+
+
+def reference_total(client: weaviate.WeaviateClient, collection: str) -> int:
+    """How many references a collection's objects carry (the sum of their ``sync_ref_count``)."""
+    res = client.collections.use(collection).aggregate.over_all(return_metrics=Metrics(REF_COUNT_PROPERTY).integer(sum_=True))
+    return int(res.properties[REF_COUNT_PROPERTY].sum_ or 0)

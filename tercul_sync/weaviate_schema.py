@@ -14,7 +14,7 @@ import weaviate
 from weaviate.classes.config import Configure, DataType, Property, ReferenceProperty
 from weaviate.exceptions import UnexpectedStatusCodeError
 
-from tercul_sync.objects import HASH_PROPERTY
+from tercul_sync.objects import HASH_PROPERTY, REF_COUNT_PROPERTY
 from tercul_sync.registry import ENTITIES, RELATIONS, SOURCE_ID_PROPERTY, EntityType, Kind, Relation
 
 WEAVIATE_TYPES = {
@@ -43,12 +43,15 @@ def property_specs(e: EntityType) -> list[PropertySpec]:
     specs = [PropertySpec(SOURCE_ID_PROPERTY, DataType.INT)]
     specs += [PropertySpec(c.name, WEAVIATE_TYPES[c.kind]) for c in e.property_columns]
     specs.append(PropertySpec(HASH_PROPERTY, DataType.TEXT))
+    specs.append(PropertySpec(REF_COUNT_PROPERTY, DataType.INT))
     return specs
 
 
 def _create_property(spec: PropertySpec) -> Property:
     if spec.name == HASH_PROPERTY:  # bookkeeping, never searched
         return Property(name=spec.name, data_type=spec.data_type, index_searchable=False, index_filterable=False, skip_vectorization=True)
+    if spec.name == REF_COUNT_PROPERTY:
+        return Property(name=spec.name, data_type=spec.data_type, skip_vectorization=True)
     # Ranges on ints and dates make `source_id` and `updated_at` cheap to filter by.
     ranged = spec.data_type in (DataType.INT, DataType.DATE)
     return Property(name=spec.name, data_type=spec.data_type, index_range_filters=ranged)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 import weaviate
 
 from tercul_sync.assets import build_assets, shard_keys
+from tercul_sync.objects import BOOKKEEPING_PROPERTIES
 from tercul_sync.registry import ENTITIES, RELATIONS, EntityType, entity
 from tercul_sync.resources import SyncSettings, TerculDatabase, WeaviateResource
 from tercul_sync.weaviate_server import LocalWeaviate
@@ -85,7 +86,7 @@ def stored_objects(client: weaviate.WeaviateClient, e: EntityType) -> dict[str, 
     """Every object of a collection: ``{uuid: properties without None and the sync hash}``."""
     out = {}
     for obj in client.collections.use(e.collection).iterator():
-        props = {k: v for k, v in obj.properties.items() if v is not None and k != "sync_hash"}
+        props = {k: v for k, v in obj.properties.items() if v is not None and k not in BOOKKEEPING_PROPERTIES}
         out[str(obj.uuid)] = props
     return out
 
