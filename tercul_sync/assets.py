@@ -172,7 +172,9 @@ def _ensure_schema(context: dg.AssetExecutionContext, weaviate: WeaviateResource
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
-def build_entity_asset(e: EntityType, partitions: dg.StaticPartitionsDefinition, shard_count: int) -> dg.AssetsDefinition:
+def build_entity_asset(
+    e: EntityType, partitions: dg.StaticPartitionsDefinition, shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY
+) -> dg.AssetsDefinition:
     # Targets first: a source object written after its targets carries all its references at once.
     targets = sorted({r.target for r in RELATIONS if r.source == e.collection and r.target != e.collection})
 
@@ -184,7 +186,7 @@ def build_entity_asset(e: EntityType, partitions: dg.StaticPartitionsDefinition,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool=f"tercul_sync/{e.collection}",
-        retry_policy=STEP_RETRY,
+        retry_policy=retry_policy,
         deps=[dg.AssetDep(t, partition_mapping=dg.AllPartitionMapping()) for t in targets],
         check_specs=[dg.AssetCheckSpec(CHECK_NAME, asset=e.collection, description="Every row landed in Weaviate.")],
     )
@@ -225,7 +227,9 @@ def build_entity_asset(e: EntityType, partitions: dg.StaticPartitionsDefinition,
     return _entity_asset
 
 
-def build_edges_asset(partitions: dg.StaticPartitionsDefinition, shard_count: int) -> dg.AssetsDefinition:
+def build_edges_asset(
+    partitions: dg.StaticPartitionsDefinition, shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY
+) -> dg.AssetsDefinition:
     @dg.asset(
         name=EDGES_ASSET,
         group_name=GROUP,
@@ -234,7 +238,7 @@ def build_edges_asset(partitions: dg.StaticPartitionsDefinition, shard_count: in
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="tercul_sync/edges",
-        retry_policy=STEP_RETRY,
+        retry_policy=retry_policy,
         deps=[dg.AssetDep(e.collection, partition_mapping=dg.AllPartitionMapping()) for e in ENTITIES],
         check_specs=[dg.AssetCheckSpec(CHECK_NAME, asset=EDGES_ASSET, description="Every source object carrying references landed.")],
     )
@@ -297,6 +301,7 @@ def build_edges_asset(partitions: dg.StaticPartitionsDefinition, shard_count: in
     return edges
 
 
-def build_assets(shard_count: int) -> list[dg.AssetsDefinition]:
+def build_assets(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY) -> list[dg.AssetsDefinition]:
     partitions = shard_partitions(shard_count)
-    return [*(build_entity_asset(e, partitions, shard_count) for e in ENTITIES), build_edges_asset(partitions, shard_count)]
+    entities = [build_entity_asset(e, partitions, shard_count, retry_policy) for e in ENTITIES]
+    return [*entities, build_edges_asset(partitions, shard_count, retry_policy)]

@@ -192,7 +192,7 @@ def valid_reference_count(engine: Engine, collection: str) -> int:
             if rel.source != collection:
                 continue
             src, tgt = entity(rel.source), entity(rel.target)
-            s, t = source.table_for(src), source.table_for(tgt)
+            s, t = source.table_for(src).alias("s"), source.table_for(tgt).alias("t")
             pairs = (
                 sa.select(edges.c.source_id, edges.c.target_id)
                 .join(s, s.c.id == edges.c.source_id)

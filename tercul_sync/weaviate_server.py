@@ -78,10 +78,22 @@ def ensure_binary(log=print) -> Path:
     return find_binary() or build_binary(log)
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (all sockets held open until every port is chosen)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def is_ready(url: str, timeout: float = 2.0) -> bool:
@@ -142,13 +154,29 @@ def server_env(data_dir: Path, grpc_port: int, gossip_port: int, data_port: int,
 def start(
     data_dir: Path, http_port: int | None = None, grpc_port: int | None = None, log_file: Path | None = None, ready_within_s: float = 90
 ) -> LocalWeaviate:
-    """Start a server on loopback and wait until it answers ready."""
+    """Start a server on loopback and wait until it answers ready.
+
+    A port taken between choosing it and binding it makes the server exit;
+    then it is started again on other ports (twice at most).
+    """
+    for attempt in range(3):
+        try:
+            return _start_once(data_dir, http_port, grpc_port, log_file, ready_within_s)
+        except WeaviateUnavailable as exc:
+            if attempt == 2 or "exited" not in str(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_once(
+    data_dir: Path, http_port: int | None, grpc_port: int | None, log_file: Path | None, ready_within_s: float
+) -> LocalWeaviate:
     binary = ensure_binary()
     data_dir.mkdir(parents=True, exist_ok=True)
-    http_port = http_port or free_port()
-    grpc_port = grpc_port or free_port()
-    ports = [free_port() for _ in range(4)]
-    env = server_env(data_dir, grpc_port, *ports)
+    ports = free_ports(6)
+    http_port = http_port or ports[0]
+    grpc_port = grpc_port or ports[1]
+    env = server_env(data_dir, grpc_port, *ports[2:])
     log_path = log_file or data_dir / "weaviate.log"
     with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(

@@ -12,7 +12,7 @@ import weaviate
 
 from tercul_sync.assets import build_assets, shard_keys
 from tercul_sync.objects import BOOKKEEPING_PROPERTIES
-from tercul_sync.registry import ENTITIES, RELATIONS, EntityType, entity
+from tercul_sync.registry import ENTITIES, RELATIONS, EntityType, entity, object_uuid
 from tercul_sync.resources import SyncSettings, TerculDatabase, WeaviateResource
 from tercul_sync.weaviate_server import LocalWeaviate
 
@@ -24,9 +24,11 @@ def all_shards_tags(shards: int = SHARDS) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
 
 
-def resources(db_url: str, server: LocalWeaviate, tmp_dir: str = "/tmp/tercul-test-reports", **settings: Any) -> dict[str, Any]:
+def resources(
+    db_url: str, server: LocalWeaviate, tmp_dir: str = "/tmp/tercul-test-reports", weaviate_timeout: float = 120.0, **settings: Any
+) -> dict[str, Any]:
     return {
-        "weaviate": WeaviateResource(url=server.url, grpc_port=server.grpc_port),
+        "weaviate": WeaviateResource(url=server.url, grpc_port=server.grpc_port, timeout_seconds=weaviate_timeout),
         "tercul_db": TerculDatabase(url=db_url),
         "sync_settings": SyncSettings(report_dir=tmp_dir, **{"batch_size": 300, **settings}),
     }
@@ -39,13 +41,23 @@ def run_sync(
     run_config: dict[str, Any] | None = None,
     raise_on_error: bool = True,
     partition_key: str | None = None,
+    instance: dg.DagsterInstance | None = None,
+    mode: str | None = None,
+    retries: int | None = None,
     **settings: Any,
 ) -> dg.ExecuteInProcessResult:
-    """Materialize the real assets (all of them by default) over every shard."""
-    assets = build_assets(SHARDS)
+    """Materialize the real assets (all of them by default) over every shard.
+
+    ``instance`` carries cursors from one run to the next; ``mode`` sets every selected asset's mode.
+    """
+    assets = build_assets(SHARDS) if retries is None else build_assets(SHARDS, dg.RetryPolicy(max_retries=retries))
+    if mode is not None:
+        names = selection or [a.key.to_user_string() for a in assets]
+        run_config = {"ops": {n: {"config": {"mode": mode}} for n in names}}
     return dg.materialize(
         assets,
         selection=selection,
+        instance=instance,
         resources=resources(db_url, server, **settings),
         run_config=run_config,
         tags=None if partition_key else all_shards_tags(),
@@ -138,3 +150,25 @@ def stored_references(server: LocalWeaviate) -> dict[tuple[str, str, int], list[
                     key = (e.collection, r.name, int(obj["properties"]["source_id"]))
                     out[key] = [ids_by_uuid.get(b["beacon"].rsplit("/", 1)[-1], -1) for b in beacons]
     return out
+
+
+def assert_references_match(engine: sa.Engine, server: LocalWeaviate) -> dict:
+    expected = expected_references(engine)
+    stored = stored_references(server)
+    duplicates = {k: v for k, v in stored.items() if len(v) != len(set(v))}
+    assert not duplicates, f"duplicate references: {list(duplicates.items())[:3]}"
+    assert all(-1 not in v for v in stored.values()), "a reference points at no object"
+    assert {k: set(v) for k, v in stored.items()} == expected
+    return expected
+
+
+def assert_objects_match(engine: sa.Engine, client: weaviate.WeaviateClient) -> None:
+    """Every collection holds exactly the live rows, with exactly their properties."""
+    for e in ENTITIES:
+        expected = {object_uuid(e.collection, i): props for i, props in expected_objects(engine, e).items()}
+        stored = stored_objects(client, e)
+        assert set(stored) == set(expected), (
+            f"{e.collection}: extra {len(set(stored) - set(expected))}, missing {len(set(expected) - set(stored))}"
+        )
+        wrong = [u for u in expected if stored[u] != expected[u]]
+        assert not wrong, f"{e.collection}: {len(wrong)} objects differ, e.g. {stored[wrong[0]]} != {expected[wrong[0]]}"

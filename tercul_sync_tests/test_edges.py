@@ -5,17 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from tercul_sync import demo_data, source
-from tercul_sync_tests.helpers import expected_references, metadata, run_sync, stored_references
-
-
-def _assert_references_match(engine: sa.Engine, server) -> dict:
-    expected = expected_references(engine)
-    stored = stored_references(server)
-    duplicates = {k: v for k, v in stored.items() if len(v) != len(set(v))}
-    assert not duplicates, f"duplicate references: {list(duplicates.items())[:3]}"
-    assert all(-1 not in v for v in stored.values()), "a reference points at no object"
-    assert {k: set(v) for k, v in stored.items()} == expected
-    return expected
+from tercul_sync_tests.helpers import assert_references_match, metadata, run_sync, stored_references
 
 
 def test_full_sync_writes_exactly_the_live_edges_and_is_idempotent(pg_database, weaviate_server_proc, weaviate_client):
@@ -24,7 +14,7 @@ def test_full_sync_writes_exactly_the_live_edges_and_is_idempotent(pg_database, 
     assert written["edges"] >= 10_000
 
     first = run_sync(pg_database, weaviate_server_proc)
-    expected = _assert_references_match(engine, weaviate_server_proc)
+    expected = assert_references_match(engine, weaviate_server_proc)
     assert sum(len(v) for v in expected.values()) > 8_000
 
     md = metadata(first, "edges")
@@ -35,14 +25,14 @@ def test_full_sync_writes_exactly_the_live_edges_and_is_idempotent(pg_database, 
     assert first.get_asset_check_evaluations()[-1].passed  # skipped edges do not fail anything
 
     run_sync(pg_database, weaviate_server_proc)
-    _assert_references_match(engine, weaviate_server_proc)
+    assert_references_match(engine, weaviate_server_proc)
 
 
 def test_removed_edges_and_deleted_targets_remove_references(pg_database, weaviate_server_proc, weaviate_client):
     engine = source.make_engine(pg_database)
     demo_data.generate(engine, 1_500, seed=5)
     run_sync(pg_database, weaviate_server_proc)
-    before = _assert_references_match(engine, weaviate_server_proc)
+    before = assert_references_match(engine, weaviate_server_proc)
 
     (w1, a1), (w2, a2) = [(k[2], min(v)) for k, v in before.items() if k[:2] == ("Work", "authors")][:2]
     (t_src, t_work) = next((k[2], min(v)) for k, v in before.items() if k[:2] == ("Translation", "translation_of"))
@@ -59,7 +49,7 @@ def test_removed_edges_and_deleted_targets_remove_references(pg_database, weavia
         )
         conn.execute(sa.text("UPDATE works SET deleted_at = now() WHERE id = :w"), {"w": t_work})
     run_sync(pg_database, weaviate_server_proc)
-    after = _assert_references_match(engine, weaviate_server_proc)
+    after = assert_references_match(engine, weaviate_server_proc)
     assert a1 not in after.get(("Work", "authors", w1), set())
     assert a2 not in after.get(("Work", "authors", w2), set())
     assert t_work not in after.get(("Translation", "translation_of", t_src), set())
@@ -99,7 +89,7 @@ def test_edge_window_syncs_only_its_edges(pg_database, weaviate_server_proc, wea
     assert not (with_new_tag - first_window_sources - _had_tag_one_before(engine))
     # a full edges pass brings everything in line
     run_sync(pg_database, weaviate_server_proc, selection=["edges"])
-    _assert_references_match(engine, weaviate_server_proc)
+    assert_references_match(engine, weaviate_server_proc)
 
 
 def _soft_deleted(engine: sa.Engine, table: str) -> set[int]:
