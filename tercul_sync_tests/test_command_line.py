@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from tercul_sync import demo_data, source, weaviate_io
-from tercul_sync.registry import ENTITIES, entity
+from tercul_sync.registry import ENTITIES, entity, object_uuid
 from tercul_sync.settings import PROJECT_DIR
 from tercul_sync_tests.helpers import expected_objects
 
@@ -40,14 +42,22 @@ def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 def test_dagster_job_execute_full_sync_with_no_arguments(tmp_path, pg_database, weaviate_server_proc, weaviate_client):
     engine = source.make_engine(pg_database)
     demo_data.generate(engine, 2_000, seed=2)
-    proc = _run(
-        [str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "full_sync"],
-        _env(tmp_path, weaviate_server_proc, pg_database),
-    )
+    env = _env(tmp_path, weaviate_server_proc, pg_database)
+    proc = _run([str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "full_sync"], env)
     assert "RUN_SUCCESS" in proc.stdout + proc.stderr
     for e in ENTITIES:
         assert weaviate_io.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e)), e.collection
     assert "tercul:tercul@" not in proc.stdout + proc.stderr  # the database password is never logged
+
+    # The incremental job, as the README gives it, picks up a change and a delete.
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE works SET title = 'Changed by the backend', updated_at = now() WHERE id = 3"))
+        conn.execute(sa.text("UPDATE works SET deleted_at = NULL, updated_at = now() WHERE id = 3"))
+        conn.execute(sa.text("DELETE FROM works WHERE id = 4"))
+    _run([str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "incremental_sync"], env)
+    works = weaviate_client.collections.use("Work")
+    assert works.query.fetch_object_by_id(object_uuid("Work", 3)).properties["title"] == "Changed by the backend"
+    assert works.query.fetch_object_by_id(object_uuid("Work", 4)) is None
 
 
 def test_dg_launch_one_entity_type(tmp_path, pg_database, weaviate_server_proc, weaviate_client):

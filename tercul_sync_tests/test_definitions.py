@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import dagster as dg
+import pytest
 
 from tercul_sync.definitions import ALL_SHARDS_TAGS, SHARD_KEYS, defs, nightly_full_sync
 from tercul_sync.registry import ENTITIES
+from tercul_sync.settings import SettingError, load_settings
 
 
 def test_one_asset_per_entity_type_plus_edges_in_one_group():
@@ -39,3 +45,43 @@ def test_nightly_schedule_requests_every_entity_and_every_partition():
     partitioned = job.asset_layer.executable_asset_keys
     assert {k.to_user_string() for k in partitioned} >= {e.collection for e in ENTITIES}
     assert nightly_full_sync is not None and {k: request.tags[k] for k in ALL_SHARDS_TAGS} == ALL_SHARDS_TAGS
+
+
+def test_incremental_and_sweep_jobs_and_schedules():
+    for job_name, schedule_name, mode in (
+        ("incremental_sync", "incremental_sync_schedule", "incremental"),
+        ("orphan_sweep", "orphan_sweep_schedule", "sweep"),
+    ):
+        schedule = defs.resolve_schedule_def(schedule_name)
+        assert schedule.job_name == job_name and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+        with dg.build_schedule_context() as context:
+            [request] = schedule.evaluate_tick(context).run_requests
+        assert request.tags["dagster/asset_partition_range_end"] == SHARD_KEYS[-1]
+        config = defs.resolve_job_def(job_name).get_run_config_for_partition_key(SHARD_KEYS[0])
+        assert config["ops"]["Work"]["config"]["mode"] == mode
+    assert defs.resolve_schedule_def("incremental_sync_schedule").cron_schedule == "*/10 * * * *"
+
+
+def test_schedules_follow_the_environment():
+    env = {
+        **os.environ,
+        "TERCUL_SYNC_FULL_CRON": "15 3 * * *",
+        "TERCUL_SYNC_INCREMENTAL_CRON": "*/5 * * * *",
+        "TERCUL_SYNC_TIMEZONE": "Europe/Berlin",
+    }
+    code = (
+        "from tercul_sync.definitions import defs\n"
+        "for n in ('nightly_full_sync', 'incremental_sync_schedule'):\n"
+        "    s = defs.resolve_schedule_def(n); print(n, s.cron_schedule, s.execution_timezone)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert "nightly_full_sync 15 3 * * * Europe/Berlin" in out
+    assert "incremental_sync_schedule */5 * * * * Europe/Berlin" in out
+
+
+def test_a_bad_setting_names_the_variable():
+    with pytest.raises(SettingError, match="TERCUL_SYNC_BATCH_SIZE must be a whole number, got 'lots'"):
+        load_settings({"TERCUL_SYNC_BATCH_SIZE": "lots"})
+    with pytest.raises(SettingError, match="TERCUL_SYNC_MAX_FAILURE_RATE must be between"):
+        load_settings({"TERCUL_SYNC_MAX_FAILURE_RATE": "5"})
+    assert load_settings({}).batch_size == 500
