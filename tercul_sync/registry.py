@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 from weaviate.util import generate_uuid5
 
@@ -64,8 +65,12 @@ class Relation:
     target: str  # collection name of the target entity
 
 
+@lru_cache(maxsize=1 << 18)
 def object_uuid(collection: str, row_id: int) -> str:
-    """The contract's deterministic object id: re-runs replace instead of duplicating."""
+    """The contract's deterministic object id: re-runs replace instead of duplicating.
+
+    Cached: a reference target's id is computed once per step, not once per edge.
+    """
     return str(generate_uuid5(f"{collection}:{row_id}"))
 
 

@@ -10,6 +10,7 @@ re-run never duplicates anything, references included.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,31 +77,53 @@ class ObjectSyncer:
             retry=settings.retry,
         )
         self.report.write = self._processor.report
+        self._present: dict[str, set[str]] = {}  # target objects seen to exist during this step
 
     def sync_shards(self, shards: Iterable[source.Shard]) -> ObjectSyncReport:
-        for shard in shards:
-            for page in source.iter_live_pages(self.engine, self.entity, shard, self.settings.batch_size):
-                self.write_rows(page)
+        pages = (page for shard in shards for page in source.iter_live_pages(self.engine, self.entity, shard, self.settings.batch_size))
+        self._pipeline(pages)
         return self.report
 
     def sync_ids(self, ids: Sequence[int]) -> ObjectSyncReport:
         """Write the live rows among ``ids`` (rows that are not live are left alone)."""
-        ordered = sorted(set(ids))
-        for start in range(0, len(ordered), self.settings.batch_size):
-            self.write_rows(source.fetch_live_rows(self.engine, self.entity, ordered[start : start + self.settings.batch_size]))
+        ordered, size = sorted(set(ids)), self.settings.batch_size
+        self._pipeline(source.fetch_live_rows(self.engine, self.entity, ordered[i : i + size]) for i in range(0, len(ordered), size))
         return self.report
 
     def write_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._write(self._prepare(rows))
+
+    def _pipeline(self, pages: Iterable[Sequence[Mapping[str, Any]]]) -> None:
+        """Prepare page k+1 (SQL reads, references, hashes) while page k is being written.
+
+        One helper thread and at most two prepared pages in memory: the read
+        and the write overlap, and memory stays bounded by the batch size.
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tercul-prepare") as pool:
+            pending: Future[list[ObjectWrite]] | None = None
+            for page in pages:
+                upcoming = pool.submit(self._prepare, page)
+                if pending is not None:
+                    self._write(pending.result())
+                pending = upcoming
+            if pending is not None:
+                self._write(pending.result())
+
+    def _prepare(self, rows: Sequence[Mapping[str, Any]]) -> list[ObjectWrite]:
+        """The objects of ``rows`` that need writing: references resolved, unchanged ones dropped."""
         if not rows:
-            return
+            return []
         self.report.rows_read += len(rows)
         references = self._references([r["id"] for r in rows])
         objects = [build_object(self.entity, row, references.get(row["id"], {})) for row in rows]
-        if not self.settings.force:
-            stored = weaviate_io.stored_hashes(self.client, self.entity.collection, [o.uuid for o in objects])
-            fresh = [o for o in objects if stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]]
-            self.report.unchanged += len(objects) - len(fresh)
-            objects = fresh
+        if self.settings.force:
+            return objects
+        stored = weaviate_io.stored_hashes(self.client, self.entity.collection, [o.uuid for o in objects])
+        fresh = [o for o in objects if stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]]
+        self.report.unchanged += len(objects) - len(fresh)
+        return fresh
+
+    def _write(self, objects: list[ObjectWrite]) -> None:
         for batch in chunk(objects, self.settings.batch_size, self.settings.max_batch_bytes, lambda o: o.size):
             landed = self._processor.write_batch(batch)
             self.report.references_written += sum(len(v) for o in landed for v in o.references.values())
@@ -115,8 +138,9 @@ class ObjectSyncer:
         out: dict[int, dict[str, list[str]]] = {}
         for rel in relations_from(self.entity.collection):
             edges = source.live_edges_from(self.engine, rel, ids)
-            wanted = {object_uuid(rel.target, t) for pairs in edges.values() for _, t in pairs}
-            present = weaviate_io.existing_uuids(self.client, rel.target, wanted)
+            present = self._present.setdefault(rel.target, set())
+            unknown = {object_uuid(rel.target, t) for pairs in edges.values() for _, t in pairs} - present
+            present |= weaviate_io.existing_uuids(self.client, rel.target, unknown)
             for source_id, pairs in edges.items():
                 for edge_id, target_id in pairs:
                     target = object_uuid(rel.target, target_id)

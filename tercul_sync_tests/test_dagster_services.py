@@ -89,12 +89,12 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(tmp_path, dagste
 
         _wait(up, 120, "the webserver")
         schedules = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": SCHEDULE_QUERY}, timeout=30).json()
-        [nightly] = schedules["data"]["schedulesOrError"]["results"]
-        assert (nightly["name"], nightly["cronSchedule"], nightly["scheduleState"]["status"]) == (
-            "nightly_full_sync",
-            "0 2 * * *",
-            "RUNNING",
-        )
+        found = {r["name"]: (r["cronSchedule"], r["scheduleState"]["status"]) for r in schedules["data"]["schedulesOrError"]["results"]}
+        assert found == {
+            "nightly_full_sync": ("0 2 * * *", "RUNNING"),
+            "incremental_sync_schedule": ("*/10 * * * *", "RUNNING"),
+            "orphan_sweep_schedule": ("30 * * * *", "RUNNING"),
+        }
 
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
         run_id = client.submit_job_execution("full_sync", repository_location_name="tercul_sync", repository_name="__repository__")
