@@ -4,7 +4,10 @@ Load it with ``dagster dev -w workspace.yaml``, ``dagster job execute -m
 tercul_sync.definitions -j full_sync`` or ``dg launch --job full_sync``.
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -12,6 +15,9 @@ from tercul_sync.assets import EDGES_ASSET, build_assets, shard_keys
 from tercul_sync.registry import ENTITIES
 from tercul_sync.resources import SyncSettings, TerculDatabase, WeaviateResource
 from tercul_sync.settings import load_settings
+
+if TYPE_CHECKING:  # the type define_asset_job returns is not exported by dagster
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 settings = load_settings()
 SHARD_KEYS = shard_keys(settings.shards)
@@ -23,74 +29,65 @@ ALL_SHARDS_TAGS = {
 
 assets = build_assets(settings.shards)
 
-full_sync = dg.define_asset_job(
-    "full_sync",
-    selection=dg.AssetSelection.groups("tercul"),
-    description="Every entity type, then the edges, over every shard.",
-    tags=ALL_SHARDS_TAGS,
+
+def _job(name: str, selection: dg.AssetSelection, description: str, mode: dict[str, str] | None = None) -> UnresolvedAssetJobDefinition:
+    """An asset job over every shard; ``mode`` sets assets' run config mode by asset name."""
+    config = {"ops": {asset: {"config": {"mode": m}} for asset, m in mode.items()}} if mode else None
+    return dg.define_asset_job(name, selection=selection, description=description, tags=ALL_SHARDS_TAGS, config=config)
+
+
+ALL = dg.AssetSelection.groups("tercul")
+full_sync = _job("full_sync", ALL, "Every entity type, then the edges, over every shard.")
+incremental_sync = _job(
+    "incremental_sync",
+    ALL,
+    "Rows and edges changed since the last successful sync, and deletes; every shard.",
+    mode={name: "incremental" for name in [*(e.collection for e in ENTITIES), EDGES_ASSET]},
+)
+orphan_sweep = _job(
+    "orphan_sweep",
+    ALL,
+    "Delete objects whose row is gone (hard deletes), then set every reference list right.",
+    mode={e.collection: "sweep" for e in ENTITIES},
 )
 entity_jobs = [
-    dg.define_asset_job(
+    _job(
         f"sync_{e.collection.lower()}",
-        selection=dg.AssetSelection.assets(e.collection),
-        description=f'Only {e.collection} (the old EnqueueEntitySync("{e.collection}")), over every shard.',
-        tags=ALL_SHARDS_TAGS,
+        dg.AssetSelection.assets(e.collection),
+        f'Only {e.collection} (the old EnqueueEntitySync("{e.collection}")), over every shard.',
     )
     for e in ENTITIES
 ]
-incremental_sync = dg.define_asset_job(
-    "incremental_sync",
-    selection=dg.AssetSelection.groups("tercul"),
-    description="Rows and edges changed since the last successful sync, and deletes; every shard.",
-    tags=ALL_SHARDS_TAGS,
-    config={"ops": {name: {"config": {"mode": "incremental"}} for name in [*(e.collection for e in ENTITIES), EDGES_ASSET]}},
-)
-orphan_sweep = dg.define_asset_job(
-    "orphan_sweep",
-    selection=dg.AssetSelection.groups("tercul"),
-    description="Delete objects whose row is gone (hard deletes), then set every reference list right.",
-    tags=ALL_SHARDS_TAGS,
-    config={"ops": {e.collection: {"config": {"mode": "sweep"}} for e in ENTITIES}},
-)
-sync_edges = dg.define_asset_job(
+sync_edges = _job(
     "sync_edges",
-    selection=dg.AssetSelection.assets(EDGES_ASSET),
-    description="Only the edges; run config batch_size/offset selects a window (the old EnqueueEdgeSync).",
-    tags=ALL_SHARDS_TAGS,
+    dg.AssetSelection.assets(EDGES_ASSET),
+    "Only the edges; run config batch_size/offset selects a window (the old EnqueueEdgeSync).",
 )
 
 
-@dg.schedule(
-    job=full_sync,
-    cron_schedule=settings.full_sync_cron,
-    execution_timezone=settings.schedule_timezone,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Nightly full sync (TERCUL_SYNC_FULL_CRON, default 02:00 in TERCUL_SYNC_TIMEZONE, default UTC).",
+def _schedule(name: str, job: UnresolvedAssetJobDefinition, cron: str, description: str) -> dg.ScheduleDefinition:
+    """On by default (the daemon runs it); each run covers every shard."""
+
+    @dg.schedule(
+        name=name,
+        job=job,
+        cron_schedule=cron,
+        execution_timezone=settings.schedule_timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=description,
+    )
+    def _tick(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        # Partition-range tags are reserved for run requests, so they are set here, not on the schedule.
+        return dg.RunRequest(tags={**ALL_SHARDS_TAGS, "tercul_sync/trigger": name})
+
+    return _tick
+
+
+nightly_full_sync = _schedule("nightly_full_sync", full_sync, settings.full_sync_cron, "Nightly full sync (TERCUL_SYNC_FULL_CRON).")
+incremental_sync_schedule = _schedule(
+    "incremental_sync_schedule", incremental_sync, settings.incremental_cron, "Incremental sync (TERCUL_SYNC_INCREMENTAL_CRON)."
 )
-def nightly_full_sync(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    return dg.RunRequest(tags={**ALL_SHARDS_TAGS, "tercul_sync/trigger": "nightly_full_sync"})
-
-
-@dg.schedule(
-    job=incremental_sync,
-    cron_schedule=settings.incremental_cron,
-    execution_timezone=settings.schedule_timezone,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Incremental sync (TERCUL_SYNC_INCREMENTAL_CRON, default every 10 minutes).",
-)
-def incremental_sync_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    return dg.RunRequest(tags={**ALL_SHARDS_TAGS, "tercul_sync/trigger": "incremental_sync_schedule"})
-
-
-@dg.schedule(
-    job=orphan_sweep,
-    cron_schedule=settings.sweep_cron,
-    execution_timezone=settings.schedule_timezone,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Orphan sweep for hard deletes (TERCUL_SYNC_SWEEP_CRON, default hourly at :30).",
-)
-def orphan_sweep_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    return dg.RunRequest(tags={**ALL_SHARDS_TAGS, "tercul_sync/trigger": "orphan_sweep_schedule"})
+orphan_sweep_schedule = _schedule("orphan_sweep_schedule", orphan_sweep, settings.sweep_cron, "Orphan sweep (TERCUL_SYNC_SWEEP_CRON).")
 
 
 def _database_url() -> str | dg.EnvVar:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tercul_sync import source
-from tercul_sync.registry import RELATIONS, Relation, entity
+from tercul_sync.registry import RELATIONS, entity
 from tercul_sync.sync import MAX_SAMPLE_IDS, ReasonLog
 
 OK = "ok"
@@ -54,21 +54,17 @@ def _scope(edges: sa.Table, shards: Sequence[source.Shard], edge_ids: Sequence[i
     return clauses
 
 
-def _known(edges: sa.Table, rel: Relation) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        edges.c.source_table == entity(rel.source).table,
-        edges.c.relation == rel.name,
-        edges.c.target_table == entity(rel.target).table,
-    )
-
-
 def classify_edges(engine: Engine, shards: Sequence[source.Shard], edge_ids: Sequence[int] | None = None) -> EdgeClassification:
     """Count live edges in scope by outcome, in SQL, without loading them all."""
     edges = source.edges_table()
     scope = _scope(edges, shards, edge_ids)
     result = EdgeClassification()
     with engine.connect() as conn:
-        unknown = sa.select(edges.c.id).where(*scope, sa.not_(sa.or_(*(_known(edges, r) for r in RELATIONS)))).order_by(edges.c.id)
+        unknown = (
+            sa.select(edges.c.id)
+            .where(*scope, sa.not_(sa.or_(*(source.relation_clause(edges, r) for r in RELATIONS))))
+            .order_by(edges.c.id)
+        )
         for (edge_id,) in conn.execute(unknown):
             result.skipped.add(UNKNOWN_RELATION, edge_id)
         for rel in RELATIONS:
@@ -82,7 +78,7 @@ def classify_edges(engine: Engine, shards: Sequence[source.Shard], edge_ids: Seq
                 else_=OK,
             ).label("reason")
             joined = edges.outerjoin(s, s.c.id == edges.c.source_id).outerjoin(t, t.c.id == edges.c.target_id)
-            base = sa.select(edges.c.id, reason).select_from(joined).where(*scope, _known(edges, rel)).subquery()
+            base = sa.select(edges.c.id, reason).select_from(joined).where(*scope, source.relation_clause(edges, rel)).subquery()
             counts = sa.select(base.c.reason, sa.func.count()).group_by(base.c.reason)
             for name, n in conn.execute(counts):
                 if name == OK:

@@ -199,9 +199,7 @@ def valid_reference_count(engine: Engine, collection: str) -> int:
                 .join(t, t.c.id == edges.c.target_id)
                 .where(
                     edges.c.deleted_at.is_(None),
-                    edges.c.source_table == src.table,
-                    edges.c.relation == rel.name,
-                    edges.c.target_table == tgt.table,
+                    source.relation_clause(edges, rel),
                     s.c[src.soft_delete_column].is_(None),
                     t.c[tgt.soft_delete_column].is_(None),
                 )

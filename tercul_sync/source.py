@@ -140,6 +140,15 @@ def live_ids(engine: Engine, e: EntityType, ids: Sequence[int]) -> set[int]:
         return set(conn.execute(q).scalars())
 
 
+def relation_clause(edges: sa.Table, rel: Relation) -> sa.ColumnElement[bool]:
+    """The ``edges`` rows that stand for ``rel`` (whatever their endpoints' state)."""
+    return sa.and_(
+        edges.c.source_table == entity(rel.source).table,
+        edges.c.relation == rel.name,
+        edges.c.target_table == entity(rel.target).table,
+    )
+
+
 def live_edges_from(engine: Engine, rel: Relation, source_ids: Sequence[int]) -> dict[int, list[tuple[int, int]]]:
     """Live edges of one relation starting at ``source_ids`` whose target row is live.
 
@@ -149,16 +158,14 @@ def live_edges_from(engine: Engine, rel: Relation, source_ids: Sequence[int]) ->
     if not source_ids:
         return {}
     edges = edges_table()
-    src, tgt = entity(rel.source), entity(rel.target)
+    tgt = entity(rel.target)
     target = table_for(tgt)
     q = (
         sa.select(edges.c.id, edges.c.source_id, edges.c.target_id)
         .join(target, target.c.id == edges.c.target_id)
         .where(
             edges.c.deleted_at.is_(None),
-            edges.c.source_table == src.table,
-            edges.c.relation == rel.name,
-            edges.c.target_table == tgt.table,
+            relation_clause(edges, rel),
             edges.c.source_id.in_(sorted(set(source_ids))),
             target.c[tgt.soft_delete_column].is_(None),
         )
