@@ -16,17 +16,31 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import urlparse
 
 import weaviate
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import retry, retry_if_exception, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential_jitter
 from weaviate.classes.aggregate import Metrics
 from weaviate.classes.data import DataObject
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 from weaviate.classes.query import Filter
 from weaviate.exceptions import WeaviateConnectionError, WeaviateGRPCUnavailableError, WeaviateInsertManyAllFailedError
 
+from tercul_sync.batch_writer import is_transient
 from tercul_sync.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, ObjectWrite
 from tercul_sync.registry import SOURCE_ID_PROPERTY
 
 ID_CHUNK = 5_000  # below QUERY_MAXIMUM_RESULTS (10,000 by default)
+
+
+def _transient(exc: BaseException) -> bool:
+    return is_transient(f"{type(exc).__name__}: {exc}")
+
+
+# Reads and deletes are idempotent: a transient failure is retried like a batch, then raised.
+retry_transient = retry(
+    retry=retry_if_exception(_transient),
+    stop=stop_after_attempt(5),
+    wait=wait_exponential_jitter(multiplier=0.5, max=10, jitter=0.5),
+    reraise=True,
+)
 
 
 def connect(
@@ -86,6 +100,7 @@ def send_objects(client: weaviate.WeaviateClient, collection: str, items: list[O
     return {i: err.message for i, err in result.errors.items()}
 
 
+@retry_transient
 def existing_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str]) -> set[str]:
     """Which of ``uuids`` have an object in ``collection``."""
     wanted = sorted(set(uuids))
@@ -98,10 +113,12 @@ def existing_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Iter
     return found
 
 
+@retry_transient
 def count_objects(client: weaviate.WeaviateClient, collection: str) -> int:
     return int(client.collections.use(collection).aggregate.over_all(total_count=True).total_count or 0)
 
 
+@retry_transient
 def delete_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Sequence[str]) -> int:
     """Delete objects by id, in chunks that ``delete_many`` accepts whole; return how many went."""
     col = client.collections.use(collection)
@@ -116,6 +133,7 @@ def delete_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Sequen
     return deleted
 
 
+@retry_transient
 def stored_hashes(client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str]) -> dict[str, str | None]:
     """``{uuid: content hash}`` for the objects among ``uuids`` that exist."""
     wanted = sorted(set(uuids))
@@ -128,6 +146,7 @@ def stored_hashes(client: weaviate.WeaviateClient, collection: str, uuids: Itera
     return out
 
 
+@retry_transient
 def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[int, str]:
     """``{source_id: uuid}`` of every object in ``collection`` (a cursor walk, no offset limit)."""
     out: dict[int, str] = {}
@@ -138,6 +157,7 @@ def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[
     return out
 
 
+@retry_transient
 def reference_total(client: weaviate.WeaviateClient, collection: str) -> int:
     """How many references a collection's objects carry (the sum of their ``sync_ref_count``)."""
     res = client.collections.use(collection).aggregate.over_all(return_metrics=Metrics(REF_COUNT_PROPERTY).integer(sum_=True))
