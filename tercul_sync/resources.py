@@ -12,6 +12,7 @@ import dagster as dg
 import weaviate
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
+from weaviate.exceptions import UnexpectedStatusCodeError
 
 from tercul_sync import source, weaviate_io
 from tercul_sync.batch_writer import RetrySettings
@@ -27,9 +28,18 @@ class WeaviateResource(dg.ConfigurableResource):
     timeout_seconds: float = Field(default=120.0, description="Timeout of one query or batch request.")
 
     _client: weaviate.WeaviateClient | None = PrivateAttr(default=None)
+    _refused: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._client = weaviate_io.connect(self.url, self.grpc_port, self.api_key, self.timeout_seconds)
+        try:
+            self._client = weaviate_io.connect(self.url, self.grpc_port, self.api_key, self.timeout_seconds)
+        except UnexpectedStatusCodeError as exc:
+            if exc.status_code not in (401, 403):
+                raise
+            # Permanent: the step raises it as a Failure that Dagster does not retry (an error
+            # raised here, during resource setup, would be retried by the step's RetryPolicy).
+            hint = "WEAVIATE_API_KEY is not accepted" if self.api_key else "the server requires WEAVIATE_API_KEY"
+            self._refused = f"Weaviate at {self.url} refused the connection ({exc.status_code}): {hint}"
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._client is not None:
@@ -38,6 +48,8 @@ class WeaviateResource(dg.ConfigurableResource):
 
     @property
     def client(self) -> weaviate.WeaviateClient:
+        if self._refused:
+            raise dg.Failure(description=self._refused, allow_retries=False)
         if self._client is None:  # used outside a step, e.g. from a test or the CLI
             self._client = weaviate_io.connect(self.url, self.grpc_port, self.api_key, self.timeout_seconds)
         return self._client

@@ -152,16 +152,22 @@ def server_env(data_dir: Path, grpc_port: int, gossip_port: int, data_port: int,
 
 
 def start(
-    data_dir: Path, http_port: int | None = None, grpc_port: int | None = None, log_file: Path | None = None, ready_within_s: float = 90
+    data_dir: Path,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    log_file: Path | None = None,
+    ready_within_s: float = 90,
+    extra_env: Mapping[str, str] | None = None,
 ) -> LocalWeaviate:
     """Start a server on loopback and wait until it answers ready.
 
+    ``extra_env`` adds or overrides server settings (API-key authentication, say).
     A port taken between choosing it and binding it makes the server exit;
     then it is started again on other ports (twice at most).
     """
     for attempt in range(3):
         try:
-            return _start_once(data_dir, http_port, grpc_port, log_file, ready_within_s)
+            return _start_once(data_dir, http_port, grpc_port, log_file, ready_within_s, extra_env or {})
         except WeaviateUnavailable as exc:
             if attempt == 2 or "exited" not in str(exc):
                 raise
@@ -169,14 +175,14 @@ def start(
 
 
 def _start_once(
-    data_dir: Path, http_port: int | None, grpc_port: int | None, log_file: Path | None, ready_within_s: float
+    data_dir: Path, http_port: int | None, grpc_port: int | None, log_file: Path | None, ready_within_s: float, extra_env: Mapping[str, str]
 ) -> LocalWeaviate:
     binary = ensure_binary()
     data_dir.mkdir(parents=True, exist_ok=True)
     ports = free_ports(6)
     http_port = http_port or ports[0]
     grpc_port = grpc_port or ports[1]
-    env = server_env(data_dir, grpc_port, *ports[2:])
+    env = {**server_env(data_dir, grpc_port, *ports[2:]), **extra_env}
     log_path = log_file or data_dir / "weaviate.log"
     with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(

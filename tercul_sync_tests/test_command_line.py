@@ -9,7 +9,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tercul_sync import demo_data, source, weaviate_io
+from tercul_sync import demo_data, source, weaviate_io, weaviate_server
 from tercul_sync.registry import ENTITIES, entity, object_uuid
 from tercul_sync.settings import PROJECT_DIR
 from tercul_sync_tests.helpers import expected_objects
@@ -81,3 +81,47 @@ def test_demo_front_door_prints_a_summary(tmp_path, weaviate_server_proc, weavia
     engine = source.make_engine(f"sqlite:///{tmp_path / 'home' / 'demo' / 'tercul.db'}")
     for e in ENTITIES:
         assert weaviate_io.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e))
+
+
+def test_api_key_is_used_and_never_shown(tmp_path, pg_database):
+    """A Weaviate that requires an API key: the sync authenticates, and the key appears in no log or metadata."""
+    key = "tercul-test-key-7f3a9c"
+    server = weaviate_server.start(
+        tmp_path / "weaviate-auth",
+        extra_env={
+            "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false",
+            "AUTHENTICATION_APIKEY_ENABLED": "true",
+            "AUTHENTICATION_APIKEY_ALLOWED_KEYS": key,
+            "AUTHENTICATION_APIKEY_USERS": "tercul",
+        },
+    )
+    try:
+        engine = source.make_engine(pg_database)
+        demo_data.generate(engine, 600, seed=6)
+        env = _env(tmp_path, server, pg_database)
+        denied = subprocess.run(
+            [str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "sync_tag"],
+            env=env,
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert denied.returncode != 0  # without the key the server refuses, and says what to do, at once
+        assert "the server requires WEAVIATE_API_KEY" in denied.stdout + denied.stderr
+        assert "STEP_UP_FOR_RETRY" not in denied.stdout + denied.stderr
+        proc = _run(
+            [str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "sync_tag"], {**env, "WEAVIATE_API_KEY": key}
+        )
+        client = weaviate_io.connect(server.url, server.grpc_port, api_key=key)
+        try:
+            assert weaviate_io.count_objects(client, "Tag") == len(expected_objects(engine, entity("Tag")))
+        finally:
+            client.close()
+        seen = [proc.stdout, proc.stderr]
+        for path in (tmp_path / "dagster_home").rglob("*"):
+            if path.is_file():
+                seen.append(path.read_bytes().decode("utf-8", "replace"))
+        assert not [s for s in seen if key in s], "the API key leaked into a log or Dagster's storage"
+    finally:
+        server.stop()
