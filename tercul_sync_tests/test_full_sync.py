@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 from pathlib import Path
 
 import sqlalchemy as sa
+from weaviate.classes.config import DataType, Property
 from weaviate.classes.query import MetadataQuery
 
-from tercul_sync import demo_data, source
+from tercul_sync import demo_data, source, weaviate_io
 from tercul_sync.registry import ENTITIES, entity, object_uuid
 from tercul_sync_tests.helpers import expected_objects, metadata, run_sync, stored_objects
 
@@ -112,3 +116,38 @@ def test_failures_above_threshold_fail_the_step(tmp_path, weaviate_server_proc, 
     live_good = [i for i in expected_objects(engine, entity("Work")) if i % 10]
     stored = stored_objects(weaviate_client, entity("Work"))
     assert {object_uuid("Work", i) for i in live_good} <= set(stored)
+
+
+def test_incompatible_schema_fails_with_the_property_named(tmp_path, weaviate_server_proc, weaviate_client):
+    weaviate_client.collections.create("Tag", properties=[Property(name="name", data_type=DataType.INT)])
+    url = f"sqlite:///{tmp_path / 'tags.db'}"
+    _generate(url, 300)
+    result = run_sync(url, weaviate_server_proc, selection=["Tag"], raise_on_error=False)
+    assert not result.success
+    [failure] = result.get_step_failure_events()  # one attempt: a schema conflict is not retried
+    description = failure.step_failure_data.user_failure_data.description
+    assert "Tag.name is int in Weaviate, the registry needs text" in description
+
+
+def test_a_brief_outage_is_retried_and_everything_lands(tmp_path, weaviate_server_proc, weaviate_client, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'outage.db'}"
+    engine = _generate(url, 2_000)
+    pid, real_send, calls = weaviate_server_proc.process.pid, weaviate_io.send_objects, []
+
+    def send_during_outage(*args, **kwargs):  # the server stops answering for two seconds, then comes back
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(pid, signal.SIGSTOP)
+            threading.Timer(2.0, os.kill, (pid, signal.SIGCONT)).start()
+        return real_send(*args, **kwargs)
+
+    monkeypatch.setattr(weaviate_io, "send_objects", send_during_outage)
+    try:
+        result = run_sync(url, weaviate_server_proc, selection=["Work"], batch_size=100, weaviate_timeout=1, retry_attempts=6, retries=0)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    md = metadata(result, "Work")
+    assert md["retried_batches"] >= 1 and md["objects_failed"] == 0
+    assert set(stored_objects(weaviate_client, entity("Work"))) == {
+        object_uuid("Work", i) for i in expected_objects(engine, entity("Work"))
+    }
