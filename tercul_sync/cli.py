@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -94,10 +95,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"WEAVIATE_URL={settings.weaviate_url} does not answer", file=sys.stderr)
             return 2
         print("starting a local Weaviate (built from its Go module the first time)...")
+        if args.fresh:
+            shutil.rmtree(settings.home / "weaviate", ignore_errors=True)
         server = weaviate_server.start(settings.home / "weaviate")
         env.update(WEAVIATE_URL=server.url, WEAVIATE_GRPC_PORT=str(server.grpc_port))
     dagster_home = settings.home / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():  # local SQLite storage, said explicitly
+        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env["DAGSTER_HOME"] = str(dagster_home)
     try:
         cmd = [sys.executable, "-m", "dagster", "job", "execute", "-m", "tercul_sync.definitions", "-j", "full_sync"]
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="sync a demo database into a local Weaviate and print a summary")
     p.add_argument("--rows", type=int, default=10_000, help="entity rows in the demo database (edges come on top)")
-    p.add_argument("--fresh", action="store_true", help="regenerate the demo database even if it exists")
+    p.add_argument("--fresh", action="store_true", help="regenerate the demo database and empty the local Weaviate")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("demo-db", help="write a deterministic, messy Tercul database")
