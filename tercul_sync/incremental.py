@@ -19,10 +19,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+import weaviate
 from sqlalchemy.engine import Engine, RowMapping
 
-from tercul_sync import source
-from tercul_sync.registry import RELATIONS, EntityType, entity
+from tercul_sync import source, weaviate_io
+from tercul_sync.edges import touched_sources
+from tercul_sync.registry import RELATIONS, EntityType, entity, object_uuid
+from tercul_sync.sync import ObjectSyncer, ObjectSyncReport, WriteSettings, sweep_orphans
 
 
 def _aware(value: datetime | str | None) -> datetime | None:
@@ -219,7 +222,7 @@ FULL, INCREMENTAL, SWEEP = "full", "incremental", "sweep"
 class EntityRun:
     """The outcome of one entity step, whatever its mode."""
 
-    report: Any  # sync.ObjectSyncReport
+    report: ObjectSyncReport
     rows_changed: int = 0
     deleted: int = 0
     deleted_sample: list[int] = field(default_factory=list)
@@ -229,19 +232,16 @@ class EntityRun:
 
 def run_entity(
     engine: Engine,
-    client: Any,
+    client: weaviate.WeaviateClient,
     e: EntityType,
     shards: dict[str, source.Shard],
     mode: str,
     previous: dict[str, Cursor | None],
-    settings: Any,  # sync.WriteSettings
+    settings: WriteSettings,
     overlap: timedelta,
 ) -> EntityRun:
     """Full: every live row of each shard. Incremental: rows changed since each shard's cursor.
     Sweep: only delete objects whose row is gone. Each shard's cursor moves only if all its writes landed."""
-    from tercul_sync import weaviate_io
-    from tercul_sync.sync import ObjectSyncer, sweep_orphans
-
     syncer = ObjectSyncer(engine, client, e, settings)
     run = EntityRun(syncer.report, cursors={k: (c.to_json() if c else None) for k, c in previous.items()})
     table = source.table_for(e)
@@ -278,10 +278,7 @@ def run_entity(
     return run
 
 
-def _delete(client: Any, e: EntityType, ids: list[int], run: EntityRun) -> int:
-    from tercul_sync import weaviate_io
-    from tercul_sync.registry import object_uuid
-
+def _delete(client: weaviate.WeaviateClient, e: EntityType, ids: list[int], run: EntityRun) -> int:
     if not ids:
         return 0
     run.deleted_sample.extend(ids[: max(0, 10 - len(run.deleted_sample))])
@@ -298,7 +295,7 @@ def edge_sources() -> list[EntityType]:
 
 @dataclass
 class EdgesRun:
-    reports: list[Any]
+    reports: list[ObjectSyncReport]
     edges_changed: int = 0
     changed_edge_ids: list[int] = field(default_factory=list)
     reconciled: list[str] = field(default_factory=list)
@@ -314,23 +311,22 @@ def _edge_high_water(engine: Engine, shard: source.Shard) -> dict[str, Any]:
 
 def run_edges(
     engine: Engine,
-    client: Any,
+    client: weaviate.WeaviateClient,
     shards: dict[str, source.Shard],
     mode: str,
     previous: dict[str, dict[str, Any] | None],
-    settings: Any,
+    settings: WriteSettings,
     overlap: timedelta,
 ) -> EdgesRun:
     """Full: rewrite every source object whose reference lists changed. Incremental: only the
     sources of changed edges and of changed target rows, then a count check per source type
     that falls back to the full pass for that type when references were lost another way."""
-    from tercul_sync import weaviate_io
-    from tercul_sync.edges import touched_sources
-    from tercul_sync.sync import ObjectSyncer
-
     syncers = {e.collection: ObjectSyncer(engine, client, e, settings) for e in edge_sources()}
     run = EdgesRun([s.report for s in syncers.values()], cursors=dict(previous))
-    failed = lambda: sum(s.report.write.failed for s in syncers.values())  # noqa: E731
+
+    def failed() -> int:
+        return sum(s.report.write.failed for s in syncers.values())
+
     for key, shard in shards.items():
         before = failed()
         cursors = previous.get(key)
