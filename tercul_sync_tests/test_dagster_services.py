@@ -45,6 +45,11 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         return subprocess.Popen([str(BIN / cmd[0]), *cmd[1:]], cwd=PROJECT_DIR, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def _finished(client: DagsterGraphQLClient, run_id: str) -> str | None:
+    status = client.get_run_status(run_id).value
+    return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+
 def _wait(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,8 +104,15 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(tmp_path, dagste
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
         run_id = client.submit_job_execution("full_sync", repository_location_name="tercul_sync", repository_name="__repository__")
         # The queued run coordinator holds the run until the daemon launches it.
-        status = _wait(lambda: (s := client.get_run_status(run_id).value) in ("SUCCESS", "FAILURE", "CANCELED") and s, 600, "the run")
+        status = _wait(lambda: _finished(client, run_id), 600, "the run")
         assert status == "SUCCESS", (logs / "daemon.log").read_text()[-3000:]
+
+        # Two incremental syncs launched at once: the Work pool's single slot serialises their Work steps.
+        twins = [
+            client.submit_job_execution("incremental_sync", repository_location_name="tercul_sync", repository_name="__repository__")
+            for _ in range(2)
+        ]
+        assert [_wait(lambda r=r: _finished(client, r), 600, "the twin runs") for r in twins] == ["SUCCESS", "SUCCESS"]
     finally:
         for p in procs:
             p.terminate()
@@ -120,3 +132,15 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(tmp_path, dagste
             sa.text("SELECT count(*) FROM event_logs WHERE run_id = :r AND dagster_event_type = 'ASSET_MATERIALIZATION'"), {"r": run_id}
         ).scalar_one()
         assert n >= len(ENTITIES) + 1
+        spans = []
+        for twin in twins:
+            times = conn.execute(
+                sa.text(
+                    "SELECT dagster_event_type, timestamp FROM event_logs WHERE run_id = :r AND step_key = 'Work' "
+                    "AND dagster_event_type IN ('STEP_START', 'STEP_SUCCESS') ORDER BY timestamp"
+                ),
+                {"r": twin},
+            ).all()
+            spans.append((times[0][1], times[-1][1]))
+        (_, end_first), (start_second, _) = sorted(spans)
+        assert end_first <= start_second, f"two Work steps ran at once: {spans}"
