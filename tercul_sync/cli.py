@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +37,15 @@ def _cmd_weaviate(args: argparse.Namespace) -> int:
         print(weaviate_server.ensure_binary())
         return 0
     data = Path(args.data_dir) if args.data_dir else settings.home / "weaviate"
+    if args.action == "stop":
+        pid_file = data / "weaviate.pid"
+        if not pid_file.exists():
+            print(f"no Weaviate started from {data}")
+            return 1
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        pid_file.unlink()
+        print("Weaviate stopped")
+        return 0
     server = weaviate_server.start(data, http_port=args.port, grpc_port=args.grpc_port)
     print(f"Weaviate is up at {server.url} (gRPC {server.grpc_port}), data in {data}, pid {server.process.pid}")
     (data / "weaviate.pid").write_text(str(server.process.pid))
@@ -137,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("weaviate", help="find or build the server binary, or start a local server")
     p.add_argument(
-        "action", choices=["binary", "start", "run"], help="binary: print its path; start: in the background; run: in the foreground"
+        "action",
+        choices=["binary", "start", "stop", "run"],
+        help="binary: print its path (building it if needed); start: in the background; stop: what start started; run: in the foreground",
     )
     p.add_argument("--data-dir")
     p.add_argument("--port", type=int, default=8080)

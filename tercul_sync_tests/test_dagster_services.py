@@ -23,6 +23,9 @@ from tercul_sync_tests.conftest import PG_PASSWORD, PG_USER
 from tercul_sync_tests.helpers import expected_objects
 
 BIN = Path(sys.executable).parent
+ASSETS_QUERY = """
+query { assetNodes { assetKey { path } groupName isPartitioned partitionKeys kinds } }
+"""
 SCHEDULE_QUERY = """
 query { schedulesOrError(repositorySelector: {repositoryLocationName: "tercul_sync", repositoryName: "__repository__"}) {
   ... on Schedules { results { name cronSchedule scheduleState { status } } } } }
@@ -100,6 +103,13 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(tmp_path, dagste
             "incremental_sync_schedule": ("*/10 * * * *", "RUNNING"),
             "orphan_sweep_schedule": ("30 * * * *", "RUNNING"),
         }
+
+        # What the UI shows: one asset per entity type plus edges, in one group, each with the shards.
+        nodes = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": ASSETS_QUERY}, timeout=30).json()["data"]["assetNodes"]
+        shown = {
+            n["assetKey"]["path"][0]: (n["groupName"], n["isPartitioned"], len(n["partitionKeys"]), "weaviate" in n["kinds"]) for n in nodes
+        }
+        assert shown == {name: ("tercul", True, 8, True) for name in [*(e.collection for e in ENTITIES), "edges"]}
 
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
         run_id = client.submit_job_execution("full_sync", repository_location_name="tercul_sync", repository_name="__repository__")
