@@ -112,7 +112,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     dagster_home = settings.home / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
     if not (dagster_home / "dagster.yaml").exists():  # local SQLite storage, said explicitly
-        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
     env["DAGSTER_HOME"] = str(dagster_home)
     try:
         cmd = [sys.executable, "-m", "dagster", "job", "execute", "-m", "tercul_sync.definitions", "-j", "full_sync"]
