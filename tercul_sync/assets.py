@@ -278,7 +278,10 @@ def build_edges_asset(
                 "cursor_after": dg.MetadataValue.json(run.cursors),
             }
         else:
-            window = edge_rules.EdgeWindow(config.batch_size, config.offset)
+            try:
+                window = edge_rules.EdgeWindow(config.batch_size, config.offset)
+            except ValueError as exc:  # a run config mistake: retrying would not help
+                raise dg.Failure(description=str(exc), allow_retries=False) from exc
             rows = edge_rules.window_edges(engine, window)
             classification = edge_rules.classify_edges(engine, shards, [r[0] for r in rows])
             touched = edge_rules.touched_sources(rows, shards)

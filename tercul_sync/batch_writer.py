@@ -86,10 +86,6 @@ class WriteReport:
         self.seconds += other.seconds
         self.failures.extend(other.failures)
 
-    @property
-    def failure_rate(self) -> float:
-        return self.failed / self.items if self.items else 0.0
-
     def sample(self, n: int = MAX_SAMPLE_FAILURES) -> list[dict[str, object]]:
         return [{"id": f.key, "batch": f.batch, "error": f.message} for f in self.failures[:n]]
 

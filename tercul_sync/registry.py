@@ -165,7 +165,6 @@ RELATIONS: tuple[Relation, ...] = (
 EDGES_TABLE = "edges"
 
 _BY_COLLECTION = {e.collection: e for e in ENTITIES}
-_BY_TABLE = {e.table: e for e in ENTITIES}
 
 
 def entity(collection: str) -> EntityType:
@@ -176,23 +175,8 @@ def entity(collection: str) -> EntityType:
         raise KeyError(f"unknown entity type {collection!r}; known: {', '.join(_BY_COLLECTION)}") from None
 
 
-def entity_for_table(table: str) -> EntityType | None:
-    return _BY_TABLE.get(table)
-
-
 def relations_from(collection: str) -> tuple[Relation, ...]:
     return tuple(r for r in RELATIONS if r.source == collection)
-
-
-def relation_for_edge(source_table: str, relation: str, target_table: str) -> Relation | None:
-    """The registry relation an ``edges`` row stands for, or None when Tercul does not use it."""
-    source, target = _BY_TABLE.get(source_table), _BY_TABLE.get(target_table)
-    if source is None or target is None:
-        return None
-    for r in RELATIONS:
-        if r.source == source.collection and r.name == relation and r.target == target.collection:
-            return r
-    return None
 
 
 def validate_registry(entities: tuple[EntityType, ...] = ENTITIES, relations: tuple[Relation, ...] = RELATIONS) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, RowMapping
@@ -130,16 +129,6 @@ def fetch_live_rows(engine: Engine, e: EntityType, ids: Sequence[int]) -> list[R
         return list(rows.mappings())
 
 
-def live_ids(engine: Engine, e: EntityType, ids: Sequence[int]) -> set[int]:
-    """Which of ``ids`` are live rows of ``e``."""
-    if not ids:
-        return set()
-    t = table_for(e)
-    with engine.connect() as conn:
-        q = sa.select(t.c.id).where(t.c.id.in_(sorted(set(ids))), t.c[e.soft_delete_column].is_(None))
-        return set(conn.execute(q).scalars())
-
-
 def relation_clause(edges: sa.Table, rel: Relation) -> sa.ColumnElement[bool]:
     """The ``edges`` rows that stand for ``rel`` (whatever their endpoints' state)."""
     return sa.and_(
@@ -178,11 +167,9 @@ def live_edges_from(engine: Engine, rel: Relation, source_ids: Sequence[int]) ->
     return out
 
 
-def count_live(engine: Engine, e: EntityType, shard: Shard | None = None) -> int:
+def count_live(engine: Engine, e: EntityType) -> int:
     t = table_for(e)
     q = sa.select(sa.func.count()).select_from(t).where(t.c[e.soft_delete_column].is_(None))
-    if shard is not None:
-        q = q.where(shard.clause(t.c.id))
     with engine.connect() as conn:
         return int(conn.execute(q).scalar_one())
 
@@ -193,9 +180,8 @@ def safe_url(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine with the pool settings this project's short, sequential steps want."""
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    return sa.create_engine(url, **kwargs)
+    """An engine that checks a pooled connection before use (steps can idle while Weaviate retries)."""
+    return sa.create_engine(url, pool_pre_ping=True)
 
 
 def live_id_set(engine: Engine, e: EntityType, shards: Sequence[Shard]) -> set[int]:

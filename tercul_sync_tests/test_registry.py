@@ -26,9 +26,11 @@ def test_every_contract_table_and_relation_is_registered():
         "categories": "Category",
     }
     assert len(RELATIONS) == 8
-    assert registry.relation_for_edge("books", "publisher", "publishers") == Relation("Book", "publisher", "Publisher")
-    assert registry.relation_for_edge("books", "authors", "authors") is None
-    assert registry.relation_for_edge("nope", "authors", "authors") is None
+    assert Relation("Book", "publisher", "Publisher") in RELATIONS
+    assert registry.relations_from("Translation") == (
+        Relation("Translation", "translation_of", "Work"),
+        Relation("Translation", "translators", "Author"),
+    )
 
 
 def test_properties_follow_the_contract():
