@@ -26,6 +26,7 @@ from tercul_sync.weaviate_schema import SchemaMismatchError, ensure_schema
 GROUP = "tercul"
 EDGES_ASSET = "edges"
 CHECK_NAME = "no_failed_objects"
+MODE_TAG = "tercul_sync/mode"
 STEP_RETRY = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
@@ -56,9 +57,12 @@ MODES = (incremental.FULL, incremental.INCREMENTAL, incremental.SWEEP)
 
 
 class EntitySyncConfig(dg.Config):
-    mode: str = Field(
-        default=incremental.FULL,
-        description="full: every live row, then the orphan sweep. incremental: rows changed since the cursor. sweep: only delete orphans.",
+    mode: str | None = Field(
+        default=None,
+        description=(
+            "full: every live row, then the orphan sweep. incremental: rows changed since the cursor. sweep: only delete orphans. "
+            f"Unset: the run's {MODE_TAG} tag (the jobs set it), else full."
+        ),
     )
     force: bool = Field(default=False, description="Rewrite every object, even those whose content hash is unchanged.")
 
@@ -70,12 +74,22 @@ class EdgeSyncConfig(dg.Config):
     )
     offset: int = Field(default=0, description="First edge row of the window, counted in id order from 0.")
     force: bool = Field(default=False, description="Rewrite every source object, even when unchanged.")
-    mode: str = Field(default=incremental.FULL, description="full: every source object. incremental: sources of changed edges and targets.")
+    mode: str | None = Field(
+        default=None,
+        description=f"full: every source object. incremental: sources of changed edges and targets. Unset: the {MODE_TAG} tag, else full.",
+    )
 
 
-def _mode(mode: str, allowed: tuple[str, ...]) -> str:
+def _mode(context: dg.AssetExecutionContext, configured: str | None, allowed: tuple[str, ...]) -> str:
+    """The step's mode: its run config, else the run's mode tag (the jobs carry one), else full.
+
+    A tag, because asset jobs over a partition range do not apply a job's default run config.
+    """
+    mode = configured or context.run.tags.get(MODE_TAG) or incremental.FULL
+    if mode == incremental.SWEEP and incremental.SWEEP not in allowed:
+        mode = incremental.FULL  # the edges after a sweep: set every reference list right
     if mode not in allowed:
-        raise dg.Failure(description=f"run config mode={mode!r} is not one of {', '.join(allowed)}", allow_retries=False)
+        raise dg.Failure(description=f"mode {mode!r} is not one of {', '.join(allowed)}", allow_retries=False)
     return mode
 
 
@@ -198,7 +212,7 @@ def build_entity_asset(
         sync_settings: SyncSettings,
     ) -> dg.MaterializeResult:
         started = time.perf_counter()
-        mode = _mode(config.mode, MODES)
+        mode = _mode(context, config.mode, MODES)
         _ensure_schema(context, weaviate)
         shards = {k: shard_from_key(k, shard_count) for k in context.partition_keys}
         before = _previous_cursors(context, e.collection)
@@ -250,7 +264,7 @@ def build_edges_asset(
         sync_settings: SyncSettings,
     ) -> dg.MaterializeResult:
         started = time.perf_counter()
-        mode = _mode(config.mode, (incremental.FULL, incremental.INCREMENTAL))
+        mode = _mode(context, config.mode, (incremental.FULL, incremental.INCREMENTAL))
         _ensure_schema(context, weaviate)
         shards = _shards(context, shard_count)
         settings = sync_settings.write_settings(config.force)

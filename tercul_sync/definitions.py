@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from tercul_sync.assets import EDGES_ASSET, build_assets, shard_keys
+from tercul_sync.assets import EDGES_ASSET, MODE_TAG, build_assets, shard_keys
 from tercul_sync.registry import ENTITIES
 from tercul_sync.resources import SyncSettings, TerculDatabase, WeaviateResource
 from tercul_sync.settings import load_settings
@@ -30,10 +30,10 @@ ALL_SHARDS_TAGS = {
 assets = build_assets(settings.shards)
 
 
-def _job(name: str, selection: dg.AssetSelection, description: str, mode: dict[str, str] | None = None) -> UnresolvedAssetJobDefinition:
-    """An asset job over every shard; ``mode`` sets assets' run config mode by asset name."""
-    config = {"ops": {asset: {"config": {"mode": m}} for asset, m in mode.items()}} if mode else None
-    return dg.define_asset_job(name, selection=selection, description=description, tags=ALL_SHARDS_TAGS, config=config)
+def _job(name: str, selection: dg.AssetSelection, description: str, mode: str | None = None) -> UnresolvedAssetJobDefinition:
+    """An asset job over every shard; ``mode`` (full, incremental, sweep) goes in a run tag the assets read."""
+    tags = {**ALL_SHARDS_TAGS, **({MODE_TAG: mode} if mode else {})}
+    return dg.define_asset_job(name, selection=selection, description=description, tags=tags)
 
 
 ALL = dg.AssetSelection.groups("tercul")
@@ -42,13 +42,13 @@ incremental_sync = _job(
     "incremental_sync",
     ALL,
     "Rows and edges changed since the last successful sync, and deletes; every shard.",
-    mode={name: "incremental" for name in [*(e.collection for e in ENTITIES), EDGES_ASSET]},
+    mode="incremental",
 )
 orphan_sweep = _job(
     "orphan_sweep",
     ALL,
     "Delete objects whose row is gone (hard deletes), then set every reference list right.",
-    mode={e.collection: "sweep" for e in ENTITIES},
+    mode="sweep",
 )
 entity_jobs = [
     _job(
@@ -78,7 +78,7 @@ def _schedule(name: str, job: UnresolvedAssetJobDefinition, cron: str, descripti
     )
     def _tick(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         # Partition-range tags are reserved for run requests, so they are set here, not on the schedule.
-        return dg.RunRequest(tags={**ALL_SHARDS_TAGS, "tercul_sync/trigger": name})
+        return dg.RunRequest(tags={**job.tags, "tercul_sync/trigger": name})
 
     return _tick
 

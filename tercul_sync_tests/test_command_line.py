@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import sqlalchemy as sa
 
 from tercul_sync import demo_data, source, weaviate_io, weaviate_server
@@ -39,7 +40,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_dagster_job_execute_full_sync_with_no_arguments(tmp_path, pg_database, weaviate_server_proc, weaviate_client):
+def test_dagster_job_execute_full_sync_with_no_arguments(tmp_path, pg_database, weaviate_server_proc, weaviate_client, monkeypatch):
     engine = source.make_engine(pg_database)
     demo_data.generate(engine, 2_000, seed=2)
     env = _env(tmp_path, weaviate_server_proc, pg_database)
@@ -58,6 +59,13 @@ def test_dagster_job_execute_full_sync_with_no_arguments(tmp_path, pg_database, 
     works = weaviate_client.collections.use("Work")
     assert works.query.fetch_object_by_id(object_uuid("Work", 3)).properties["title"] == "Changed by the backend"
     assert works.query.fetch_object_by_id(object_uuid("Work", 4)) is None
+    # It ran as an incremental sync (the job's mode tag), reading only what changed.
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+    with dg.DagsterInstance.get() as instance:
+        [latest] = instance.fetch_materializations(dg.AssetKey("Work"), limit=1).records
+        md = {k: getattr(v, "value", v) for k, v in latest.asset_materialization.metadata.items()}
+    assert md["mode"] == "incremental"
+    assert md["rows_read"] < 10 and md["objects_written"] >= 1
 
 
 def test_dg_launch_one_entity_type(tmp_path, pg_database, weaviate_server_proc, weaviate_client):

@@ -57,8 +57,8 @@ def test_incremental_and_sweep_jobs_and_schedules():
         with dg.build_schedule_context() as context:
             [request] = schedule.evaluate_tick(context).run_requests
         assert request.tags["dagster/asset_partition_range_end"] == SHARD_KEYS[-1]
-        config = defs.resolve_job_def(job_name).get_run_config_for_partition_key(SHARD_KEYS[0])
-        assert config["ops"]["Work"]["config"]["mode"] == mode
+        assert request.tags["tercul_sync/mode"] == mode
+        assert defs.resolve_job_def(job_name).tags["tercul_sync/mode"] == mode
     assert defs.resolve_schedule_def("incremental_sync_schedule").cron_schedule == "*/10 * * * *"
 
 
