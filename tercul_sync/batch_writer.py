@@ -48,6 +48,7 @@ TRANSIENT_MARKERS = (
     "gateway timeout",
 )
 MAX_SAMPLE_FAILURES = 20
+GAVE_UP = "gave up after"
 
 
 def is_transient(message: str) -> bool:
@@ -70,6 +71,7 @@ class WriteReport:
     items: int = 0
     written: int = 0
     failed: int = 0
+    gave_up: int = 0  # the failed items that were still failing transiently when the retries ran out
     batches: int = 0
     failed_batches: int = 0
     retried_batches: int = 0
@@ -80,6 +82,7 @@ class WriteReport:
         self.items += other.items
         self.written += other.written
         self.failed += other.failed
+        self.gave_up += other.gave_up
         self.batches += other.batches
         self.failed_batches += other.failed_batches
         self.retried_batches += other.retried_batches
@@ -149,11 +152,13 @@ class BatchProcessor(Generic[T]):
             retry=retry_if_exception_type(_TransientBatchFailure),
             reraise=False,
         )
+        gave_up = 0
         try:
             retrying(attempt)
         except RetryError:
+            gave_up = len(pending)
             permanent.extend(
-                (item, f"gave up after {attempts} attempts: {last_transient.get(i, 'transient error')}") for i, item in enumerate(pending)
+                (item, f"{GAVE_UP} {attempts} attempts: {last_transient.get(i, 'transient error')}") for i, item in enumerate(pending)
             )
         failed_ids = {id(item) for item, _ in permanent}
         landed = [item for item in items if id(item) not in failed_ids]
@@ -163,6 +168,7 @@ class BatchProcessor(Generic[T]):
         r.batches += 1
         r.written += len(landed)
         r.failed += len(permanent)
+        r.gave_up += gave_up
         r.failed_batches += bool(permanent)
         r.retried_batches += attempts > 1
         r.failures.extend(ItemFailure(self._key_of(item), message, number) for item, message in permanent)

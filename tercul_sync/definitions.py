@@ -106,6 +106,7 @@ resources = {
         batch_size=settings.batch_size,
         max_batch_bytes=settings.max_batch_bytes,
         max_failure_rate=settings.max_failure_rate,
+        min_failures_to_fail=settings.min_failures_to_fail,
         retry_attempts=settings.retry_attempts,
         overlap_seconds=settings.overlap_seconds,
         report_dir=str(settings.report_dir),

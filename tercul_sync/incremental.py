@@ -241,14 +241,14 @@ def run_entity(
     overlap: timedelta,
 ) -> EntityRun:
     """Full: every live row of each shard. Incremental: rows changed since each shard's cursor.
-    Sweep: only delete objects whose row is gone. Each shard's cursor moves only if all its writes landed."""
+    Sweep: only delete objects whose row is gone. A shard's cursor moves unless a write still failed transiently."""
     syncer = ObjectSyncer(engine, client, e, settings)
     run = EntityRun(syncer.report, cursors={k: (c.to_json() if c else None) for k, c in previous.items()})
     table = source.table_for(e)
     for key, shard in shards.items():
         if mode == SWEEP:
             break
-        failed_before = syncer.report.write.failed
+        gave_up_before = syncer.report.write.gave_up
         cursor = previous.get(key)
         if mode == FULL or cursor is None:
             new = high_water(engine, table, [shard])  # read before the scan: later changes stay ahead of it
@@ -266,7 +266,9 @@ def run_entity(
             run.deleted += _delete(client, e, [i for i, _ in gone], run)
             for row_id, deleted_at in gone:
                 new = new.advanced(None, row_id, deleted_at)
-        if syncer.report.write.failed == failed_before:
+        # Rows Weaviate refused for good are in the failure report and do not hold the cursor back
+        # (they would stall it for ever); rows still failing transiently do.
+        if syncer.report.write.gave_up == gave_up_before:
             run.cursors[key] = new.to_json()
     # Rows removed outright leave no trace to follow: compare counts, sweep when they differ.
     live = source.count_live(engine, e)
@@ -324,11 +326,11 @@ def run_edges(
     syncers = {e.collection: ObjectSyncer(engine, client, e, settings) for e in edge_sources()}
     run = EdgesRun([s.report for s in syncers.values()], cursors=dict(previous))
 
-    def failed() -> int:
-        return sum(s.report.write.failed for s in syncers.values())
+    def gave_up() -> int:
+        return sum(s.report.write.gave_up for s in syncers.values())
 
     for key, shard in shards.items():
-        before = failed()
+        before = gave_up()
         cursors = previous.get(key)
         if mode == FULL or not cursors:
             marks = _edge_high_water(engine, shard)
@@ -354,7 +356,7 @@ def run_edges(
                 marks[t.table] = c.to_json()
             for collection, ids in sorted(touched.items()):
                 syncers[collection].sync_ids(sorted(ids))
-        if failed() == before:
+        if gave_up() == before:
             run.cursors[key] = marks
     if mode == INCREMENTAL:
         for collection, s in syncers.items():

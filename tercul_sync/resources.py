@@ -92,6 +92,10 @@ class SyncSettings(dg.ConfigurableResource):
             "with a failing WARN check (TERCUL_SYNC_MAX_FAILURE_RATE)."
         ),
     )
+    min_failures_to_fail: int = Field(
+        default=10,
+        description="Fewer failed objects than this never fail a step, whatever their share (TERCUL_SYNC_MIN_FAILURES_TO_FAIL).",
+    )
     retry_attempts: int = Field(default=5, description="Attempts per batch for transient errors (TERCUL_SYNC_RETRY_ATTEMPTS).")
     overlap_seconds: int = Field(
         default=300,

@@ -55,6 +55,7 @@ class Settings:
     max_batch_bytes: int
     shards: int
     max_failure_rate: float
+    min_failures_to_fail: int
     retry_attempts: int
     overlap_seconds: int
     full_sync_cron: str
@@ -86,6 +87,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_batch_bytes=_int(env, "TERCUL_SYNC_MAX_BATCH_BYTES", 16 * 1024 * 1024, minimum=1024),
         shards=_int(env, "TERCUL_SYNC_SHARDS", 8),
         max_failure_rate=_float(env, "TERCUL_SYNC_MAX_FAILURE_RATE", 0.01, 0.0, 1.0),
+        min_failures_to_fail=_int(env, "TERCUL_SYNC_MIN_FAILURES_TO_FAIL", 10),
         retry_attempts=_int(env, "TERCUL_SYNC_RETRY_ATTEMPTS", 5),
         overlap_seconds=_int(env, "TERCUL_SYNC_OVERLAP_SECONDS", 300, minimum=0),
         full_sync_cron=env.get("TERCUL_SYNC_FULL_CRON") or "0 2 * * *",

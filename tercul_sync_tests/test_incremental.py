@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -222,3 +222,26 @@ def assert_objects_match_for(engine: sa.Engine, client, collection: str) -> None
     e = next(x for x in ENTITIES if x.collection == collection)
     expected = {object_uuid(collection, i): p for i, p in expected_objects(engine, e).items()}
     assert stored_objects(client, e) == expected
+
+
+def test_a_row_weaviate_refuses_is_reported_without_stalling_the_cursor(tmp_path, weaviate_server_proc, weaviate_client):
+    url = f"sqlite:///{tmp_path / 'messy.db'}"
+    engine = source.make_engine(url)
+    demo_data.generate(engine, 600, seed=12)
+    instance = dg.DagsterInstance.ephemeral()
+    run_sync(url, weaviate_server_proc, selection=["Work"], instance=instance)
+    works = source.table_for(next(e for e in ENTITIES if e.collection == "Work"))
+    now = datetime.now(UTC)
+    with engine.begin() as conn:  # SQLite keeps text in an INTEGER column: Weaviate refuses it
+        conn.execute(works.update().where(works.c.id == 17).values(published_year="MCMV", deleted_at=None, updated_at=now))
+        conn.execute(works.update().where(works.c.id == 21).values(title="Fixed title", deleted_at=None, updated_at=now))
+    result = run_sync(url, weaviate_server_proc, selection=["Work"], instance=instance, mode="incremental", overlap_seconds=0)
+    md = metadata(result, "Work")
+    assert (md["objects_failed"], md["failure_sample"][0]["id"]) == (1, 17)
+    shard = f"shard-{17 % SHARDS}"
+    assert md["cursor_after"][shard] != md["cursor_before"][shard]  # reported, and the shard moved on
+    assert weaviate_client.collections.use("Work").query.fetch_object_by_id(object_uuid("Work", 21)).properties["title"] == "Fixed title"
+    again = metadata(
+        run_sync(url, weaviate_server_proc, selection=["Work"], instance=instance, mode="incremental", overlap_seconds=0), "Work"
+    )
+    assert again["rows_read"] == 0  # not re-read on every run; the nightly full sync tries it again
