@@ -62,9 +62,10 @@ def test_incremental_and_sweep_jobs_and_schedules():
     assert defs.resolve_schedule_def("incremental_sync_schedule").cron_schedule == "*/10 * * * *"
 
 
-def test_schedules_follow_the_environment():
+def test_schedules_and_settings_follow_the_environment():
     env = {
         **os.environ,
+        "TERCUL_SYNC_BATCH_SIZE": "123",
         "TERCUL_SYNC_FULL_CRON": "15 3 * * *",
         "TERCUL_SYNC_INCREMENTAL_CRON": "*/5 * * * *",
         "TERCUL_SYNC_TIMEZONE": "Europe/Berlin",
@@ -72,11 +73,14 @@ def test_schedules_follow_the_environment():
     code = (
         "from tercul_sync.definitions import defs\n"
         "for n in ('nightly_full_sync', 'incremental_sync_schedule'):\n"
-        "    s = defs.resolve_schedule_def(n); print(n, s.cron_schedule, s.execution_timezone)"
+        "    s = defs.resolve_schedule_def(n); print(n, s.cron_schedule, s.execution_timezone)\n"
+        "from tercul_sync.definitions import resources\n"
+        "print('batch_size', resources['sync_settings'].batch_size)"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert "nightly_full_sync 15 3 * * * Europe/Berlin" in out
     assert "incremental_sync_schedule */5 * * * * Europe/Berlin" in out
+    assert "batch_size 123" in out  # the environment reaches the resource the writer reads
 
 
 def test_a_bad_setting_names_the_variable():

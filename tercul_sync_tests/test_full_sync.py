@@ -89,6 +89,7 @@ def test_rejected_row_is_reported_and_everything_else_lands(tmp_path, weaviate_s
 
     md = metadata(result, "Work")
     assert md["objects_failed"] == 1
+    assert md["batches"] >= md["rows_read"] / 50  # the batch size setting is what the writer used
     assert md["failure_sample"][0]["id"] == 17
     assert "published_year" in md["failure_sample"][0]["error"]
     lines = [json.loads(x) for x in Path(md["failure_report"]).read_text().splitlines()]
