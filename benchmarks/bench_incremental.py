@@ -11,7 +11,6 @@ seconds, rows read and objects written for each, and the ratios.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from datetime import timedelta
@@ -33,10 +32,7 @@ def main() -> None:
     ap.add_argument("--changed", type=float, default=0.01, help="share of Work rows changed between the runs")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tercul-bench-"))
-    server = None if os.environ.get("WEAVIATE_URL") else weaviate_server.start(tmp / "weaviate")
-    url = os.environ.get("WEAVIATE_URL") or server.url
-    grpc = int(os.environ.get("WEAVIATE_GRPC_PORT", "50051")) if server is None else server.grpc_port
-    try:
+    with weaviate_server.configured_or_local(tmp / "weaviate") as (url, grpc):
         engine = source.make_engine(f"sqlite:///{tmp / 'tercul.db'}")
         demo_data.generate(engine, args.rows, seed=1)
         client = weaviate_io.connect(url, grpc)
@@ -81,9 +77,6 @@ def main() -> None:
         ):
             r = run.report
             print(f"{label:<34} {secs:>8.2f} {r.rows_read:>10,} {r.write.written:>8,} {run.deleted:>8,} {secs / full_s:>7.2f}x")
-    finally:
-        if server:
-            server.stop()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ noisy: compare within one run, not across runs.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -47,13 +46,7 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tercul-bench-"))
-    server = None
-    if os.environ.get("WEAVIATE_URL"):
-        url, grpc = os.environ["WEAVIATE_URL"], int(os.environ.get("WEAVIATE_GRPC_PORT", "50051"))
-    else:
-        server = weaviate_server.start(tmp / "weaviate")
-        url, grpc = server.url, server.grpc_port
-    try:
+    with weaviate_server.configured_or_local(tmp / "weaviate") as (url, grpc):
         engine = source.make_engine(f"sqlite:///{tmp / 'tercul.db'}")
         demo_data.generate(engine, args.rows, seed=1)
         work = entity("Work")
@@ -115,9 +108,6 @@ def main() -> None:
             (f"one request per object (from {len(sample):,}, scaled)", single),
         ):
             print(f"{label:<52} {secs:>8.2f} {n / secs:>10,.0f} {secs / ours:>7.2f}x")
-    finally:
-        if server:
-            server.stop()
 
 
 if __name__ == "__main__":

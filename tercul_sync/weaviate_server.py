@@ -15,7 +15,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,3 +203,16 @@ def _start_once(
         time.sleep(0.3)
     server.stop()
     raise WeaviateUnavailable(f"weaviate-server did not become ready within {ready_within_s}s; see {log_path}")
+
+
+@contextmanager
+def configured_or_local(data_dir: Path) -> Iterator[tuple[str, int]]:
+    """``(http url, grpc port)`` of ``WEAVIATE_URL`` when it is set, else of a server started here and stopped after."""
+    if os.environ.get("WEAVIATE_URL"):
+        yield os.environ["WEAVIATE_URL"], int(os.environ.get("WEAVIATE_GRPC_PORT", "50051"))
+        return
+    server = start(data_dir)
+    try:
+        yield server.url, server.grpc_port
+    finally:
+        server.stop()
