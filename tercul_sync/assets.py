@@ -49,8 +49,9 @@ def shard_partitions(count: int) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition(shard_keys(count))
 
 
-def _shards(context: dg.AssetExecutionContext, count: int) -> list[source.Shard]:
-    return [shard_from_key(k, count) for k in context.partition_keys]
+def _shards(context: dg.AssetExecutionContext, count: int) -> dict[str, source.Shard]:
+    """The run's shards by partition key."""
+    return {k: shard_from_key(k, count) for k in context.partition_keys}
 
 
 MODES = (incremental.FULL, incremental.INCREMENTAL, incremental.SWEEP)
@@ -215,7 +216,7 @@ def build_entity_asset(
         started = time.perf_counter()
         mode = _mode(context, config.mode, MODES)
         _ensure_schema(context, weaviate)
-        shards = {k: shard_from_key(k, shard_count) for k in context.partition_keys}
+        shards = _shards(context, shard_count)
         before = _previous_cursors(context, e.collection)
         run = incremental.run_entity(
             tercul_db.engine,
@@ -275,7 +276,7 @@ def build_edges_asset(
             run = incremental.run_edges(
                 engine,
                 weaviate.client,
-                {k: shard_from_key(k, shard_count) for k in context.partition_keys},
+                shards,
                 mode,
                 before,
                 settings,
@@ -283,7 +284,9 @@ def build_edges_asset(
             )
             reports = run.reports
             # An incremental run explains only the edges it saw change; a full run, all of them.
-            classification = edge_rules.classify_edges(engine, shards, None if mode == incremental.FULL else run.changed_edge_ids)
+            classification = edge_rules.classify_edges(
+                engine, list(shards.values()), None if mode == incremental.FULL else run.changed_edge_ids
+            )
             window_meta: dict[str, object] = {
                 "window": "all edges",
                 "mode": mode,
@@ -298,8 +301,8 @@ def build_edges_asset(
             except ValueError as exc:  # a run config mistake: retrying would not help
                 raise dg.Failure(description=str(exc), allow_retries=False) from exc
             rows = edge_rules.window_edges(engine, window)
-            classification = edge_rules.classify_edges(engine, shards, [r[0] for r in rows])
-            touched = edge_rules.touched_sources(rows, shards)
+            classification = edge_rules.classify_edges(engine, list(shards.values()), [r[0] for r in rows])
+            touched = edge_rules.touched_sources(rows, list(shards.values()))
             reports = [
                 ObjectSyncer(engine, weaviate.client, entity(c), settings).sync_ids(sorted(ids)) for c, ids in sorted(touched.items())
             ]

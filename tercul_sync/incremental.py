@@ -304,11 +304,9 @@ class EdgesRun:
     cursors: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
 
-def _edge_high_water(engine: Engine, shard: source.Shard) -> dict[str, Any]:
-    marks = {"edges": high_water(engine, source.edges_table(), [shard], id_column="source_id").to_json()}
-    for t in edge_targets():
-        marks[t.table] = high_water(engine, source.table_for(t), []).to_json()
-    return marks
+def _target_high_water(engine: Engine) -> dict[str, Any]:
+    """Newest change of each target table (all shards): the same for every edges shard."""
+    return {t.table: high_water(engine, source.table_for(t), []).to_json() for t in edge_targets()}
 
 
 def run_edges(
@@ -329,11 +327,15 @@ def run_edges(
     def gave_up() -> int:
         return sum(s.report.write.gave_up for s in syncers.values())
 
+    target_marks: dict[str, Any] | None = None
+    # Target tables are read whole, whatever the shard: each distinct cursor is read once per run.
+    changed_targets: dict[tuple[str, str], list[tuple[int, Any, Any]]] = {}
     for key, shard in shards.items():
         before = gave_up()
         cursors = previous.get(key)
         if mode == FULL or not cursors:
-            marks = _edge_high_water(engine, shard)
+            target_marks = target_marks or _target_high_water(engine)
+            marks = {"edges": high_water(engine, source.edges_table(), [shard], id_column="source_id").to_json(), **target_marks}
             for s in syncers.values():
                 s.sync_shards([shard])
         else:
@@ -348,7 +350,10 @@ def run_edges(
             marks["edges"] = edge_cursor.to_json()
             for t in edge_targets():
                 c = Cursor.from_json(cursors.get(t.table)) or Cursor()
-                changed = changed_target_ids(engine, t, c, overlap)
+                memo_key = (t.table, repr(c))
+                if memo_key not in changed_targets:
+                    changed_targets[memo_key] = changed_target_ids(engine, t, c, overlap)
+                changed = changed_targets[memo_key]
                 for collection, ids in sources_pointing_at(engine, t, [i for i, _, _ in changed], [shard]).items():
                     touched.setdefault(collection, set()).update(ids)
                 for row_id, updated_at, deleted_at in changed:

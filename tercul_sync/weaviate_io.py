@@ -12,7 +12,8 @@ for every kind of write.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import weaviate
@@ -100,17 +101,19 @@ def send_objects(client: weaviate.WeaviateClient, collection: str, items: list[O
     return {i: err.message for i, err in result.errors.items()}
 
 
-@retry_transient
-def existing_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str]) -> set[str]:
-    """Which of ``uuids`` have an object in ``collection``."""
+def _fetch_by_ids(client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str], properties: list[str]) -> Iterator[Any]:
+    """The objects among ``uuids`` that exist, with ``properties``, in chunks a query accepts."""
     wanted = sorted(set(uuids))
-    found: set[str] = set()
     col = client.collections.use(collection)
     for start in range(0, len(wanted), ID_CHUNK):
         part = wanted[start : start + ID_CHUNK]
-        res = col.query.fetch_objects(filters=Filter.by_id().contains_any(part), limit=len(part), return_properties=[])
-        found.update(str(o.uuid) for o in res.objects)
-    return found
+        yield from col.query.fetch_objects(filters=Filter.by_id().contains_any(part), limit=len(part), return_properties=properties).objects
+
+
+@retry_transient
+def existing_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str]) -> set[str]:
+    """Which of ``uuids`` have an object in ``collection``."""
+    return {str(o.uuid) for o in _fetch_by_ids(client, collection, uuids, [])}
 
 
 @retry_transient
@@ -136,14 +139,7 @@ def delete_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Sequen
 @retry_transient
 def stored_hashes(client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str]) -> dict[str, str | None]:
     """``{uuid: content hash}`` for the objects among ``uuids`` that exist."""
-    wanted = sorted(set(uuids))
-    out: dict[str, str | None] = {}
-    col = client.collections.use(collection)
-    for start in range(0, len(wanted), ID_CHUNK):
-        part = wanted[start : start + ID_CHUNK]
-        res = col.query.fetch_objects(filters=Filter.by_id().contains_any(part), limit=len(part), return_properties=[HASH_PROPERTY])
-        out.update({str(o.uuid): o.properties.get(HASH_PROPERTY) for o in res.objects})
-    return out
+    return {str(o.uuid): o.properties.get(HASH_PROPERTY) for o in _fetch_by_ids(client, collection, uuids, [HASH_PROPERTY])}
 
 
 @retry_transient
