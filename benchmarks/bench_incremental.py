@@ -17,11 +17,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
-
-from tercul_sync import demo_data, incremental, source, weaviate_io, weaviate_server
 from tercul_sync.registry import entity
 from tercul_sync.sync import WriteSettings
 from tercul_sync.weaviate_schema import ensure_schema
+
+from tercul_sync import demo_data, incremental, source, weaviate_io, weaviate_server
 
 SHARDS = {f"shard-{i}": source.Shard(i, 8) for i in range(8)}
 
@@ -40,7 +40,9 @@ def main() -> None:
         ensure_schema(client)
         work, settings, overlap = entity("Work"), WriteSettings(), timedelta(seconds=300)
         for name in ("Author", "Tag", "Category"):
-            incremental.run_entity(engine, client, entity(name), SHARDS, incremental.FULL, {}, settings, overlap)
+            incremental.run_entity(
+                engine, client, entity(name), SHARDS, incremental.FULL, {}, settings, overlap
+            )
 
         def timed(mode: str, cursors: dict) -> tuple[float, incremental.EntityRun]:
             t = time.perf_counter()
@@ -50,17 +52,25 @@ def main() -> None:
         first_s, first = timed(incremental.FULL, {})
         cursors = {k: incremental.Cursor.from_json(v) for k, v in first.cursors.items()}
         with engine.begin() as conn:
-            ids = list(conn.execute(sa.text("SELECT id FROM works WHERE deleted_at IS NULL ORDER BY id")).scalars())
+            ids = list(
+                conn.execute(sa.text("SELECT id FROM works WHERE deleted_at IS NULL ORDER BY id")).scalars()
+            )
             step = max(1, int(1 / args.changed))
             picked = ids[::step]
             for n, row_id in enumerate(picked):
                 if n % 10 == 0:
                     conn.execute(sa.text("DELETE FROM works WHERE id = :i"), {"i": row_id})
                 elif n % 10 == 1:
-                    conn.execute(sa.text("UPDATE works SET deleted_at = CURRENT_TIMESTAMP WHERE id = :i"), {"i": row_id})
+                    conn.execute(
+                        sa.text("UPDATE works SET deleted_at = CURRENT_TIMESTAMP WHERE id = :i"),
+                        {"i": row_id},
+                    )
                 else:
                     conn.execute(
-                        sa.text("UPDATE works SET title = title || ' *', updated_at = CURRENT_TIMESTAMP WHERE id = :i"), {"i": row_id}
+                        sa.text(
+                            "UPDATE works SET title = title || ' *', updated_at = CURRENT_TIMESTAMP WHERE id = :i"
+                        ),
+                        {"i": row_id},
                     )
         inc_s, inc = timed(incremental.INCREMENTAL, cursors)
         live = source.count_live(engine, work)
@@ -68,7 +78,9 @@ def main() -> None:
         full_s, full = timed(incremental.FULL, {})
         client.close()
 
-        print(f"Work rows: {len(ids):,} live before; {len(picked):,} changed ({args.changed:.1%}: updates, soft and hard deletes)")
+        print(
+            f"Work rows: {len(ids):,} live before; {len(picked):,} changed ({args.changed:.1%}: updates, soft and hard deletes)"
+        )
         print(f"{'run':<34} {'seconds':>8} {'rows read':>10} {'written':>8} {'deleted':>8} {'vs full':>8}")
         for label, secs, run in (
             ("first full sync", first_s, first),
@@ -76,7 +88,9 @@ def main() -> None:
             ("full sync after the changes", full_s, full),
         ):
             r = run.report
-            print(f"{label:<34} {secs:>8.2f} {r.rows_read:>10,} {r.write.written:>8,} {run.deleted:>8,} {secs / full_s:>7.2f}x")
+            print(
+                f"{label:<34} {secs:>8.2f} {r.rows_read:>10,} {r.write.written:>8,} {run.deleted:>8,} {secs / full_s:>7.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from tercul_sync import demo_data, source, weaviate_io, weaviate_server
 from tercul_sync.batch_writer import BatchProcessor
 from tercul_sync.objects import build_object, chunk
 from tercul_sync.registry import entity
 from tercul_sync.sync import ObjectSyncer, WriteSettings
 from tercul_sync.weaviate_schema import ensure_schema
+
+from tercul_sync import demo_data, source, weaviate_io, weaviate_server
 
 
 def _fresh(client, names=("Author", "Work")) -> None:
@@ -54,7 +55,9 @@ def main() -> None:
         _fresh(client, ("Author", "Work", "Tag", "Category", "Translation", "Book", "Publisher"))
         # Targets first, so Work objects carry their references as they would in a full sync.
         for name in ("Author", "Tag", "Category"):
-            ObjectSyncer(engine, client, entity(name), WriteSettings(batch_size=args.batch)).sync_shards([source.Shard(0, 1)])
+            ObjectSyncer(engine, client, entity(name), WriteSettings(batch_size=args.batch)).sync_shards(
+                [source.Shard(0, 1)]
+            )
 
         settings = WriteSettings(batch_size=args.batch)
         t = time.perf_counter()
@@ -72,7 +75,9 @@ def main() -> None:
         objects = [build_object(work, r) for r in rows]
         client.collections.delete("Work")
         ensure_schema(client)
-        processor = BatchProcessor(lambda items: weaviate_io.send_objects(client, "Work", items), key_of=lambda o: o.row_id)
+        processor = BatchProcessor(
+            lambda items: weaviate_io.send_objects(client, "Work", items), key_of=lambda o: o.row_id
+        )
         t = time.perf_counter()
         processor.process(chunk(objects, args.batch, settings.max_batch_bytes, lambda o: o.size))
         ours_write = time.perf_counter() - t
@@ -98,13 +103,18 @@ def main() -> None:
         client.close()
 
         mb = sum(o.size for o in objects) / 1e6
-        print(f"Work objects: {n:,} (about {mb:.0f} MB of request payload), batch size {args.batch}, Weaviate {url}")
+        print(
+            f"Work objects: {n:,} (about {mb:.0f} MB of request payload), batch size {args.batch}, Weaviate {url}"
+        )
         print(f"{'path':<52} {'seconds':>8} {'objects/s':>10} {'vs ours':>8}")
         for label, secs in (
             ("tercul_sync ObjectSyncer (read+hash+write)", ours),
             ("tercul_sync re-run, nothing changed", again),
             ("tercul_sync batch processor (write only)", ours_write),
-            (f"weaviate-client batch.fixed_size (write only){' FAILED ' + str(failed_bg) if failed_bg else ''}", background),
+            (
+                f"weaviate-client batch.fixed_size (write only){' FAILED ' + str(failed_bg) if failed_bg else ''}",
+                background,
+            ),
             (f"one request per object (from {len(sample):,}, scaled)", single),
         ):
             print(f"{label:<52} {secs:>8.2f} {n / secs:>10,.0f} {secs / ours:>7.2f}x")

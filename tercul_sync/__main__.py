@@ -1,5 +1,5 @@
 import sys
 
-from tercul_sync.cli import main
+from tercul_sync.devtools.cli import main
 
 sys.exit(main())

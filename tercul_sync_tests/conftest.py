@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import weaviate
+from tercul_sync.settings import PROJECT_DIR
 
 from tercul_sync import weaviate_io, weaviate_server
-from tercul_sync.settings import PROJECT_DIR
 
 PG_USER = os.environ.get("TERCUL_PG_USER", "tercul")
 PG_PASSWORD = os.environ.get("TERCUL_PG_PASSWORD", "tercul")

@@ -9,7 +9,6 @@ import dagster as dg
 import httpx
 import sqlalchemy as sa
 import weaviate
-
 from tercul_sync.assets import build_assets, shard_keys
 from tercul_sync.objects import BOOKKEEPING_PROPERTIES
 from tercul_sync.registry import ENTITIES, RELATIONS, EntityType, entity, object_uuid
@@ -25,10 +24,16 @@ def all_shards_tags(shards: int = SHARDS) -> dict[str, str]:
 
 
 def resources(
-    db_url: str, server: LocalWeaviate, tmp_dir: str = "/tmp/tercul-test-reports", weaviate_timeout: float = 120.0, **settings: Any
+    db_url: str,
+    server: LocalWeaviate,
+    tmp_dir: str = "/tmp/tercul-test-reports",
+    weaviate_timeout: float = 120.0,
+    **settings: Any,
 ) -> dict[str, Any]:
     return {
-        "weaviate": WeaviateResource(url=server.url, grpc_port=server.grpc_port, timeout_seconds=weaviate_timeout),
+        "weaviate": WeaviateResource(
+            url=server.url, grpc_port=server.grpc_port, timeout_seconds=weaviate_timeout
+        ),
         "tercul_db": TerculDatabase(url=db_url),
         "sync_settings": SyncSettings(report_dir=tmp_dir, **{"batch_size": 300, **settings}),
     }
@@ -50,7 +55,9 @@ def run_sync(
 
     ``instance`` carries cursors from one run to the next; ``mode`` sets every selected asset's mode.
     """
-    assets = build_assets(SHARDS) if retries is None else build_assets(SHARDS, dg.RetryPolicy(max_retries=retries))
+    assets = (
+        build_assets(SHARDS) if retries is None else build_assets(SHARDS, dg.RetryPolicy(max_retries=retries))
+    )
     if mode is not None:
         names = selection or [a.key.to_user_string() for a in assets]
         run_config = {"ops": {n: {"config": {"mode": mode}} for n in names}}
@@ -80,7 +87,9 @@ def expected_objects(engine: sa.Engine, e: EntityType) -> dict[int, dict[str, An
     """Straight from SQL: every live row's expected properties (NULLs absent)."""
     cols = [c.name for c in e.property_columns]
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(f"SELECT id, {', '.join(cols)} FROM {e.table} WHERE deleted_at IS NULL")).mappings()
+        rows = conn.execute(
+            sa.text(f"SELECT id, {', '.join(cols)} FROM {e.table} WHERE deleted_at IS NULL")
+        ).mappings()
         out = {}
         for row in rows:
             props = {"source_id": row["id"]}
@@ -171,4 +180,6 @@ def assert_objects_match(engine: sa.Engine, client: weaviate.WeaviateClient) -> 
             f"{e.collection}: extra {len(set(stored) - set(expected))}, missing {len(set(expected) - set(stored))}"
         )
         wrong = [u for u in expected if stored[u] != expected[u]]
-        assert not wrong, f"{e.collection}: {len(wrong)} objects differ, e.g. {stored[wrong[0]]} != {expected[wrong[0]]}"
+        assert not wrong, (
+            f"{e.collection}: {len(wrong)} objects differ, e.g. {stored[wrong[0]]} != {expected[wrong[0]]}"
+        )

@@ -40,9 +40,17 @@ class FlakyStore:
 
 def test_permanent_failures_are_reported_with_ids_and_the_rest_lands():
     store = FlakyStore(bad={3, 12})
-    report = BatchProcessor(store.send, key_of=lambda k: k, retry=FAST).process([list(range(10)), list(range(10, 20))])
+    report = BatchProcessor(store.send, key_of=lambda k: k, retry=FAST).process(
+        [list(range(10)), list(range(10, 20))]
+    )
     assert sorted(store.stored) == [k for k in range(20) if k not in (3, 12)]
-    assert (report.items, report.written, report.failed, report.batches, report.failed_batches) == (20, 18, 2, 2, 2)
+    assert (report.items, report.written, report.failed, report.batches, report.failed_batches) == (
+        20,
+        18,
+        2,
+        2,
+        2,
+    )
     assert [(f.key, f.batch) for f in report.failures] == [(3, 1), (12, 2)]
     assert "published_year" in report.failures[0].message
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
-
-from tercul_sync import demo_data, source, weaviate_io, weaviate_server
 from tercul_sync.registry import ENTITIES, entity, object_uuid
 from tercul_sync.settings import PROJECT_DIR
+
+from tercul_sync import demo_data, source, weaviate_io, weaviate_server
 from tercul_sync_tests.helpers import expected_objects
 
 BIN = Path(sys.executable).parent
@@ -40,24 +40,37 @@ def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_dagster_job_execute_full_sync_with_no_arguments(tmp_path, pg_database, weaviate_server_proc, weaviate_client, monkeypatch):
+def test_dagster_job_execute_full_sync_with_no_arguments(
+    tmp_path, pg_database, weaviate_server_proc, weaviate_client, monkeypatch
+):
     engine = source.make_engine(pg_database)
     demo_data.generate(engine, 2_000, seed=2)
     env = _env(tmp_path, weaviate_server_proc, pg_database)
-    proc = _run([str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "full_sync"], env)
+    proc = _run(
+        [str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "full_sync"], env
+    )
     assert "RUN_SUCCESS" in proc.stdout + proc.stderr
     for e in ENTITIES:
-        assert weaviate_io.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e)), e.collection
+        assert weaviate_io.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e)), (
+            e.collection
+        )
     assert "tercul:tercul@" not in proc.stdout + proc.stderr  # the database password is never logged
 
     # The incremental job, as the README gives it, picks up a change and a delete.
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE works SET title = 'Changed by the backend', updated_at = now() WHERE id = 3"))
+        conn.execute(
+            sa.text("UPDATE works SET title = 'Changed by the backend', updated_at = now() WHERE id = 3")
+        )
         conn.execute(sa.text("UPDATE works SET deleted_at = NULL, updated_at = now() WHERE id = 3"))
         conn.execute(sa.text("DELETE FROM works WHERE id = 4"))
-    _run([str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "incremental_sync"], env)
+    _run(
+        [str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "incremental_sync"],
+        env,
+    )
     works = weaviate_client.collections.use("Work")
-    assert works.query.fetch_object_by_id(object_uuid("Work", 3)).properties["title"] == "Changed by the backend"
+    assert (
+        works.query.fetch_object_by_id(object_uuid("Work", 3)).properties["title"] == "Changed by the backend"
+    )
     assert works.query.fetch_object_by_id(object_uuid("Work", 4)) is None
     # It ran as an incremental sync (the job's mode tag), reading only what changed.
     monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
@@ -119,7 +132,8 @@ def test_api_key_is_used_and_never_shown(tmp_path, pg_database):
         assert "the server requires WEAVIATE_API_KEY" in denied.stdout + denied.stderr
         assert "STEP_UP_FOR_RETRY" not in denied.stdout + denied.stderr
         proc = _run(
-            [str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "sync_tag"], {**env, "WEAVIATE_API_KEY": key}
+            [str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "sync_tag"],
+            {**env, "WEAVIATE_API_KEY": key},
         )
         client = weaviate_io.connect(server.url, server.grpc_port, api_key=key)
         try:

@@ -14,11 +14,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient
-
-from tercul_sync import demo_data, source, weaviate_io
 from tercul_sync.registry import ENTITIES
 from tercul_sync.settings import PROJECT_DIR
 from tercul_sync.weaviate_server import free_port
+
+from tercul_sync import demo_data, source, weaviate_io
 from tercul_sync_tests.conftest import PG_PASSWORD, PG_USER
 from tercul_sync_tests.helpers import expected_objects
 
@@ -45,7 +45,9 @@ def dagster_pg(postgres: str):
 
 def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("w") as out:
-        return subprocess.Popen([str(BIN / cmd[0]), *cmd[1:]], cwd=PROJECT_DIR, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [str(BIN / cmd[0]), *cmd[1:]], cwd=PROJECT_DIR, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def _finished(client: DagsterGraphQLClient, run_id: str) -> str | None:
@@ -63,7 +65,9 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_webserver_and_daemon_run_full_sync_on_postgres_storage(tmp_path, dagster_pg, pg_database, weaviate_server_proc, weaviate_client):
+def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
+    tmp_path, dagster_pg, pg_database, weaviate_server_proc, weaviate_client
+):
     engine = source.make_engine(pg_database)
     demo_data.generate(engine, 1_500, seed=8)
     home = tmp_path / "dagster_home"
@@ -85,7 +89,13 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(tmp_path, dagste
     )
     logs = tmp_path / "logs"
     logs.mkdir()
-    procs = [_spawn(["dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)], env, logs / "webserver.log")]
+    procs = [
+        _spawn(
+            ["dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            env,
+            logs / "webserver.log",
+        )
+    ]
     procs.append(_spawn(["dagster-daemon", "run", "-w", "workspace.yaml"], env, logs / "daemon.log"))
     try:
 
@@ -96,8 +106,13 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(tmp_path, dagste
                 return False
 
         _wait(up, 120, "the webserver")
-        schedules = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": SCHEDULE_QUERY}, timeout=30).json()
-        found = {r["name"]: (r["cronSchedule"], r["scheduleState"]["status"]) for r in schedules["data"]["schedulesOrError"]["results"]}
+        schedules = httpx.post(
+            f"http://127.0.0.1:{port}/graphql", json={"query": SCHEDULE_QUERY}, timeout=30
+        ).json()
+        found = {
+            r["name"]: (r["cronSchedule"], r["scheduleState"]["status"])
+            for r in schedules["data"]["schedulesOrError"]["results"]
+        }
         assert found == {
             "nightly_full_sync": ("0 2 * * *", "RUNNING"),
             "incremental_sync_schedule": ("*/10 * * * *", "RUNNING"),
@@ -105,24 +120,41 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(tmp_path, dagste
         }
 
         # What the UI shows: one asset per entity type plus edges, in one group, each with the shards.
-        nodes = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": ASSETS_QUERY}, timeout=30).json()["data"]["assetNodes"]
+        nodes = httpx.post(
+            f"http://127.0.0.1:{port}/graphql", json={"query": ASSETS_QUERY}, timeout=30
+        ).json()["data"]["assetNodes"]
         shown = {
-            n["assetKey"]["path"][0]: (n["groupName"], n["isPartitioned"], len(n["partitionKeys"]), "weaviate" in n["kinds"]) for n in nodes
+            n["assetKey"]["path"][0]: (
+                n["groupName"],
+                n["isPartitioned"],
+                len(n["partitionKeys"]),
+                "weaviate" in n["kinds"],
+            )
+            for n in nodes
         }
-        assert shown == {name: ("tercul", True, 8, True) for name in [*(e.collection for e in ENTITIES), "edges"]}
+        assert shown == {
+            name: ("tercul", True, 8, True) for name in [*(e.collection for e in ENTITIES), "edges"]
+        }
 
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
-        run_id = client.submit_job_execution("full_sync", repository_location_name="tercul_sync", repository_name="__repository__")
+        run_id = client.submit_job_execution(
+            "full_sync", repository_location_name="tercul_sync", repository_name="__repository__"
+        )
         # The queued run coordinator holds the run until the daemon launches it.
         status = _wait(lambda: _finished(client, run_id), 600, "the run")
         assert status == "SUCCESS", (logs / "daemon.log").read_text()[-3000:]
 
         # Two incremental syncs launched at once: the Work pool's single slot serialises their Work steps.
         twins = [
-            client.submit_job_execution("incremental_sync", repository_location_name="tercul_sync", repository_name="__repository__")
+            client.submit_job_execution(
+                "incremental_sync", repository_location_name="tercul_sync", repository_name="__repository__"
+            )
             for _ in range(2)
         ]
-        assert [_wait(lambda r=r: _finished(client, r), 600, "the twin runs") for r in twins] == ["SUCCESS", "SUCCESS"]
+        assert [_wait(lambda r=r: _finished(client, r), 600, "the twin runs") for r in twins] == [
+            "SUCCESS",
+            "SUCCESS",
+        ]
     finally:
         for p in procs:
             p.terminate()
@@ -133,13 +165,23 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(tmp_path, dagste
                 p.kill()
 
     for e in ENTITIES:
-        assert weaviate_io.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e)), e.collection
+        assert weaviate_io.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e)), (
+            e.collection
+        )
     # The run and its materializations live in PostgreSQL, not in files under DAGSTER_HOME.
-    dagster_db = sa.create_engine(f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{env['DAGSTER_PG_PORT']}/{dagster_pg}")
+    dagster_db = sa.create_engine(
+        f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{env['DAGSTER_PG_PORT']}/{dagster_pg}"
+    )
     with dagster_db.connect() as conn:
-        assert conn.execute(sa.text("SELECT status FROM runs WHERE run_id = :r"), {"r": run_id}).scalar_one() == "SUCCESS"
+        assert (
+            conn.execute(sa.text("SELECT status FROM runs WHERE run_id = :r"), {"r": run_id}).scalar_one()
+            == "SUCCESS"
+        )
         n = conn.execute(
-            sa.text("SELECT count(*) FROM event_logs WHERE run_id = :r AND dagster_event_type = 'ASSET_MATERIALIZATION'"), {"r": run_id}
+            sa.text(
+                "SELECT count(*) FROM event_logs WHERE run_id = :r AND dagster_event_type = 'ASSET_MATERIALIZATION'"
+            ),
+            {"r": run_id},
         ).scalar_one()
         assert n >= len(ENTITIES) + 1
         spans = []

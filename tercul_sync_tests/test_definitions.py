@@ -8,10 +8,10 @@ import sys
 
 import dagster as dg
 import pytest
-
-from tercul_sync.definitions import ALL_SHARDS_TAGS, SHARD_KEYS, defs, nightly_full_sync
 from tercul_sync.registry import ENTITIES
 from tercul_sync.settings import SettingError, load_settings
+
+from tercul_sync.definitions import ALL_SHARDS_TAGS, SHARD_KEYS, defs, nightly_full_sync
 
 
 def test_one_asset_per_entity_type_plus_edges_in_one_group():
@@ -23,7 +23,9 @@ def test_one_asset_per_entity_type_plus_edges_in_one_group():
 
 def test_jobs_cover_full_sync_and_each_entity_alone():
     full = defs.resolve_job_def("full_sync")
-    assert {k.to_user_string() for k in full.asset_layer.executable_asset_keys} == {e.collection for e in ENTITIES} | {"edges"}
+    assert {k.to_user_string() for k in full.asset_layer.executable_asset_keys} == {
+        e.collection for e in ENTITIES
+    } | {"edges"}
     work = defs.resolve_job_def("sync_work")
     assert {k.to_user_string() for k in work.asset_layer.executable_asset_keys} == {"Work"}
     assert defs.resolve_job_def("sync_edges")
@@ -77,7 +79,9 @@ def test_schedules_and_settings_follow_the_environment():
         "from tercul_sync.definitions import resources\n"
         "print('batch_size', resources['sync_settings'].batch_size)"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert "nightly_full_sync 15 3 * * * Europe/Berlin" in out
     assert "incremental_sync_schedule */5 * * * * Europe/Berlin" in out
     assert "batch_size 123" in out  # the environment reaches the resource the writer reads

@@ -8,7 +8,9 @@ from tercul_sync import demo_data, source
 from tercul_sync_tests.helpers import assert_references_match, metadata, run_sync, stored_references
 
 
-def test_full_sync_writes_exactly_the_live_edges_and_is_idempotent(pg_database, weaviate_server_proc, weaviate_client):
+def test_full_sync_writes_exactly_the_live_edges_and_is_idempotent(
+    pg_database, weaviate_server_proc, weaviate_client
+):
     engine = source.make_engine(pg_database)
     written = demo_data.generate(engine, 5_000, seed=3)
     assert written["edges"] >= 10_000
@@ -18,24 +20,36 @@ def test_full_sync_writes_exactly_the_live_edges_and_is_idempotent(pg_database, 
     assert sum(len(v) for v in expected.values()) > 8_000
 
     md = metadata(first, "edges")
-    for reason in ("unknown_relation", "missing_target", "deleted_target", "deleted_source", "missing_source"):
+    for reason in (
+        "unknown_relation",
+        "missing_target",
+        "deleted_target",
+        "deleted_source",
+        "missing_source",
+    ):
         assert md[f"skipped_{reason}"] > 0, reason
         assert md["skipped_sample_ids"][reason], reason
-    assert md["edges_read"] == md["edges_valid"] + sum(v for k, v in md.items() if k.startswith("skipped_") and isinstance(v, int))
+    assert md["edges_read"] == md["edges_valid"] + sum(
+        v for k, v in md.items() if k.startswith("skipped_") and isinstance(v, int)
+    )
     assert first.get_asset_check_evaluations()[-1].passed  # skipped edges do not fail anything
 
     run_sync(pg_database, weaviate_server_proc)
     assert_references_match(engine, weaviate_server_proc)
 
 
-def test_removed_edges_and_deleted_targets_remove_references(pg_database, weaviate_server_proc, weaviate_client):
+def test_removed_edges_and_deleted_targets_remove_references(
+    pg_database, weaviate_server_proc, weaviate_client
+):
     engine = source.make_engine(pg_database)
     demo_data.generate(engine, 1_500, seed=5)
     run_sync(pg_database, weaviate_server_proc)
     before = assert_references_match(engine, weaviate_server_proc)
 
     (w1, a1), (w2, a2) = [(k[2], min(v)) for k, v in before.items() if k[:2] == ("Work", "authors")][:2]
-    (t_src, t_work) = next((k[2], min(v)) for k, v in before.items() if k[:2] == ("Translation", "translation_of"))
+    (t_src, t_work) = next(
+        (k[2], min(v)) for k, v in before.items() if k[:2] == ("Translation", "translation_of")
+    )
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -44,7 +58,9 @@ def test_removed_edges_and_deleted_targets_remove_references(pg_database, weavia
             {"s": w1, "t": a1},
         )
         conn.execute(
-            sa.text("DELETE FROM edges WHERE source_table='works' AND relation='authors' AND source_id=:s AND target_id=:t"),
+            sa.text(
+                "DELETE FROM edges WHERE source_table='works' AND relation='authors' AND source_id=:s AND target_id=:t"
+            ),
             {"s": w2, "t": a2},
         )
         conn.execute(sa.text("UPDATE works SET deleted_at = now() WHERE id = :w"), {"w": t_work})
@@ -77,7 +93,10 @@ def test_edge_window_syncs_only_its_edges(pg_database, weaviate_server_proc, wea
             )
         }
     result = run_sync(
-        pg_database, weaviate_server_proc, selection=["edges"], run_config={"ops": {"edges": {"config": {"batch_size": 100, "offset": 0}}}}
+        pg_database,
+        weaviate_server_proc,
+        selection=["edges"],
+        run_config={"ops": {"edges": {"config": {"batch_size": 100, "offset": 0}}}},
     )
     md = metadata(result, "edges")
     assert md["window"] == "offset 0, batch_size 100" and md["window_edge_rows"] == 100

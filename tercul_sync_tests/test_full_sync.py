@@ -9,11 +9,11 @@ import threading
 from pathlib import Path
 
 import sqlalchemy as sa
+from tercul_sync.registry import ENTITIES, entity, object_uuid
 from weaviate.classes.config import DataType, Property
 from weaviate.classes.query import MetadataQuery
 
 from tercul_sync import demo_data, source, weaviate_io
-from tercul_sync.registry import ENTITIES, entity, object_uuid
 from tercul_sync_tests.helpers import expected_objects, metadata, run_sync, stored_objects
 
 ROWS = 10_000
@@ -25,7 +25,9 @@ def _generate(url: str, rows: int = ROWS) -> sa.Engine:
     return engine
 
 
-def test_full_sync_copies_every_live_row_with_every_property(pg_database, weaviate_server_proc, weaviate_client):
+def test_full_sync_copies_every_live_row_with_every_property(
+    pg_database, weaviate_server_proc, weaviate_client
+):
     engine = _generate(pg_database)
     result = run_sync(pg_database, weaviate_server_proc)
     assert result.success
@@ -39,25 +41,41 @@ def test_full_sync_copies_every_live_row_with_every_property(pg_database, weavia
         for row_id, props in expected.items():
             assert stored[object_uuid(e.collection, row_id)] == props, f"{e.collection} {row_id}"
         md = metadata(result, e.collection)
-        assert (md["rows_read"], md["objects_written"], md["objects_failed"]) == (len(expected), len(expected), 0)
+        assert (md["rows_read"], md["objects_written"], md["objects_failed"]) == (
+            len(expected),
+            len(expected),
+            0,
+        )
         assert md["weaviate_object_count"] == len(expected)
     assert total > 9_000  # 10,000 rows less the soft-deleted ones
 
 
-def test_second_full_sync_changes_nothing_and_duplicates_nothing(pg_database, weaviate_server_proc, weaviate_client):
+def test_second_full_sync_changes_nothing_and_duplicates_nothing(
+    pg_database, weaviate_server_proc, weaviate_client
+):
     engine = _generate(pg_database, 3_000)
     run_sync(pg_database, weaviate_server_proc)
     work = weaviate_client.collections.use("Work")
-    before = {str(o.uuid): o.metadata.last_update_time for o in work.iterator(return_metadata=MetadataQuery(last_update_time=True))}
+    before = {
+        str(o.uuid): o.metadata.last_update_time
+        for o in work.iterator(return_metadata=MetadataQuery(last_update_time=True))
+    }
 
     again = run_sync(pg_database, weaviate_server_proc)
     for e in ENTITIES:
         md = metadata(again, e.collection)
         assert md["objects_written"] == 0 and md["objects_unchanged"] == md["rows_read"], e.collection
-    after = {str(o.uuid): o.metadata.last_update_time for o in work.iterator(return_metadata=MetadataQuery(last_update_time=True))}
+    after = {
+        str(o.uuid): o.metadata.last_update_time
+        for o in work.iterator(return_metadata=MetadataQuery(last_update_time=True))
+    }
     assert after == before  # not rewritten at all
 
-    forced = run_sync(pg_database, weaviate_server_proc, run_config={"ops": {e.collection: {"config": {"force": True}} for e in ENTITIES}})
+    forced = run_sync(
+        pg_database,
+        weaviate_server_proc,
+        run_config={"ops": {e.collection: {"config": {"force": True}} for e in ENTITIES}},
+    )
     for e in ENTITIES:
         live = len(expected_objects(engine, e))
         assert metadata(forced, e.collection)["objects_written"] == live
@@ -97,10 +115,14 @@ def test_rejected_row_is_reported_and_everything_else_lands(tmp_path, weaviate_s
 
     expected = expected_objects(engine, entity("Work"))
     stored = stored_objects(weaviate_client, entity("Work"))
-    assert set(stored) == {object_uuid("Work", i) for i in expected if i != 17}  # the rest of its batch and all others landed
+    assert set(stored) == {
+        object_uuid("Work", i) for i in expected if i != 17
+    }  # the rest of its batch and all others landed
 
     checks = result.get_asset_check_evaluations()
-    assert [(c.check_name, c.passed, c.severity.value) for c in checks] == [("no_failed_objects", False, "WARN")]
+    assert [(c.check_name, c.passed, c.severity.value) for c in checks] == [
+        ("no_failed_objects", False, "WARN")
+    ]
 
 
 def test_failures_above_threshold_fail_the_step(tmp_path, weaviate_server_proc, weaviate_client):
@@ -108,7 +130,9 @@ def test_failures_above_threshold_fail_the_step(tmp_path, weaviate_server_proc, 
     engine = _generate(url, 2_000)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE works SET published_year = 'n/a' WHERE id % 10 = 0"))
-    result = run_sync(url, weaviate_server_proc, selection=["Work"], raise_on_error=False, max_failure_rate=0.05)
+    result = run_sync(
+        url, weaviate_server_proc, selection=["Work"], raise_on_error=False, max_failure_rate=0.05
+    )
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
     assert "above TERCUL_SYNC_MAX_FAILURE_RATE" in failure.description
@@ -130,7 +154,9 @@ def test_incompatible_schema_fails_with_the_property_named(tmp_path, weaviate_se
     assert "Tag.name is int in Weaviate, the registry needs text" in description
 
 
-def test_a_brief_outage_is_retried_and_everything_lands(tmp_path, weaviate_server_proc, weaviate_client, monkeypatch):
+def test_a_brief_outage_is_retried_and_everything_lands(
+    tmp_path, weaviate_server_proc, weaviate_client, monkeypatch
+):
     url = f"sqlite:///{tmp_path / 'outage.db'}"
     engine = _generate(url, 2_000)
     pid, real_send, calls = weaviate_server_proc.process.pid, weaviate_io.send_objects, []
@@ -144,7 +170,15 @@ def test_a_brief_outage_is_retried_and_everything_lands(tmp_path, weaviate_serve
 
     monkeypatch.setattr(weaviate_io, "send_objects", send_during_outage)
     try:
-        result = run_sync(url, weaviate_server_proc, selection=["Work"], batch_size=100, weaviate_timeout=1, retry_attempts=6, retries=0)
+        result = run_sync(
+            url,
+            weaviate_server_proc,
+            selection=["Work"],
+            batch_size=100,
+            weaviate_timeout=1,
+            retry_attempts=6,
+            retries=0,
+        )
     finally:
         os.kill(pid, signal.SIGCONT)
     md = metadata(result, "Work")

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+from tercul_sync.registry import ENTITIES, EntityType, object_uuid
 
 from tercul_sync import demo_data, source, weaviate_io
-from tercul_sync.registry import ENTITIES, EntityType, object_uuid
 from tercul_sync_tests.helpers import (
     SHARDS,
     assert_objects_match,
@@ -57,15 +57,21 @@ def _random_round(engine: sa.Engine, rng: random.Random) -> None:
             for row_id in rng.sample(live, min(len(live), rng.randint(0, 4))):
                 column = next(c.name for c in e.columns if c.kind.value == "text")
                 conn.execute(
-                    sa.text(f"UPDATE {t} SET {column} = :v, updated_at = now() WHERE id = :i"), {"v": f"edit {rng.random()}", "i": row_id}
+                    sa.text(f"UPDATE {t} SET {column} = :v, updated_at = now() WHERE id = :i"),
+                    {"v": f"edit {rng.random()}", "i": row_id},
                 )
-            for row_id in rng.sample(live, min(len(live), rng.randint(0, 2))):  # GORM soft delete: updated_at untouched
+            for row_id in rng.sample(
+                live, min(len(live), rng.randint(0, 2))
+            ):  # GORM soft delete: updated_at untouched
                 conn.execute(sa.text(f"UPDATE {t} SET deleted_at = now() WHERE id = :i"), {"i": row_id})
             for row_id in rng.sample(live, min(len(live), rng.randint(0, 2))):  # hard delete
                 conn.execute(sa.text(f"DELETE FROM {t} WHERE id = :i"), {"i": row_id})
             dead = _ids(conn, t, "deleted_at IS NOT NULL")
             for row_id in rng.sample(dead, min(len(dead), rng.randint(0, 1))):  # restore
-                conn.execute(sa.text(f"UPDATE {t} SET deleted_at = NULL, updated_at = now() WHERE id = :i"), {"i": row_id})
+                conn.execute(
+                    sa.text(f"UPDATE {t} SET deleted_at = NULL, updated_at = now() WHERE id = :i"),
+                    {"i": row_id},
+                )
         edges = _ids(conn, "edges", "deleted_at IS NULL")
         for _ in range(rng.randint(2, 8)):
             src, rel, tgt = rng.choice(EDGE_KINDS)
@@ -83,10 +89,15 @@ def _random_round(engine: sa.Engine, rng: random.Random) -> None:
         for edge_id in rng.sample(edges, 3):
             conn.execute(sa.text("DELETE FROM edges WHERE id = :i"), {"i": edge_id})
         for edge_id in rng.sample(edges, 2):  # repoint an edge
-            conn.execute(sa.text("UPDATE edges SET target_id = target_id + 1, updated_at = now() WHERE id = :i"), {"i": edge_id})
+            conn.execute(
+                sa.text("UPDATE edges SET target_id = target_id + 1, updated_at = now() WHERE id = :i"),
+                {"i": edge_id},
+            )
 
 
-def test_random_changes_converge_after_each_incremental_sync(pg_database, weaviate_server_proc, weaviate_client):
+def test_random_changes_converge_after_each_incremental_sync(
+    pg_database, weaviate_server_proc, weaviate_client
+):
     engine = source.make_engine(pg_database)
     demo_data.generate(engine, 1_200, seed=21)
     instance = dg.DagsterInstance.ephemeral()
@@ -95,7 +106,9 @@ def test_random_changes_converge_after_each_incremental_sync(pg_database, weavia
     totals = {"written": 0, "deleted": 0, "unchanged": 0}
     for round_no in range(20):
         _random_round(engine, rng)
-        result = run_sync(pg_database, weaviate_server_proc, instance=instance, mode="incremental", overlap_seconds=0)
+        result = run_sync(
+            pg_database, weaviate_server_proc, instance=instance, mode="incremental", overlap_seconds=0
+        )
         assert result.success, round_no
         for e in ENTITIES:
             md = metadata(result, e.collection)
@@ -112,7 +125,9 @@ def test_random_changes_converge_after_each_incremental_sync(pg_database, weavia
 
 def _shard_max_updated(engine: sa.Engine, table: str, shard: int) -> object:
     with engine.connect() as conn:
-        return conn.execute(sa.text(f"SELECT max(updated_at) FROM {table} WHERE id % {SHARDS} = {shard}")).scalar_one()
+        return conn.execute(
+            sa.text(f"SELECT max(updated_at) FROM {table} WHERE id % {SHARDS} = {shard}")
+        ).scalar_one()
 
 
 def test_late_commit_inside_the_overlap_window_is_synced(pg_database, weaviate_server_proc, weaviate_client):
@@ -128,7 +143,14 @@ def test_late_commit_inside_the_overlap_window_is_synced(pg_database, weaviate_s
                 sa.text("INSERT INTO tags (id, created_at, updated_at, name) VALUES (:i, :t, :t, :n)"),
                 {"i": row_id, "t": newest - age, "n": f"late-{row_id}"},
             )
-    result = run_sync(pg_database, weaviate_server_proc, selection=["Tag"], instance=instance, mode="incremental", overlap_seconds=60)
+    result = run_sync(
+        pg_database,
+        weaviate_server_proc,
+        selection=["Tag"],
+        instance=instance,
+        mode="incremental",
+        overlap_seconds=60,
+    )
     tags = weaviate_client.collections.use("Tag")
     assert tags.query.fetch_object_by_id(object_uuid("Tag", late)) is not None
     # Older than the window: documented as the nightly full sync's job, and it does it.
@@ -146,13 +168,20 @@ def test_unchanged_row_is_not_rewritten(pg_database, weaviate_server_proc, weavi
     run_sync(pg_database, weaviate_server_proc, selection=["Author"], instance=instance)
     with engine.begin() as conn:
         row_id = conn.execute(sa.text("SELECT min(id) FROM authors WHERE deleted_at IS NULL")).scalar_one()
-        conn.execute(sa.text("UPDATE authors SET name = 'Anna', updated_at = now() WHERE id = :i"), {"i": row_id})
+        conn.execute(
+            sa.text("UPDATE authors SET name = 'Anna', updated_at = now() WHERE id = :i"), {"i": row_id}
+        )
     uid = object_uuid("Author", row_id)
     authors = weaviate_client.collections.use("Author")
 
     def sync() -> dict:
         result = run_sync(
-            pg_database, weaviate_server_proc, selection=["Author"], instance=instance, mode="incremental", overlap_seconds=3600
+            pg_database,
+            weaviate_server_proc,
+            selection=["Author"],
+            instance=instance,
+            mode="incremental",
+            overlap_seconds=3600,
         )
         return metadata(result, "Author")
 
@@ -175,9 +204,18 @@ def test_sync_broken_half_way_keeps_its_cursor_and_the_next_run_completes(
     demo_data.generate(engine, 1_000, seed=4)
     instance = dg.DagsterInstance.ephemeral()
     run_sync(pg_database, weaviate_server_proc, selection=["Work"], instance=instance)
-    first = metadata(run_sync(pg_database, weaviate_server_proc, selection=["Work"], instance=instance, mode="incremental"), "Work")
+    first = metadata(
+        run_sync(
+            pg_database, weaviate_server_proc, selection=["Work"], instance=instance, mode="incremental"
+        ),
+        "Work",
+    )
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE works SET title = title || ' (rev. 2)', updated_at = now() WHERE deleted_at IS NULL"))
+        conn.execute(
+            sa.text(
+                "UPDATE works SET title = title || ' (rev. 2)', updated_at = now() WHERE deleted_at IS NULL"
+            )
+        )
 
     real_send, calls = weaviate_io.send_objects, []
 
@@ -207,11 +245,20 @@ def test_sync_broken_half_way_keeps_its_cursor_and_the_next_run_completes(
     monkeypatch.setattr(weaviate_io, "send_objects", real_send)
     assert not broken.success
     assert not broken.asset_materializations_for_node("Work")  # no materialization, so no cursor moved
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("Work")), limit=1).records
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("Work")), limit=1
+    ).records
     assert records[0].asset_materialization.metadata["cursor_after"].value == first["cursor_after"]
 
-    done = metadata(run_sync(pg_database, weaviate_server_proc, selection=["Work"], instance=instance, mode="incremental"), "Work")
-    assert done["objects_unchanged"] >= 50 and done["objects_written"] > 0  # what landed before the break is skipped
+    done = metadata(
+        run_sync(
+            pg_database, weaviate_server_proc, selection=["Work"], instance=instance, mode="incremental"
+        ),
+        "Work",
+    )
+    assert (
+        done["objects_unchanged"] >= 50 and done["objects_written"] > 0
+    )  # what landed before the break is skipped
     assert done["objects_written"] + done["objects_unchanged"] == done["rows_read"]
     assert_objects_match_for(engine, weaviate_client, "Work")
 
@@ -224,7 +271,9 @@ def assert_objects_match_for(engine: sa.Engine, client, collection: str) -> None
     assert stored_objects(client, e) == expected
 
 
-def test_a_row_weaviate_refuses_is_reported_without_stalling_the_cursor(tmp_path, weaviate_server_proc, weaviate_client):
+def test_a_row_weaviate_refuses_is_reported_without_stalling_the_cursor(
+    tmp_path, weaviate_server_proc, weaviate_client
+):
     url = f"sqlite:///{tmp_path / 'messy.db'}"
     engine = source.make_engine(url)
     demo_data.generate(engine, 600, seed=12)
@@ -233,15 +282,43 @@ def test_a_row_weaviate_refuses_is_reported_without_stalling_the_cursor(tmp_path
     works = source.table_for(next(e for e in ENTITIES if e.collection == "Work"))
     now = datetime.now(UTC)
     with engine.begin() as conn:  # SQLite keeps text in an INTEGER column: Weaviate refuses it
-        conn.execute(works.update().where(works.c.id == 17).values(published_year="MCMV", deleted_at=None, updated_at=now))
-        conn.execute(works.update().where(works.c.id == 21).values(title="Fixed title", deleted_at=None, updated_at=now))
-    result = run_sync(url, weaviate_server_proc, selection=["Work"], instance=instance, mode="incremental", overlap_seconds=0)
+        conn.execute(
+            works.update()
+            .where(works.c.id == 17)
+            .values(published_year="MCMV", deleted_at=None, updated_at=now)
+        )
+        conn.execute(
+            works.update()
+            .where(works.c.id == 21)
+            .values(title="Fixed title", deleted_at=None, updated_at=now)
+        )
+    result = run_sync(
+        url,
+        weaviate_server_proc,
+        selection=["Work"],
+        instance=instance,
+        mode="incremental",
+        overlap_seconds=0,
+    )
     md = metadata(result, "Work")
     assert (md["objects_failed"], md["failure_sample"][0]["id"]) == (1, 17)
     shard = f"shard-{17 % SHARDS}"
     assert md["cursor_after"][shard] != md["cursor_before"][shard]  # reported, and the shard moved on
-    assert weaviate_client.collections.use("Work").query.fetch_object_by_id(object_uuid("Work", 21)).properties["title"] == "Fixed title"
+    assert (
+        weaviate_client.collections.use("Work")
+        .query.fetch_object_by_id(object_uuid("Work", 21))
+        .properties["title"]
+        == "Fixed title"
+    )
     again = metadata(
-        run_sync(url, weaviate_server_proc, selection=["Work"], instance=instance, mode="incremental", overlap_seconds=0), "Work"
+        run_sync(
+            url,
+            weaviate_server_proc,
+            selection=["Work"],
+            instance=instance,
+            mode="incremental",
+            overlap_seconds=0,
+        ),
+        "Work",
     )
     assert again["rows_read"] == 0  # not re-read on every run; the nightly full sync tries it again

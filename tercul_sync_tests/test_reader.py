@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from tercul_sync.registry import RELATIONS, entity
 
 from tercul_sync import demo_data, source
-from tercul_sync.registry import RELATIONS, entity
 
 
 def _engine(tmp_path) -> sa.Engine:
@@ -32,7 +32,11 @@ def test_shards_partition_the_live_rows_exactly(tmp_path):
 
 
 def test_pages_are_keyset_not_offset(tmp_path):
-    sql = str(source.select_live_page(entity("Work"), source.Shard(1, 4), 100, 50).compile(compile_kwargs={"literal_binds": True}))
+    sql = str(
+        source.select_live_page(entity("Work"), source.Shard(1, 4), 100, 50).compile(
+            compile_kwargs={"literal_binds": True}
+        )
+    )
     assert "OFFSET" not in sql.upper()
     assert "works.id > 100" in sql and "% 4" in sql and "deleted_at IS NULL" in sql
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import weaviate.util
-
-from tercul_sync import registry
 from tercul_sync.registry import ENTITIES, RELATIONS, Column, EntityType, Kind, Relation, validate_registry
 from tercul_sync.weaviate_schema import property_specs, schema_problems
+
+from tercul_sync import registry
 
 
 def test_uuid_is_the_contracts_uuid5():
@@ -36,7 +36,9 @@ def test_every_contract_table_and_relation_is_registered():
 def test_properties_follow_the_contract():
     names = [s.name for s in property_specs(registry.entity("Work"))]
     assert names[:1] == ["source_id"]
-    assert {"title", "original_language", "body", "is_public_domain", "created_at", "updated_at"} <= set(names)
+    assert {"title", "original_language", "body", "is_public_domain", "created_at", "updated_at"} <= set(
+        names
+    )
     assert "deleted_at" not in names and "id" not in names
 
 

@@ -1,7 +1,7 @@
 """Finding, building and starting a local Weaviate server.
 
-The binary is looked for in this order: ``WEAVIATE_BIN``; the project's own
-``.tools/bin``; the cache of weaviate-client's embedded mode. When none is
+The binary is looked for in this order: ``WEAVIATE_BIN``; ``bin/`` under
+``TERCUL_SYNC_HOME``; the cache of weaviate-client's embedded mode. When none is
 there and Go is, it is built from Weaviate's Go module (no cgo), trying the
 pinned tag first and then older ones down to 1.27.
 """
@@ -14,20 +14,33 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from tercul_sync.settings import PROJECT_DIR
+from tercul_sync.engine.settings import load_settings
 
 WEAVIATE_MODULE = "github.com/weaviate/weaviate/cmd/weaviate-server"
 PINNED_VERSION = "1.39.0"
-FALLBACK_VERSIONS = ("1.38.0", "1.37.0", "1.36.0", "1.35.0", "1.34.0", "1.33.0", "1.32.0", "1.31.0", "1.30.0", "1.29.0", "1.28.0", "1.27.0")
-TOOLS_BIN = PROJECT_DIR / ".tools" / "bin"
+FALLBACK_VERSIONS = (
+    "1.38.0",
+    "1.37.0",
+    "1.36.0",
+    "1.35.0",
+    "1.34.0",
+    "1.33.0",
+    "1.32.0",
+    "1.31.0",
+    "1.30.0",
+    "1.29.0",
+    "1.28.0",
+    "1.27.0",
+)
 EMBEDDED_CACHE = Path.home() / ".cache" / "weaviate-embedded"
 
 
@@ -41,20 +54,29 @@ def embedded_binary_name(version: str) -> str:
     return f"weaviate-{v}-{hashlib.sha256(v.encode()).hexdigest()}"
 
 
-def find_binary(env: Mapping[str, str] | None = None) -> Path | None:
-    env = os.environ if env is None else env
-    if env.get("WEAVIATE_BIN"):
-        path = Path(env["WEAVIATE_BIN"])
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise WeaviateUnavailable(f"WEAVIATE_BIN={path} is not an executable file")
-        return path
-    candidates = [TOOLS_BIN / "weaviate-server"]
+def tools_bin() -> Path:
+    """Where a built binary goes: ``bin/`` under ``TERCUL_SYNC_HOME``."""
+    return load_settings().home.resolve() / "bin"
+
+
+def find_binary() -> Path | None:
+    configured = load_settings().weaviate_bin
+    if configured is not None:
+        if not (configured.is_file() and os.access(configured, os.X_OK)):
+            raise WeaviateUnavailable(f"WEAVIATE_BIN={configured} is not an executable file")
+        return configured
+    candidates = [tools_bin() / "weaviate-server"]
     candidates += [EMBEDDED_CACHE / embedded_binary_name(v) for v in (PINNED_VERSION, *FALLBACK_VERSIONS)]
     return next((p for p in candidates if p.is_file() and os.access(p, os.X_OK)), None)
 
 
-def build_binary(log=print) -> Path:
-    """Build weaviate-server into .tools/bin with `go install`; newest tag that builds wins."""
+def _say(message: str) -> None:
+    """Progress on stderr, which scripts/setup shows (its stdout is the binary's path)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_binary(log: Callable[[str], None] = _say) -> Path:
+    """Build weaviate-server into ``<home>/bin`` with `go install`; newest tag that builds wins."""
     go = shutil.which("go")
     if go is None:
         raise WeaviateUnavailable(
@@ -62,20 +84,25 @@ def build_binary(log=print) -> Path:
             "(1.26 or newer) and run again, run Weaviate in Docker (docker run -p 8080:8080 -p 50051:50051 "
             "semitechnologies/weaviate:1.39.0) and set WEAVIATE_URL, or point WEAVIATE_BIN at a weaviate-server binary."
         )
-    TOOLS_BIN.mkdir(parents=True, exist_ok=True)
+    target = tools_bin()
+    target.mkdir(parents=True, exist_ok=True)
     errors = []
     for version in (PINNED_VERSION, *FALLBACK_VERSIONS):
         log(f"building weaviate-server v{version} with go install (a few minutes, once)...")
-        env = {**os.environ, "CGO_ENABLED": "0", "GOBIN": str(TOOLS_BIN)}
-        proc = subprocess.run([go, "install", f"{WEAVIATE_MODULE}@v{version}"], env=env, capture_output=True, text=True)
+        started = time.monotonic()
+        env = {**os.environ, "CGO_ENABLED": "0", "GOBIN": str(target)}
+        proc = subprocess.run(
+            [go, "install", f"{WEAVIATE_MODULE}@v{version}"], env=env, capture_output=True, text=True
+        )
         if proc.returncode == 0:
-            (TOOLS_BIN / "VERSION").write_text(version + "\n")
-            return TOOLS_BIN / "weaviate-server"
+            (target / "VERSION").write_text(version + "\n")
+            log(f"built {target / 'weaviate-server'} in {time.monotonic() - started:.0f}s")
+            return target / "weaviate-server"
         errors.append(f"v{version}: {proc.stderr.strip()[-500:]}")
     raise WeaviateUnavailable("every Weaviate tag failed to build:\n" + "\n".join(errors))
 
 
-def ensure_binary(log=print) -> Path:
+def ensure_binary(log: Callable[[str], None] = _say) -> Path:
     return find_binary() or build_binary(log)
 
 
@@ -127,8 +154,10 @@ class LocalWeaviate:
                 self.process.wait()
 
 
-def server_env(data_dir: Path, grpc_port: int, gossip_port: int, data_port: int, raft_port: int, raft_internal_port: int) -> dict[str, str]:
-    """The environment a single loopback node needs (see docs/weaviate.md for why each is there)."""
+def server_env(
+    data_dir: Path, grpc_port: int, gossip_port: int, data_port: int, raft_port: int, raft_internal_port: int
+) -> dict[str, str]:
+    """The environment a single loopback node needs (docs/design.md, "A local Weaviate", says why each is there)."""
     return {
         "PERSISTENCE_DATA_PATH": str(data_dir),
         "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
@@ -176,7 +205,12 @@ def start(
 
 
 def _start_once(
-    data_dir: Path, http_port: int | None, grpc_port: int | None, log_file: Path | None, ready_within_s: float, extra_env: Mapping[str, str]
+    data_dir: Path,
+    http_port: int | None,
+    grpc_port: int | None,
+    log_file: Path | None,
+    ready_within_s: float,
+    extra_env: Mapping[str, str],
 ) -> LocalWeaviate:
     binary = ensure_binary()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -202,14 +236,17 @@ def _start_once(
             return server
         time.sleep(0.3)
     server.stop()
-    raise WeaviateUnavailable(f"weaviate-server did not become ready within {ready_within_s}s; see {log_path}")
+    raise WeaviateUnavailable(
+        f"weaviate-server did not become ready within {ready_within_s}s; see {log_path}"
+    )
 
 
 @contextmanager
 def configured_or_local(data_dir: Path) -> Iterator[tuple[str, int]]:
     """``(http url, grpc port)`` of ``WEAVIATE_URL`` when it is set, else of a server started here and stopped after."""
     if os.environ.get("WEAVIATE_URL"):
-        yield os.environ["WEAVIATE_URL"], int(os.environ.get("WEAVIATE_GRPC_PORT", "50051"))
+        settings = load_settings()
+        yield settings.weaviate_url, settings.weaviate_grpc_port
         return
     server = start(data_dir)
     try:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from tercul_sync.registry import SOURCE_ID_PROPERTY, EntityType, Kind, object_uuid
+from tercul_sync.engine.registry import SOURCE_ID_PROPERTY, EntityType, Kind, object_uuid
 
 HASH_PROPERTY = "sync_hash"  # content hash of what we store; lets unchanged objects be skipped
 REF_COUNT_PROPERTY = "sync_ref_count"  # references the object carries; their sum is checked against SQL
@@ -34,15 +34,21 @@ class ObjectWrite:
         return 64 * (len(self.properties) + 1) + 4 * text + 48 * sum(len(v) for v in self.references.values())
 
 
+def as_utc(value: datetime | str) -> datetime:
+    """A timestamp made timezone-aware: SQLite hands back naive ones (or text), which the contract defines as UTC."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def to_weaviate_value(kind: Kind, value: Any) -> Any:
     """A column value as Weaviate stores it.
 
-    Timestamps become timezone-aware (SQLite hands back naive ones, which the
-    contract defines as UTC). Values of a surprising type pass through as they
-    are: Weaviate's own validation rejects them, and the row is reported.
+    Timestamps become timezone-aware. Values of a surprising type pass through
+    as they are: Weaviate's own validation rejects them, and the row is reported.
     """
     if kind is Kind.TIMESTAMP and isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return as_utc(value)
     return value
 
 
@@ -66,10 +72,14 @@ def content_hash(properties: Mapping[str, Any], references: Mapping[str, Sequenc
         "p": {k: _canonical(v) for k, v in sorted(properties.items()) if k != HASH_PROPERTY},
         "r": {k: sorted(v) for k, v in sorted(references.items()) if v},
     }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str).encode()
+    ).hexdigest()
 
 
-def build_object(e: EntityType, row: Mapping[str, Any], references: Mapping[str, Sequence[str]] | None = None) -> ObjectWrite:
+def build_object(
+    e: EntityType, row: Mapping[str, Any], references: Mapping[str, Sequence[str]] | None = None
+) -> ObjectWrite:
     """The object for one row, with its references (sorted) and content hash."""
     refs = {name: sorted(set(uuids)) for name, uuids in (references or {}).items() if uuids}
     props = row_properties(e, row)
@@ -78,7 +88,9 @@ def build_object(e: EntityType, row: Mapping[str, Any], references: Mapping[str,
     return ObjectWrite(row["id"], object_uuid(e.collection, row["id"]), props, refs)
 
 
-def chunk(items: Iterable[T], max_count: int, max_bytes: int, size_of: Callable[[T], int]) -> Iterator[list[T]]:
+def chunk(
+    items: Iterable[T], max_count: int, max_bytes: int, size_of: Callable[[T], int]
+) -> Iterator[list[T]]:
     """Split ``items`` into lists of at most ``max_count`` items and about ``max_bytes``.
 
     An item larger than ``max_bytes`` alone goes in a list of its own, so it is

@@ -43,17 +43,12 @@ class EntityType:
     collection: str
     table: str
     columns: tuple[Column, ...]
-    id_column: str = "id"
-    cursor_column: str = "updated_at"
     soft_delete_column: str = "deleted_at"
 
     @property
     def property_columns(self) -> tuple[Column, ...]:
         """Columns stored as Weaviate properties: own columns plus the GORM timestamps."""
         return (*self.columns, *GORM_PROPERTY_COLUMNS)
-
-    def object_uuid(self, row_id: int) -> str:
-        return object_uuid(self.collection, row_id)
 
 
 @dataclass(frozen=True)
@@ -146,9 +141,15 @@ ENTITIES: tuple[EntityType, ...] = (
             _varchar("language", 8),
         ),
     ),
-    EntityType("Publisher", "publishers", (_text("name", nullable=False), Column("country_code", Kind.CHAR, length=2))),
+    EntityType(
+        "Publisher",
+        "publishers",
+        (_text("name", nullable=False), Column("country_code", Kind.CHAR, length=2)),
+    ),
     EntityType("Tag", "tags", (_text("name", nullable=False, unique=True), _text("slug"))),
-    EntityType("Category", "categories", (_text("name", nullable=False), _text("description"), _bigint("parent_id"))),
+    EntityType(
+        "Category", "categories", (_text("name", nullable=False), _text("description"), _bigint("parent_id"))
+    ),
 )
 
 RELATIONS: tuple[Relation, ...] = (
@@ -176,10 +177,33 @@ def entity(collection: str) -> EntityType:
 
 
 def relations_from(collection: str) -> tuple[Relation, ...]:
+    """The relations whose references live on ``collection``'s objects."""
     return tuple(r for r in RELATIONS if r.source == collection)
 
 
-def validate_registry(entities: tuple[EntityType, ...] = ENTITIES, relations: tuple[Relation, ...] = RELATIONS) -> None:
+def relations_to(collection: str) -> tuple[Relation, ...]:
+    """The relations that point at ``collection``."""
+    return tuple(r for r in RELATIONS if r.target == collection)
+
+
+def relations_of_edge(source_table: str, relation: str) -> tuple[Relation, ...]:
+    """The registry relations an ``edges`` row (by source table and relation name) may stand for."""
+    return tuple(r for r in RELATIONS if r.name == relation and entity(r.source).table == source_table)
+
+
+def edge_sources() -> list[EntityType]:
+    """Entity types whose objects carry references, in name order."""
+    return [entity(c) for c in sorted({r.source for r in RELATIONS})]
+
+
+def edge_targets() -> list[EntityType]:
+    """Entity types that references point at, in name order."""
+    return [entity(c) for c in sorted({r.target for r in RELATIONS})]
+
+
+def validate_registry(
+    entities: tuple[EntityType, ...] = ENTITIES, relations: tuple[Relation, ...] = RELATIONS
+) -> None:
     """Fail at import time on a registry mistake rather than half way through a sync."""
     names = [e.collection for e in entities]
     if len(set(names)) != len(names):

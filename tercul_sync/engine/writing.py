@@ -1,15 +1,15 @@
-"""Syncing rows to Weaviate: the work inside an asset step, free of Dagster.
+"""Writing rows to Weaviate as whole objects: the work inside every step.
 
-One path writes objects, whoever asks: the entity assets (a shard at a
-time), the edges asset (the source objects whose reference lists it sets)
-and, later, the incremental sync. An object is always written whole, with
-its properties and its complete reference lists, so a write replaces and a
-re-run never duplicates anything, references included.
+One path writes objects, whoever asks: the entity steps (a shard at a time),
+the edges step (the source objects whose reference lists it sets) and the
+incremental passes (the rows that changed). An object is always written
+whole, with its properties and its complete reference lists, so a write
+replaces and a re-run never duplicates anything, references included.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,40 +17,26 @@ from typing import Any
 import weaviate
 from sqlalchemy.engine import Engine
 
-from tercul_sync import source, weaviate_io
-from tercul_sync.batch_writer import BatchProcessor, RetrySettings, WriteReport
-from tercul_sync.objects import HASH_PROPERTY, ObjectWrite, build_object, chunk
-from tercul_sync.registry import EntityType, object_uuid, relations_from
+from tercul_sync.engine import reading, weaviate_client
+from tercul_sync.engine.batching import BatchProcessor, WriteReport
+from tercul_sync.engine.objects import HASH_PROPERTY, ObjectWrite, build_object, chunk
+from tercul_sync.engine.registry import EntityType, object_uuid, relations_from
+from tercul_sync.engine.reports import MAX_SAMPLE, ReasonLog
+from tercul_sync.engine.settings import Settings
 
-MAX_SAMPLE_IDS = 10
+# Sends one batch of objects to a collection; returns {index: message} for the refused ones.
+SendObjects = Callable[[weaviate.WeaviateClient, str, list[ObjectWrite]], dict[int, str]]
 
 
 @dataclass(frozen=True)
-class WriteSettings:
-    batch_size: int = 500
-    max_batch_bytes: int = 16 * 1024 * 1024
-    retry: RetrySettings = field(default_factory=RetrySettings)
+class SyncContext:
+    """What every write needs: the database, the Weaviate client, the settings, how to send."""
+
+    db: Engine
+    client: weaviate.WeaviateClient
+    settings: Settings
     force: bool = False  # rewrite objects even when their content hash is unchanged
-
-
-@dataclass
-class ReasonLog:
-    """Counts by reason, with a few ids of each, for metadata that explains itself."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    samples: dict[str, list[Hashable]] = field(default_factory=dict)
-
-    def add(self, reason: str, key: Hashable, n: int = 1) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + n
-        sample = self.samples.setdefault(reason, [])
-        if len(sample) < MAX_SAMPLE_IDS:
-            sample.append(key)
-
-    def merge(self, other: ReasonLog) -> None:
-        for reason, n in other.counts.items():
-            self.counts[reason] = self.counts.get(reason, 0) + n
-            room = MAX_SAMPLE_IDS - len(self.samples.setdefault(reason, []))
-            self.samples[reason].extend(other.samples.get(reason, [])[: max(room, 0)])
+    send: SendObjects = weaviate_client.send_objects
 
 
 @dataclass
@@ -68,26 +54,34 @@ class ObjectSyncReport:
 class ObjectSyncer:
     """Writes rows of one entity type as whole objects through the batch processor."""
 
-    def __init__(self, engine: Engine, client: weaviate.WeaviateClient, e: EntityType, settings: WriteSettings) -> None:
-        self.engine, self.client, self.entity, self.settings = engine, client, e, settings
+    def __init__(self, ctx: SyncContext, e: EntityType) -> None:
+        self.ctx, self.entity, self.settings = ctx, e, ctx.settings
+        self.engine, self.client = ctx.db, ctx.client
         self.report = ObjectSyncReport(e.collection)
         self._processor: BatchProcessor[ObjectWrite] = BatchProcessor(
-            lambda items: weaviate_io.send_objects(client, e.collection, items),
+            lambda items: ctx.send(ctx.client, e.collection, items),
             key_of=lambda o: o.row_id,
-            retry=settings.retry,
+            retry=ctx.settings.retry,
         )
         self.report.write = self._processor.report
         self._present: dict[str, set[str]] = {}  # target objects seen to exist during this step
 
-    def sync_shards(self, shards: Iterable[source.Shard]) -> ObjectSyncReport:
-        pages = (page for shard in shards for page in source.iter_live_pages(self.engine, self.entity, shard, self.settings.batch_size))
+    def sync_shards(self, shards: Iterable[reading.Shard]) -> ObjectSyncReport:
+        pages = (
+            page
+            for shard in shards
+            for page in reading.iter_live_pages(self.engine, self.entity, shard, self.settings.batch_size)
+        )
         self._pipeline(pages)
         return self.report
 
     def sync_ids(self, ids: Sequence[int]) -> ObjectSyncReport:
         """Write the live rows among ``ids`` (rows that are not live are left alone)."""
         ordered, size = sorted(set(ids)), self.settings.batch_size
-        self._pipeline(source.fetch_live_rows(self.engine, self.entity, ordered[i : i + size]) for i in range(0, len(ordered), size))
+        self._pipeline(
+            reading.fetch_live_rows(self.engine, self.entity, ordered[i : i + size])
+            for i in range(0, len(ordered), size)
+        )
         return self.report
 
     def write_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -116,15 +110,17 @@ class ObjectSyncer:
         self.report.rows_read += len(rows)
         references = self._references([r["id"] for r in rows])
         objects = [build_object(self.entity, row, references.get(row["id"], {})) for row in rows]
-        if self.settings.force:
+        if self.ctx.force:
             return objects
-        stored = weaviate_io.stored_hashes(self.client, self.entity.collection, [o.uuid for o in objects])
+        stored = weaviate_client.stored_hashes(self.client, self.entity.collection, [o.uuid for o in objects])
         fresh = [o for o in objects if stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]]
         self.report.unchanged += len(objects) - len(fresh)
         return fresh
 
     def _write(self, objects: list[ObjectWrite]) -> None:
-        for batch in chunk(objects, self.settings.batch_size, self.settings.max_batch_bytes, lambda o: o.size):
+        for batch in chunk(
+            objects, self.settings.batch_size, self.settings.max_batch_bytes, lambda o: o.size
+        ):
             landed = self._processor.write_batch(batch)
             self.report.references_written += sum(len(v) for o in landed for v in o.references.values())
 
@@ -137,10 +133,10 @@ class ObjectSyncer:
         """
         out: dict[int, dict[str, list[str]]] = {}
         for rel in relations_from(self.entity.collection):
-            edges = source.live_edges_from(self.engine, rel, ids)
+            edges = reading.live_edges_from(self.engine, rel, ids)
             present = self._present.setdefault(rel.target, set())
             unknown = {object_uuid(rel.target, t) for pairs in edges.values() for _, t in pairs} - present
-            present |= weaviate_io.existing_uuids(self.client, rel.target, unknown)
+            present |= weaviate_client.existing_uuids(self.client, rel.target, unknown)
             for source_id, pairs in edges.items():
                 for edge_id, target_id in pairs:
                     target = object_uuid(rel.target, target_id)
@@ -157,17 +153,21 @@ class SweepReport:
     sample_ids: list[int] = field(default_factory=list)
 
 
-def sweep_orphans(engine: Engine, client: weaviate.WeaviateClient, e: EntityType, shards: Sequence[source.Shard]) -> SweepReport:
+def sweep_orphans(
+    engine: Engine, client: weaviate.WeaviateClient, e: EntityType, shards: Sequence[reading.Shard]
+) -> SweepReport:
     """Delete the objects of ``shards`` whose row is gone or soft-deleted.
 
     The ids stored in Weaviate (``source_id``) are compared with the live ids
     in the database; the difference is deleted in chunks.
     """
-    stored = weaviate_io.stored_source_ids(client, e.collection)
-    in_scope = {sid: uid for sid, uid in stored.items() if any(s.count == 1 or sid % s.count == s.index for s in shards)}
-    live = source.live_id_set(engine, e, shards)
+    stored = weaviate_client.stored_source_ids(client, e.collection)
+    in_scope = {sid: uid for sid, uid in stored.items() if reading.in_shards(sid, shards)}
+    live = reading.live_id_set(engine, e, shards)
     orphans = sorted(sid for sid in in_scope if sid not in live)
-    report = SweepReport(sample_ids=orphans[:MAX_SAMPLE_IDS])
+    report = SweepReport(sample_ids=orphans[:MAX_SAMPLE])
     if orphans:
-        report.deleted = weaviate_io.delete_uuids(client, e.collection, [in_scope[sid] for sid in orphans])
+        report.deleted = weaviate_client.delete_uuids(
+            client, e.collection, [in_scope[sid] for sid in orphans]
+        )
     return report

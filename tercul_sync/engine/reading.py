@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, RowMapping
 
-from tercul_sync.registry import EDGES_TABLE, ENTITIES, EntityType, Kind, Relation, entity
+from tercul_sync.engine.registry import EDGES_TABLE, ENTITIES, EntityType, Kind, Relation, entity
 
 _SQL_TYPES = {
     Kind.TEXT: lambda c: sa.Text(),
@@ -46,7 +47,9 @@ def build_metadata() -> sa.MetaData:
     """SQLAlchemy tables for every registry entity plus ``edges``, as GORM lays them out."""
     md = sa.MetaData()
     for e in ENTITIES:
-        cols = [sa.Column(c.name, _SQL_TYPES[c.kind](c), nullable=c.nullable, unique=c.unique) for c in e.columns]
+        cols = [
+            sa.Column(c.name, _SQL_TYPES[c.kind](c), nullable=c.nullable, unique=c.unique) for c in e.columns
+        ]
         t = sa.Table(e.table, md, *_gorm_columns(), *cols)
         sa.Index(f"idx_{e.table}_updated_at", t.c.updated_at, t.c.id)
     edges = sa.Table(
@@ -87,10 +90,24 @@ class Shard:
     index: int
     count: int
 
-    def clause(self, id_column: sa.ColumnElement) -> sa.ColumnElement[bool]:
+    def contains(self, row_id: int) -> bool:
+        return self.count == 1 or row_id % self.count == self.index
+
+    def clause(self, id_column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+        """The same membership in SQL."""
         if self.count == 1:
             return sa.true()
         return (id_column % self.count) == self.index
+
+
+def in_shards(row_id: int, shards: Sequence[Shard]) -> bool:
+    """Whether ``row_id`` belongs to any of ``shards`` (no shards: no restriction)."""
+    return not shards or any(s.contains(row_id) for s in shards)
+
+
+def shards_clause(id_column: sa.ColumnElement[Any], shards: Sequence[Shard]) -> sa.ColumnElement[bool]:
+    """``in_shards`` in SQL."""
+    return sa.or_(*(s.clause(id_column) for s in shards)) if shards else sa.true()
 
 
 def select_live_page(e: EntityType, shard: Shard, after_id: int, limit: int) -> sa.Select:
@@ -98,11 +115,16 @@ def select_live_page(e: EntityType, shard: Shard, after_id: int, limit: int) -> 
     t = table_for(e)
     cols = [t.c.id, *(t.c[c.name] for c in e.property_columns)]
     return (
-        sa.select(*cols).where(t.c[e.soft_delete_column].is_(None), t.c.id > after_id, shard.clause(t.c.id)).order_by(t.c.id).limit(limit)
+        sa.select(*cols)
+        .where(t.c[e.soft_delete_column].is_(None), t.c.id > after_id, shard.clause(t.c.id))
+        .order_by(t.c.id)
+        .limit(limit)
     )
 
 
-def iter_live_pages(engine: Engine, e: EntityType, shard: Shard, page_size: int) -> Iterator[list[RowMapping]]:
+def iter_live_pages(
+    engine: Engine, e: EntityType, shard: Shard, page_size: int
+) -> Iterator[list[RowMapping]]:
     """Stream a shard's live rows a page at a time; memory is bounded by ``page_size``."""
     if page_size < 1:
         raise ValueError(f"page size must be at least 1, got {page_size}")
@@ -125,7 +147,11 @@ def fetch_live_rows(engine: Engine, e: EntityType, ids: Sequence[int]) -> list[R
     t = table_for(e)
     cols = [t.c.id, *(t.c[c.name] for c in e.property_columns)]
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(*cols).where(t.c.id.in_(sorted(set(ids))), t.c[e.soft_delete_column].is_(None)).order_by(t.c.id))
+        rows = conn.execute(
+            sa.select(*cols)
+            .where(t.c.id.in_(sorted(set(ids))), t.c[e.soft_delete_column].is_(None))
+            .order_by(t.c.id)
+        )
         return list(rows.mappings())
 
 
@@ -138,7 +164,9 @@ def relation_clause(edges: sa.Table, rel: Relation) -> sa.ColumnElement[bool]:
     )
 
 
-def live_edges_from(engine: Engine, rel: Relation, source_ids: Sequence[int]) -> dict[int, list[tuple[int, int]]]:
+def live_edges_from(
+    engine: Engine, rel: Relation, source_ids: Sequence[int]
+) -> dict[int, list[tuple[int, int]]]:
     """Live edges of one relation starting at ``source_ids`` whose target row is live.
 
     Returns ``{source_id: [(edge_id, target_id), ...]}``. Edges to missing or
@@ -187,6 +215,6 @@ def make_engine(url: str) -> Engine:
 def live_id_set(engine: Engine, e: EntityType, shards: Sequence[Shard]) -> set[int]:
     """Every live id of ``e`` in ``shards`` (the orphan sweep's side of the comparison)."""
     t = table_for(e)
-    q = sa.select(t.c.id).where(t.c[e.soft_delete_column].is_(None), sa.or_(*(s.clause(t.c.id) for s in shards)))
+    q = sa.select(t.c.id).where(t.c[e.soft_delete_column].is_(None), shards_clause(t.c.id, shards))
     with engine.connect() as conn:
         return set(conn.execute(q).scalars())

@@ -5,7 +5,7 @@ BatchObjects request) is used rather than the background batcher
 (``batch.fixed_size``): it returns each refused object's index and message
 for the batch just sent, raises instead of hiding a connection failure in a
 background thread, and has no thread to hang after ``fork``. The retry
-policy around it is ours (tenacity, in ``batch_writer``), so it is the same
+policy around it is ours (tenacity, in ``batching``), so it is the same
 for every kind of write.
 """
 
@@ -17,35 +17,47 @@ from typing import Any
 from urllib.parse import urlparse
 
 import weaviate
-from tenacity import retry, retry_if_exception, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    retry,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 from weaviate.classes.aggregate import Metrics
 from weaviate.classes.data import DataObject
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 from weaviate.classes.query import Filter
-from weaviate.exceptions import WeaviateConnectionError, WeaviateGRPCUnavailableError, WeaviateInsertManyAllFailedError
+from weaviate.exceptions import (
+    WeaviateConnectionError,
+    WeaviateGRPCUnavailableError,
+    WeaviateInsertManyAllFailedError,
+)
 
-from tercul_sync.batch_writer import is_transient
-from tercul_sync.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, ObjectWrite
-from tercul_sync.registry import SOURCE_ID_PROPERTY
+from tercul_sync.engine.errors import is_transient_error
+from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, ObjectWrite
+from tercul_sync.engine.registry import SOURCE_ID_PROPERTY
+from tercul_sync.engine.settings import Settings
 
 ID_CHUNK = 5_000  # below QUERY_MAXIMUM_RESULTS (10,000 by default)
 
 
-def _transient(exc: BaseException) -> bool:
-    return is_transient(f"{type(exc).__name__}: {exc}")
-
+_RETRY = Settings().retry  # the defaults: reads happen outside any step's settings too
 
 # Reads and deletes are idempotent: a transient failure is retried like a batch, then raised.
 retry_transient = retry(
-    retry=retry_if_exception(_transient),
-    stop=stop_after_attempt(5),
-    wait=wait_exponential_jitter(multiplier=0.5, max=10, jitter=0.5),
+    retry=retry_if_exception(is_transient_error),
+    stop=stop_after_attempt(_RETRY.attempts),
+    wait=wait_exponential_jitter(
+        multiplier=_RETRY.initial_wait, max=_RETRY.max_wait, jitter=_RETRY.initial_wait
+    ),
     reraise=True,
 )
 
 
 def connect(
-    url: str, grpc_port: int, api_key: str | None = None, timeout_s: float = 60.0, connect_within_s: float = 30.0
+    url: str, grpc_port: int, api_key: str | None, timeout_s: float, connect_within_s: float = 30.0
 ) -> weaviate.WeaviateClient:
     """Open a client, retrying while the server is starting or briefly away."""
     parsed = urlparse(url)
@@ -78,7 +90,9 @@ def connect(
 _ALL_FAILED = re.compile(r"Here is the set of all errors: (.*)", re.S)
 
 
-def send_objects(client: weaviate.WeaviateClient, collection: str, items: list[ObjectWrite]) -> dict[int, str]:
+def send_objects(
+    client: weaviate.WeaviateClient, collection: str, items: list[ObjectWrite]
+) -> dict[int, str]:
     """Upsert one batch; return ``{index: message}`` for the objects Weaviate refused.
 
     ``insert_many`` raises when every object of a batch failed, with only the
@@ -101,13 +115,17 @@ def send_objects(client: weaviate.WeaviateClient, collection: str, items: list[O
     return {i: err.message for i, err in result.errors.items()}
 
 
-def _fetch_by_ids(client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str], properties: list[str]) -> Iterator[Any]:
+def _fetch_by_ids(
+    client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str], properties: list[str]
+) -> Iterator[Any]:
     """The objects among ``uuids`` that exist, with ``properties``, in chunks a query accepts."""
     wanted = sorted(set(uuids))
     col = client.collections.use(collection)
     for start in range(0, len(wanted), ID_CHUNK):
         part = wanted[start : start + ID_CHUNK]
-        yield from col.query.fetch_objects(filters=Filter.by_id().contains_any(part), limit=len(part), return_properties=properties).objects
+        yield from col.query.fetch_objects(
+            filters=Filter.by_id().contains_any(part), limit=len(part), return_properties=properties
+        ).objects
 
 
 @retry_transient
@@ -137,16 +155,23 @@ def delete_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Sequen
 
 
 @retry_transient
-def stored_hashes(client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str]) -> dict[str, str | None]:
+def stored_hashes(
+    client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str]
+) -> dict[str, str | None]:
     """``{uuid: content hash}`` for the objects among ``uuids`` that exist."""
-    return {str(o.uuid): o.properties.get(HASH_PROPERTY) for o in _fetch_by_ids(client, collection, uuids, [HASH_PROPERTY])}
+    return {
+        str(o.uuid): o.properties.get(HASH_PROPERTY)
+        for o in _fetch_by_ids(client, collection, uuids, [HASH_PROPERTY])
+    }
 
 
 @retry_transient
 def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[int, str]:
     """``{source_id: uuid}`` of every object in ``collection`` (a cursor walk, no offset limit)."""
     out: dict[int, str] = {}
-    for obj in client.collections.use(collection).iterator(return_properties=[SOURCE_ID_PROPERTY], cache_size=5_000):
+    for obj in client.collections.use(collection).iterator(
+        return_properties=[SOURCE_ID_PROPERTY], cache_size=5_000
+    ):
         sid = obj.properties.get(SOURCE_ID_PROPERTY)
         if sid is not None:
             out[int(sid)] = str(obj.uuid)
@@ -156,5 +181,7 @@ def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[
 @retry_transient
 def reference_total(client: weaviate.WeaviateClient, collection: str) -> int:
     """How many references a collection's objects carry (the sum of their ``sync_ref_count``)."""
-    res = client.collections.use(collection).aggregate.over_all(return_metrics=Metrics(REF_COUNT_PROPERTY).integer(sum_=True))
+    res = client.collections.use(collection).aggregate.over_all(
+        return_metrics=Metrics(REF_COUNT_PROPERTY).integer(sum_=True)
+    )
     return int(res.properties[REF_COUNT_PROPERTY].sum_ or 0)

@@ -1,6 +1,6 @@
 """Classifying ``edges`` rows: which become references, and why the others do not.
 
-References themselves are written by ``sync.ObjectSyncer`` as part of the
+References themselves are written by ``writing.ObjectSyncer`` as part of the
 source object; this module answers which edges exist and which source
 objects an edge window touches.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tercul_sync import source
-from tercul_sync.registry import RELATIONS, entity
-from tercul_sync.sync import MAX_SAMPLE_IDS, ReasonLog
+from tercul_sync.engine import reading
+from tercul_sync.engine.registry import RELATIONS, entity, relations_of_edge
+from tercul_sync.engine.reports import MAX_SAMPLE, ReasonLog, add_sample
 
 OK = "ok"
 # Why a live edge makes no reference. Each is counted, with sample edge ids.
@@ -35,7 +35,9 @@ class EdgeWindow:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.offset < 0:
-            raise ValueError(f"edge window needs batch_size >= 1 and offset >= 0, got {self.batch_size}, {self.offset}")
+            raise ValueError(
+                f"edge window needs batch_size >= 1 and offset >= 0, got {self.batch_size}, {self.offset}"
+            )
 
 
 @dataclass
@@ -44,32 +46,42 @@ class EdgeClassification:
     valid: int = 0  # live edges joining two live rows of a known relation
     skipped: ReasonLog = field(default_factory=ReasonLog)
 
+    def as_metadata(self) -> dict[str, object]:
+        return {
+            "edges_read": self.edges_read,
+            "edges_valid": self.valid,
+            **self.skipped.as_metadata("skipped"),
+        }
 
-def _scope(edges: sa.Table, shards: Sequence[source.Shard], edge_ids: Sequence[int] | None) -> list[sa.ColumnElement[bool]]:
+
+def _scope(
+    edges: sa.Table, shards: Sequence[reading.Shard], edge_ids: Sequence[int] | None
+) -> list[sa.ColumnElement[bool]]:
     clauses = [edges.c.deleted_at.is_(None)]
-    if shards and not all(s.count == 1 for s in shards):
-        clauses.append(sa.or_(*(s.clause(edges.c.source_id) for s in shards)))
+    clauses.append(reading.shards_clause(edges.c.source_id, shards))
     if edge_ids is not None:
         clauses.append(edges.c.id.in_(sorted(set(edge_ids))))
     return clauses
 
 
-def classify_edges(engine: Engine, shards: Sequence[source.Shard], edge_ids: Sequence[int] | None = None) -> EdgeClassification:
+def classify_edges(
+    engine: Engine, shards: Sequence[reading.Shard], edge_ids: Sequence[int] | None = None
+) -> EdgeClassification:
     """Count live edges in scope by outcome, in SQL, without loading them all."""
-    edges = source.edges_table()
+    edges = reading.edges_table()
     scope = _scope(edges, shards, edge_ids)
     result = EdgeClassification()
     with engine.connect() as conn:
         unknown = (
             sa.select(edges.c.id)
-            .where(*scope, sa.not_(sa.or_(*(source.relation_clause(edges, r) for r in RELATIONS))))
+            .where(*scope, sa.not_(sa.or_(*(reading.relation_clause(edges, r) for r in RELATIONS))))
             .order_by(edges.c.id)
         )
         for (edge_id,) in conn.execute(unknown):
             result.skipped.add(UNKNOWN_RELATION, edge_id)
         for rel in RELATIONS:
             src, tgt = entity(rel.source), entity(rel.target)
-            s, t = source.table_for(src).alias("s"), source.table_for(tgt).alias("t")
+            s, t = reading.table_for(src).alias("s"), reading.table_for(tgt).alias("t")
             reason = sa.case(
                 (s.c.id.is_(None), MISSING_SOURCE),
                 (s.c[src.soft_delete_column].is_not(None), DELETED_SOURCE),
@@ -78,27 +90,34 @@ def classify_edges(engine: Engine, shards: Sequence[source.Shard], edge_ids: Seq
                 else_=OK,
             ).label("reason")
             joined = edges.outerjoin(s, s.c.id == edges.c.source_id).outerjoin(t, t.c.id == edges.c.target_id)
-            base = sa.select(edges.c.id, reason).select_from(joined).where(*scope, source.relation_clause(edges, rel)).subquery()
+            base = (
+                sa.select(edges.c.id, reason)
+                .select_from(joined)
+                .where(*scope, reading.relation_clause(edges, rel))
+                .subquery()
+            )
             counts = sa.select(base.c.reason, sa.func.count()).group_by(base.c.reason)
             for name, n in conn.execute(counts):
                 if name == OK:
                     result.valid += n
                 else:
-                    result.skipped.counts[name] = result.skipped.counts.get(name, 0) + n
+                    result.skipped.add(name, None, n)
             rank = sa.func.row_number().over(partition_by=base.c.reason, order_by=base.c.id).label("rank")
             ranked = sa.select(base.c.id, base.c.reason, rank).where(base.c.reason != OK).subquery()
-            bad = sa.select(ranked.c.id, ranked.c.reason).where(ranked.c.rank <= MAX_SAMPLE_IDS).order_by(ranked.c.id)
+            bad = (
+                sa.select(ranked.c.id, ranked.c.reason)
+                .where(ranked.c.rank <= MAX_SAMPLE)
+                .order_by(ranked.c.id)
+            )
             for edge_id, name in conn.execute(bad):
-                sample = result.skipped.samples.setdefault(name, [])
-                if len(sample) < MAX_SAMPLE_IDS:
-                    sample.append(edge_id)
+                add_sample(result.skipped.samples.setdefault(name, []), [edge_id])
     result.edges_read = result.valid + sum(result.skipped.counts.values())
     return result
 
 
 def window_edges(engine: Engine, window: EdgeWindow) -> list[tuple[int, str, int, str]]:
     """The window's edge rows, soft-deleted ones included (their sources need updating too)."""
-    edges = source.edges_table()
+    edges = reading.edges_table()
     q = (
         sa.select(edges.c.id, edges.c.source_table, edges.c.source_id, edges.c.relation)
         .order_by(edges.c.id)
@@ -109,12 +128,13 @@ def window_edges(engine: Engine, window: EdgeWindow) -> list[tuple[int, str, int
         return [tuple(r) for r in conn.execute(q)]
 
 
-def touched_sources(rows: Sequence[tuple[int, str, int, str]], shards: Sequence[source.Shard]) -> dict[str, set[int]]:
+def touched_sources(
+    rows: Sequence[tuple[int, str, int, str]], shards: Sequence[reading.Shard]
+) -> dict[str, set[int]]:
     """``{collection: source ids}`` whose reference lists a window of edges can change."""
     out: dict[str, set[int]] = {}
     for _, source_table, source_id, relation in rows:
-        for rel in RELATIONS:
-            in_scope = not shards or any(s.count == 1 or source_id % s.count == s.index for s in shards)
-            if entity(rel.source).table == source_table and rel.name == relation and in_scope:
+        if reading.in_shards(source_id, shards):
+            for rel in relations_of_edge(source_table, relation):
                 out.setdefault(rel.source, set()).add(source_id)
     return out

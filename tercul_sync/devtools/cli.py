@@ -11,32 +11,33 @@ import sys
 import time
 from pathlib import Path
 
-from tercul_sync.settings import PROJECT_DIR, load_settings
+from tercul_sync.engine.settings import DEMO_DATABASE_FILE, load_settings
 
 
 def _cmd_demo_db(args: argparse.Namespace) -> int:
-    from tercul_sync import demo_data, source
+    from tercul_sync.devtools import demo_data
+    from tercul_sync.engine import reading
 
     url = args.url or load_settings().effective_database_url
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = source.make_engine(url)
+    engine = reading.make_engine(url)
     started = time.perf_counter()
     written = demo_data.generate(engine, args.rows, seed=args.seed)
-    print(f"wrote demo Tercul database to {source.safe_url(url)} in {time.perf_counter() - started:.1f}s:")
+    print(f"wrote demo Tercul database to {reading.safe_url(url)} in {time.perf_counter() - started:.1f}s:")
     for table, n in written.items():
         print(f"  {table:<14} {n:>9,}")
     return 0
 
 
 def _cmd_weaviate(args: argparse.Namespace) -> int:
-    from tercul_sync import weaviate_server
+    from tercul_sync.devtools import weaviate_server
 
     settings = load_settings()
     if args.action == "binary":
         print(weaviate_server.ensure_binary())
         return 0
-    data = Path(args.data_dir) if args.data_dir else settings.home / "weaviate"
+    data = Path(args.data_dir) if args.data_dir else settings.home.resolve() / "weaviate"
     if args.action == "stop":
         pid_file = data / "weaviate.pid"
         if not pid_file.exists():
@@ -47,7 +48,9 @@ def _cmd_weaviate(args: argparse.Namespace) -> int:
         print("Weaviate stopped")
         return 0
     server = weaviate_server.start(data, http_port=args.port, grpc_port=args.grpc_port)
-    print(f"Weaviate is up at {server.url} (gRPC {server.grpc_port}), data in {data}, pid {server.process.pid}")
+    print(
+        f"Weaviate is up at {server.url} (gRPC {server.grpc_port}), data in {data}, pid {server.process.pid}"
+    )
     (data / "weaviate.pid").write_text(str(server.process.pid))
     if args.action == "run":
         try:
@@ -64,7 +67,9 @@ def _run_summary(dagster_home: Path, job_name: str) -> tuple[str, list[dict[str,
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     with dg.DagsterInstance.get() as instance:
         run = instance.get_runs(dg.RunsFilter(job_name=job_name), limit=1)[0]
-        records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        records = instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        ).records
         seen: dict[str, dict[str, object]] = {}
         for rec in records:
             mat = rec.event_log_entry.asset_materialization
@@ -75,7 +80,9 @@ def _run_summary(dagster_home: Path, job_name: str) -> tuple[str, list[dict[str,
 
 
 def print_summary(status: str, rows: list[dict[str, object]]) -> None:
-    header = f"{'entity type':<12} {'rows read':>10} {'written':>9} {'unchanged':>10} {'failed':>7} {'seconds':>8}"
+    header = (
+        f"{'entity type':<12} {'rows read':>10} {'written':>9} {'unchanged':>10} {'failed':>7} {'seconds':>8}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -85,18 +92,25 @@ def print_summary(status: str, rows: list[dict[str, object]]) -> None:
         )
     edges = next((r for r in rows if r["asset"] == "edges"), None)
     if edges:
-        skipped = {k.removeprefix("skipped_"): v for k, v in edges.items() if k.startswith("skipped_") and k != "skipped_sample_ids"}
-        print(f"edges: {edges.get('edges_read', 0):,} live edges read, {edges.get('edges_valid', 0):,} valid; skipped: {skipped}")
+        skipped = {
+            k.removeprefix("skipped_"): v
+            for k, v in edges.items()
+            if k.startswith("skipped_") and k != "skipped_sample_ids"
+        }
+        print(
+            f"edges: {edges.get('edges_read', 0):,} live edges read, {edges.get('edges_valid', 0):,} valid; skipped: {skipped}"
+        )
     print(f"run status: {status}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Demo data on SQLite, a local Weaviate, the full_sync job, and its summary."""
-    from tercul_sync import weaviate_server
+    from tercul_sync.devtools import weaviate_server
 
     settings = load_settings()
-    env = dict(os.environ)
-    db_path = settings.home / "demo" / "tercul.db"
+    home = settings.home.resolve()
+    env = {**os.environ, "TERCUL_SYNC_HOME": str(home)}  # the run, started from home, finds the same state
+    db_path = home / DEMO_DATABASE_FILE
     if settings.database_url is None and (args.fresh or not db_path.exists()):
         _cmd_demo_db(argparse.Namespace(url=settings.demo_database_url, rows=args.rows, seed=7))
     server = None
@@ -106,21 +120,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             return 2
         print("starting a local Weaviate (built from its Go module the first time)...")
         if args.fresh:
-            shutil.rmtree(settings.home / "weaviate", ignore_errors=True)
-        server = weaviate_server.start(settings.home / "weaviate")
+            shutil.rmtree(home / "weaviate", ignore_errors=True)
+        server = weaviate_server.start(home / "weaviate")
         env.update(WEAVIATE_URL=server.url, WEAVIATE_GRPC_PORT=str(server.grpc_port))
-    dagster_home = settings.home / "dagster_home"
+    dagster_home = home / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
     if not (dagster_home / "dagster.yaml").exists():  # local SQLite storage, said explicitly
         (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
     env["DAGSTER_HOME"] = str(dagster_home)
     try:
-        cmd = [sys.executable, "-m", "dagster", "job", "execute", "-m", "tercul_sync.definitions", "-j", "full_sync"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dagster",
+            "job",
+            "execute",
+            "-m",
+            "tercul_sync.definitions",
+            "-j",
+            "full_sync",
+        ]
         print("running:", " ".join(cmd[2:]))
         started = time.perf_counter()
-        log = settings.home / "last-demo-run.log"
+        log = home / "last-demo-run.log"
         with log.open("w") as fh:
-            proc = subprocess.run(cmd, env=env, cwd=PROJECT_DIR, stdout=fh, stderr=subprocess.STDOUT)
+            proc = subprocess.run(cmd, env=env, cwd=home, stdout=fh, stderr=subprocess.STDOUT)
         print(f"full_sync finished in {time.perf_counter() - started:.1f}s (Dagster's log: {log})\n")
         status, rows = _run_summary(dagster_home, "full_sync")
         print_summary(status, rows)
@@ -135,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="sync a demo database into a local Weaviate and print a summary")
-    p.add_argument("--rows", type=int, default=10_000, help="entity rows in the demo database (edges come on top)")
-    p.add_argument("--fresh", action="store_true", help="regenerate the demo database and empty the local Weaviate")
+    p.add_argument(
+        "--rows", type=int, default=10_000, help="entity rows in the demo database (edges come on top)"
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="regenerate the demo database and empty the local Weaviate"
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("demo-db", help="write a deterministic, messy Tercul database")

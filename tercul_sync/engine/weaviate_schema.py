@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import weaviate
 from weaviate.classes.config import Configure, DataType, Property, ReferenceProperty
-from weaviate.exceptions import UnexpectedStatusCodeError
+from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateInvalidInputError
 
-from tercul_sync.objects import HASH_PROPERTY, REF_COUNT_PROPERTY
-from tercul_sync.registry import ENTITIES, RELATIONS, SOURCE_ID_PROPERTY, EntityType, Kind, Relation
+from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY
+from tercul_sync.engine.registry import ENTITIES, RELATIONS, SOURCE_ID_PROPERTY, EntityType, Kind, Relation
 
 WEAVIATE_TYPES = {
     Kind.TEXT: DataType.TEXT,
@@ -49,7 +49,13 @@ def property_specs(e: EntityType) -> list[PropertySpec]:
 
 def _create_property(spec: PropertySpec) -> Property:
     if spec.name == HASH_PROPERTY:  # bookkeeping, never searched
-        return Property(name=spec.name, data_type=spec.data_type, index_searchable=False, index_filterable=False, skip_vectorization=True)
+        return Property(
+            name=spec.name,
+            data_type=spec.data_type,
+            index_searchable=False,
+            index_filterable=False,
+            skip_vectorization=True,
+        )
     if spec.name == REF_COUNT_PROPERTY:
         return Property(name=spec.name, data_type=spec.data_type, skip_vectorization=True)
     # Ranges on ints and dates make `source_id` and `updated_at` cheap to filter by.
@@ -58,7 +64,10 @@ def _create_property(spec: PropertySpec) -> Property:
 
 
 def schema_problems(
-    e: EntityType, existing_props: dict[str, str], existing_refs: dict[str, list[str]], relations: Iterable[Relation]
+    e: EntityType,
+    existing_props: dict[str, str],
+    existing_refs: dict[str, list[str]],
+    relations: Iterable[Relation],
 ) -> list[str]:
     """Why an existing collection is incompatible; empty when it can be reused.
 
@@ -69,9 +78,13 @@ def schema_problems(
     for spec in property_specs(e):
         have = existing_props.get(spec.name)
         if have is not None and have != spec.data_type.value:
-            problems.append(f"{e.collection}.{spec.name} is {have} in Weaviate, the registry needs {spec.data_type.value}")
+            problems.append(
+                f"{e.collection}.{spec.name} is {have} in Weaviate, the registry needs {spec.data_type.value}"
+            )
         if spec.name in existing_refs:
-            problems.append(f"{e.collection}.{spec.name} is a reference in Weaviate, the registry needs {spec.data_type.value}")
+            problems.append(
+                f"{e.collection}.{spec.name} is a reference in Weaviate, the registry needs {spec.data_type.value}"
+            )
     for r in relations:
         if r.name in existing_props:
             problems.append(
@@ -79,7 +92,9 @@ def schema_problems(
             )
         targets = existing_refs.get(r.name)
         if targets is not None and [t.lower() for t in targets] != [r.target.lower()]:
-            problems.append(f"{e.collection}.{r.name} references {targets} in Weaviate, the registry needs [{r.target}]")
+            problems.append(
+                f"{e.collection}.{r.name} references {targets} in Weaviate, the registry needs [{r.target}]"
+            )
     return problems
 
 
@@ -99,8 +114,14 @@ def ensure_schema(
     return changes
 
 
-def _lost_race(exc: UnexpectedStatusCodeError) -> bool:
-    """Whether a 422 says another step created the same thing first (steps run in parallel)."""
+# Steps run in parallel and each ensures the schema: a 422, or the client's own check of a reference
+# property (WeaviateInvalidInputError "Reference with name ... already exists"), may only mean that
+# another step created the same thing first.
+SchemaRace = (UnexpectedStatusCodeError, WeaviateInvalidInputError)
+
+
+def _lost_race(exc: Exception) -> bool:
+    """Whether a refusal says another step created the same thing first."""
     text = str(exc)
     return "already exists" in text or "already in use" in text
 
@@ -112,7 +133,9 @@ def _existing(client: weaviate.WeaviateClient, name: str) -> tuple[dict[str, str
     return props, refs
 
 
-def _ensure_collection(client: weaviate.WeaviateClient, e: EntityType, relations: list[Relation]) -> list[str]:
+def _ensure_collection(
+    client: weaviate.WeaviateClient, e: EntityType, relations: list[Relation]
+) -> list[str]:
     if not client.collections.exists(e.collection):
         try:
             client.collections.create(
@@ -121,7 +144,7 @@ def _ensure_collection(client: weaviate.WeaviateClient, e: EntityType, relations
                 vector_config=Configure.Vectors.self_provided(),
             )
             return [f"created collection {e.collection}"]
-        except UnexpectedStatusCodeError as exc:
+        except SchemaRace as exc:
             if not _lost_race(exc):
                 raise
     props, refs = _existing(client, e.collection)
@@ -135,7 +158,7 @@ def _ensure_collection(client: weaviate.WeaviateClient, e: EntityType, relations
             try:
                 collection.config.add_property(_create_property(spec))
                 changes.append(f"added property {e.collection}.{spec.name}")
-            except UnexpectedStatusCodeError as exc:
+            except SchemaRace as exc:
                 if not _lost_race(exc):
                     raise
     return changes
@@ -146,8 +169,10 @@ def _ensure_reference(client: weaviate.WeaviateClient, r: Relation) -> list[str]
     if r.name in refs:
         return []
     try:
-        client.collections.use(r.source).config.add_reference(ReferenceProperty(name=r.name, target_collection=r.target))
-    except UnexpectedStatusCodeError as exc:
+        client.collections.use(r.source).config.add_reference(
+            ReferenceProperty(name=r.name, target_collection=r.target)
+        )
+    except SchemaRace as exc:
         if not _lost_race(exc):
             raise
         return []

@@ -18,11 +18,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tercul_sync import source
-from tercul_sync.registry import EDGES_TABLE, ENTITIES, EntityType, Kind, entity
+from tercul_sync.engine import reading
+from tercul_sync.engine.registry import EDGES_TABLE, ENTITIES, EntityType, Kind, entity
 
 # Share of the requested rows that each table gets; edges come on top.
-SHARES = {"Author": 0.12, "Work": 0.30, "Translation": 0.30, "Book": 0.12, "Publisher": 0.04, "Tag": 0.06, "Category": 0.06}
+SHARES = {
+    "Author": 0.12,
+    "Work": 0.30,
+    "Translation": 0.30,
+    "Book": 0.12,
+    "Publisher": 0.04,
+    "Tag": 0.06,
+    "Category": 0.06,
+}
 SOFT_DELETED = 0.03
 NULL_RATE = 0.15
 LONG_BODY_BYTES = 300_000
@@ -178,15 +186,21 @@ def _edges(rng: random.Random, counts: dict[str, int]) -> Iterator[dict[str, Any
                     yield edge(s.table, sid, rel, t.table, tid)  # the same relationship twice
     # Relations Tercul does not use, and an edge whose source row does not exist.
     for _ in range(max(3, counts["Work"] // 50)):
-        yield edge("works", rng.randint(1, counts["Work"]), "inspired_by", "works", rng.randint(1, counts["Work"]))
-        yield edge("books", rng.randint(1, counts["Book"]), "authors", "authors", rng.randint(1, counts["Author"]))
+        yield edge(
+            "works", rng.randint(1, counts["Work"]), "inspired_by", "works", rng.randint(1, counts["Work"])
+        )
+        yield edge(
+            "books", rng.randint(1, counts["Book"]), "authors", "authors", rng.randint(1, counts["Author"])
+        )
     yield edge("works", counts["Work"] + 5000, "authors", "authors", 1)
 
 
-def generate(engine: Engine, rows: int, seed: int = 7, reset: bool = True, chunk_rows: int = 2000) -> dict[str, int]:
+def generate(
+    engine: Engine, rows: int, seed: int = 7, reset: bool = True, chunk_rows: int = 2000
+) -> dict[str, int]:
     """Create the tables and fill them; returns the number of rows written per table."""
     rng = random.Random(seed)
-    md = source.METADATA
+    md = reading.METADATA
     if reset:
         md.drop_all(engine)
     md.create_all(engine)
@@ -195,7 +209,7 @@ def generate(engine: Engine, rows: int, seed: int = 7, reset: bool = True, chunk
     written: dict[str, int] = {}
     with engine.begin() as conn:
         for e in ENTITIES:
-            table = source.table_for(e)
+            table = reading.table_for(e)
             batch: list[dict[str, Any]] = []
             for row_id in range(1, counts[e.collection] + 1):
                 batch.append(_row(rng, e, row_id, counts))
@@ -205,7 +219,7 @@ def generate(engine: Engine, rows: int, seed: int = 7, reset: bool = True, chunk
             if batch:
                 conn.execute(table.insert(), batch)
             written[e.table] = counts[e.collection]
-        edges = source.edges_table()
+        edges = reading.edges_table()
         batch, n = [], 0
         for row in _edges(rng, counts):
             batch.append(row)
@@ -218,5 +232,9 @@ def generate(engine: Engine, rows: int, seed: int = 7, reset: bool = True, chunk
         written[EDGES_TABLE] = n
         if engine.dialect.name == "postgresql":  # explicit ids: move sequences past them
             for name in written:
-                conn.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"))
+                conn.execute(
+                    sa.text(
+                        f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"
+                    )
+                )
     return written

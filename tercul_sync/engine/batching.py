@@ -7,7 +7,7 @@ edges pass both go through ``BatchProcessor``, so batching, retries and
 error aggregation exist once.
 
 tenacity does the backoff: transient failures (connection refused, 5xx,
-gRPC UNAVAILABLE, timeouts) are retried with exponential backoff and jitter,
+gRPC UNAVAILABLE, timeouts; see ``errors``) are retried with exponential backoff and jitter,
 only for the items that failed; permanent ones are reported at once with the
 item's key (the row id) and the server's message. A batch that fails does
 not stop the others.
@@ -15,53 +15,25 @@ not stop the others.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from tercul_sync.engine.errors import describe, is_transient_error, is_transient_message
+from tercul_sync.engine.reports import MAX_SAMPLE, ItemFailure
+from tercul_sync.engine.settings import RetrySettings
 
 T = TypeVar("T")
 Sender = Callable[[list[T]], dict[int, str]]
-
-TRANSIENT_MARKERS = (
-    "unavailable",
-    "connection refused",
-    "connection reset",
-    "connecterror",
-    "failed to connect",
-    "timed out",
-    "timeout",
-    "deadline exceeded",
-    "too many requests",
-    "resource_exhausted",
-    "resource exhausted",
-    "status code: 500",
-    "status code: 502",
-    "status code: 503",
-    "status code: 504",
-    "status code: 429",
-    "internal server error",
-    "bad gateway",
-    "service unavailable",
-    "gateway timeout",
-)
-MAX_SAMPLE_FAILURES = 20
 GAVE_UP = "gave up after"
-
-
-def is_transient(message: str) -> bool:
-    """Whether an error message describes a condition worth retrying."""
-    text = message.lower()
-    return any(marker in text for marker in TRANSIENT_MARKERS)
-
-
-@dataclass(frozen=True)
-class ItemFailure:
-    key: Hashable  # the row id (or edge id) the failure belongs to
-    message: str
-    batch: int
 
 
 @dataclass
@@ -75,7 +47,6 @@ class WriteReport:
     batches: int = 0
     failed_batches: int = 0
     retried_batches: int = 0
-    seconds: float = 0.0
     failures: list[ItemFailure] = field(default_factory=list)
 
     def merge(self, other: WriteReport) -> None:
@@ -86,18 +57,10 @@ class WriteReport:
         self.batches += other.batches
         self.failed_batches += other.failed_batches
         self.retried_batches += other.retried_batches
-        self.seconds += other.seconds
         self.failures.extend(other.failures)
 
-    def sample(self, n: int = MAX_SAMPLE_FAILURES) -> list[dict[str, object]]:
+    def sample(self, n: int = MAX_SAMPLE) -> list[dict[str, object]]:
         return [{"id": f.key, "batch": f.batch, "error": f.message} for f in self.failures[:n]]
-
-
-@dataclass(frozen=True)
-class RetrySettings:
-    attempts: int = 5
-    initial_wait: float = 0.5
-    max_wait: float = 20.0
 
 
 class _TransientBatchFailure(Exception):
@@ -107,20 +70,14 @@ class _TransientBatchFailure(Exception):
 class BatchProcessor(Generic[T]):
     """Runs batches through a ``Sender`` and aggregates the outcome."""
 
-    def __init__(self, send: Sender[T], key_of: Callable[[T], Hashable], retry: RetrySettings | None = None) -> None:
+    def __init__(self, send: Sender[T], key_of: Callable[[T], Hashable], retry: RetrySettings) -> None:
         self._send = send
         self._key_of = key_of
-        self._retry = retry or RetrySettings()
+        self._retry = retry
         self.report = WriteReport()
-
-    def process(self, batches: Iterable[list[T]]) -> WriteReport:
-        for batch in batches:
-            self.write_batch(batch)
-        return self.report
 
     def write_batch(self, items: list[T]) -> list[T]:
         """Write one batch; return the items that landed. Never raises for a server error."""
-        started = time.perf_counter()
         number = self.report.batches + 1
         pending = list(items)
         last_transient: dict[int, str] = {}
@@ -133,13 +90,13 @@ class BatchProcessor(Generic[T]):
             try:
                 errors = self._send(pending)
             except Exception as exc:  # a whole-call failure: classify it, keep going
-                message = f"{type(exc).__name__}: {exc}"
-                if not is_transient(message):
+                message = describe(exc)
+                if not is_transient_error(exc):
                     permanent.extend((item, message) for item in pending)
                     pending = []
                     return
                 errors = dict.fromkeys(range(len(pending)), message)
-            transient = {i: m for i, m in errors.items() if is_transient(m)}
+            transient = {i: m for i, m in errors.items() if is_transient_message(m)}
             permanent.extend((pending[i], m) for i, m in errors.items() if i not in transient)
             pending = [pending[i] for i in sorted(transient)]
             last_transient = {k: transient[i] for k, i in enumerate(sorted(transient))}
@@ -148,7 +105,9 @@ class BatchProcessor(Generic[T]):
 
         retrying = Retrying(
             stop=stop_after_attempt(self._retry.attempts),
-            wait=wait_exponential_jitter(multiplier=self._retry.initial_wait, max=self._retry.max_wait, jitter=self._retry.initial_wait),
+            wait=wait_exponential_jitter(
+                multiplier=self._retry.initial_wait, max=self._retry.max_wait, jitter=self._retry.initial_wait
+            ),
             retry=retry_if_exception_type(_TransientBatchFailure),
             reraise=False,
         )
@@ -158,7 +117,8 @@ class BatchProcessor(Generic[T]):
         except RetryError:
             gave_up = len(pending)
             permanent.extend(
-                (item, f"{GAVE_UP} {attempts} attempts: {last_transient.get(i, 'transient error')}") for i, item in enumerate(pending)
+                (item, f"{GAVE_UP} {attempts} attempts: {last_transient.get(i, 'transient error')}")
+                for i, item in enumerate(pending)
             )
         failed_ids = {id(item) for item, _ in permanent}
         landed = [item for item in items if id(item) not in failed_ids]
@@ -172,5 +132,4 @@ class BatchProcessor(Generic[T]):
         r.failed_batches += bool(permanent)
         r.retried_batches += attempts > 1
         r.failures.extend(ItemFailure(self._key_of(item), message, number) for item, message in permanent)
-        r.seconds += time.perf_counter() - started
         return landed

@@ -1,0 +1,246 @@
+"""The asset factory: one asset per registry entity type, plus the edges asset.
+
+Assets are thin: each reads its config, calls one engine function
+(``engine.runs``) and turns the outcome into metadata, an asset check and,
+when the failure rule says so, a failed step. Every asset has
+``BackfillPolicy.single_run()``: a range of shards is one step that walks its
+shards in turn.
+"""
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from tercul_sync.defs.partitions import shard_from_key, shard_partitions
+from tercul_sync.defs.resources import SETTINGS, SyncSettings, TerculDatabase, WeaviateResource
+from tercul_sync.engine import runs
+from tercul_sync.engine.edges import EdgeWindow
+from tercul_sync.engine.registry import ENTITIES, RELATIONS, EntityType
+from tercul_sync.engine.reports import FailureRule
+from tercul_sync.engine.weaviate_schema import SchemaMismatchError, ensure_schema
+from tercul_sync.engine.writing import ObjectSyncReport, SyncContext
+
+GROUP = "tercul"
+EDGES_ASSET = "edges"
+CHECK_NAME = "no_failed_objects"
+MODE_TAG = "tercul_sync/mode"
+STEP_RETRY = dg.RetryPolicy(
+    max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+class EntitySyncConfig(dg.Config):
+    mode: str | None = Field(
+        default=None,
+        description=(
+            "full: every live row, then the orphan sweep. incremental: rows changed since the cursor. sweep: only delete orphans. "
+            f"Unset: the run's {MODE_TAG} tag (the jobs set it), else full."
+        ),
+    )
+    force: bool = Field(
+        default=False, description="Rewrite every object, even those whose content hash is unchanged."
+    )
+
+
+class EdgeSyncConfig(dg.Config):
+    batch_size: int | None = Field(
+        default=None,
+        description="With offset: sync only edge rows offset .. offset+batch_size in id order (the old EnqueueEdgeSync). "
+        "Unset: all edges.",
+    )
+    offset: int = Field(default=0, description="First edge row of the window, counted in id order from 0.")
+    force: bool = Field(default=False, description="Rewrite every source object, even when unchanged.")
+    mode: str | None = Field(
+        default=None,
+        description=f"full: every source object. incremental: sources of changed edges and targets. Unset: the {MODE_TAG} tag, else full.",
+    )
+
+
+def _no_retry(exc: Exception) -> dg.Failure:
+    """A mistake that retrying would not mend (run config, schema)."""
+    return dg.Failure(description=str(exc), allow_retries=False)
+
+
+def _previous_cursors(context: dg.AssetExecutionContext, asset: str) -> dict[str, Any]:
+    """Each shard's cursor, from the latest materialization of that shard (Dagster's own records)."""
+    out: dict[str, Any] = {}
+    for key in context.partition_keys:
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1
+        ).records
+        mat = records[0].asset_materialization if records else None
+        value = mat.metadata.get("cursor_after") if mat is not None else None
+        out[key] = (
+            (value.value or {}).get(key)
+            if isinstance(value, dg.JsonMetadataValue) and isinstance(value.value, dict)
+            else None
+        )
+    return out
+
+
+def _as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain engine values as Dagster metadata (lists and dicts as JSON, the report as a path)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "failure_report":
+            out[key] = dg.MetadataValue.path(value)
+        elif isinstance(value, list | dict):
+            out[key] = dg.MetadataValue.json(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _step(
+    context: dg.AssetExecutionContext,
+    name: str,
+    weaviate: WeaviateResource,
+    tercul_db: TerculDatabase,
+    sync_settings: SyncSettings,
+    force: bool,
+    work: Callable[[SyncContext, dict[str, Any]], tuple[list[ObjectSyncReport], dict[str, Any]]],
+) -> dg.MaterializeResult:
+    """The frame every asset shares: schema, shards, the engine call, the failure rule, metadata."""
+    started = time.perf_counter()
+    settings = sync_settings.settings()
+    try:
+        for change in ensure_schema(weaviate.client):
+            context.log.info(change)
+    except SchemaMismatchError as exc:
+        raise _no_retry(exc) from exc
+    ctx = SyncContext(tercul_db.engine, weaviate.client, settings, force=force, send=weaviate.send_objects)
+    shards = {k: shard_from_key(k, settings.shards) for k in context.partition_keys}
+    reports, extra = work(ctx, shards)
+    extra = {
+        **extra,
+        "duration_s": round(time.perf_counter() - started, 3),
+        "partitions": ", ".join(context.partition_keys),
+    }
+    rule = FailureRule(settings.max_failure_rate, settings.min_failures_to_fail)
+    outcome = runs.summarize(
+        name, reports, extra, rule, settings.report_dir / context.run.run_id / f"{name}.jsonl"
+    )
+    metadata = _as_metadata(outcome.metadata)
+    if outcome.failure:
+        raise dg.Failure(description=outcome.failure, metadata=metadata, allow_retries=outcome.retryable)
+    failed = outcome.objects_failed
+    check = dg.AssetCheckResult(
+        check_name=CHECK_NAME,
+        passed=failed == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"objects_failed": failed},
+        description=None if failed == 0 else f"{failed} objects failed; see failure_report",
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+def _mode(context: dg.AssetExecutionContext, configured: str | None, allowed: tuple[str, ...]) -> str:
+    # A run tag, because asset jobs over a partition range do not apply a job's default run config.
+    try:
+        return runs.resolve_mode(configured, context.run.tags.get(MODE_TAG), allowed)
+    except ValueError as exc:
+        raise _no_retry(exc) from exc
+
+
+def build_entity_asset(
+    e: EntityType, shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY
+) -> dg.AssetsDefinition:
+    # Targets first: a source object written after its targets carries all its references at once.
+    targets = sorted({r.target for r in RELATIONS if r.source == e.collection and r.target != e.collection})
+
+    @dg.asset(
+        name=e.collection,
+        group_name=GROUP,
+        kinds={"weaviate", "sql"},
+        description=f"Live rows of `{e.table}` as objects of the Weaviate collection `{e.collection}`.",
+        partitions_def=shard_partitions(shard_count),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=f"tercul_sync/{e.collection}",
+        retry_policy=retry_policy,
+        deps=[dg.AssetDep(t, partition_mapping=dg.AllPartitionMapping()) for t in targets],
+        check_specs=[
+            dg.AssetCheckSpec(CHECK_NAME, asset=e.collection, description="Every row landed in Weaviate.")
+        ],
+    )
+    def _entity_asset(
+        context: dg.AssetExecutionContext,
+        config: EntitySyncConfig,
+        weaviate: WeaviateResource,
+        tercul_db: TerculDatabase,
+        sync_settings: SyncSettings,
+    ) -> dg.MaterializeResult:
+        mode = _mode(context, config.mode, runs.ENTITY_MODES)
+        before = _previous_cursors(context, e.collection)
+
+        def work(ctx: SyncContext, shards: dict[str, Any]) -> tuple[list[ObjectSyncReport], dict[str, Any]]:
+            run = runs.run_entity(ctx, e, shards, mode, before)
+            return [run.report], run.metadata(mode, before)
+
+        return _step(context, e.collection, weaviate, tercul_db, sync_settings, config.force, work)
+
+    return _entity_asset
+
+
+def build_edges_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=EDGES_ASSET,
+        group_name=GROUP,
+        kinds={"weaviate", "sql"},
+        description="Live `edges` between live rows as cross-references: sets each source object's reference lists exactly.",
+        partitions_def=shard_partitions(shard_count),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="tercul_sync/edges",
+        retry_policy=retry_policy,
+        deps=[dg.AssetDep(e.collection, partition_mapping=dg.AllPartitionMapping()) for e in ENTITIES],
+        check_specs=[
+            dg.AssetCheckSpec(
+                CHECK_NAME, asset=EDGES_ASSET, description="Every source object carrying references landed."
+            )
+        ],
+    )
+    def edges(
+        context: dg.AssetExecutionContext,
+        config: EdgeSyncConfig,
+        weaviate: WeaviateResource,
+        tercul_db: TerculDatabase,
+        sync_settings: SyncSettings,
+    ) -> dg.MaterializeResult:
+        mode = _mode(context, config.mode, runs.EDGE_MODES)
+        before = _previous_cursors(context, EDGES_ASSET)
+        if config.batch_size is None:
+            return _step(
+                context,
+                EDGES_ASSET,
+                weaviate,
+                tercul_db,
+                sync_settings,
+                config.force,
+                lambda ctx, s: runs.edges_step(ctx, s, mode, before),
+            )
+        try:
+            window = EdgeWindow(config.batch_size, config.offset)
+        except ValueError as exc:
+            raise _no_retry(exc) from exc
+        return _step(
+            context,
+            EDGES_ASSET,
+            weaviate,
+            tercul_db,
+            sync_settings,
+            config.force,
+            lambda ctx, s: runs.edge_window_step(ctx, s, window, before),
+        )
+
+    return edges
+
+
+def build_assets(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY) -> list[dg.AssetsDefinition]:
+    entities = [build_entity_asset(e, shard_count, retry_policy) for e in ENTITIES]
+    return [*entities, build_edges_asset(shard_count, retry_policy)]
+
+
+# The location's assets, one partition per configured shard (TERCUL_SYNC_SHARDS).
+assets = build_assets(SETTINGS.shards)

@@ -1,0 +1,164 @@
+"""Dagster resources: one Weaviate client and one SQLAlchemy engine per step process, and the settings.
+
+Both connections are ``ConfigurableResource``s that open in
+``setup_for_execution`` and close in ``teardown_after_execution``: the
+client is created inside the step's own process (gRPC channels do not
+survive ``fork``) and exactly once per step. Every default and description
+comes from ``engine.settings.Settings``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import weaviate
+from pydantic import Field, PrivateAttr
+from sqlalchemy.engine import Engine
+from weaviate.exceptions import UnexpectedStatusCodeError
+
+from tercul_sync.engine import reading, weaviate_client
+from tercul_sync.engine.objects import ObjectWrite
+from tercul_sync.engine.settings import Settings, env_name, load_settings
+
+
+def _setting(name: str) -> Any:
+    """A resource field whose default and description are the ``Settings`` field's."""
+    info = Settings.model_fields[name]
+    default = (
+        info.default
+        if info.default is None or isinstance(info.default, int | float | str)
+        else str(info.default)
+    )
+    return Field(default=default, description=f"{info.description} ({env_name(name)})")
+
+
+class WeaviateResource(dg.ConfigurableResource):
+    """The Weaviate server tercul_sync writes to."""
+
+    url: str = _setting("weaviate_url")
+    grpc_port: int = _setting("weaviate_grpc_port")
+    api_key: str | None = _setting("weaviate_api_key")
+    timeout_seconds: float = _setting("weaviate_timeout_seconds")
+
+    _client: weaviate.WeaviateClient | None = PrivateAttr(default=None)
+    _refused: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        try:
+            self._client = self._connect()
+        except UnexpectedStatusCodeError as exc:
+            if exc.status_code not in (401, 403):
+                raise
+            # Permanent: the step raises it as a Failure that Dagster does not retry (an error
+            # raised here, during resource setup, would be retried by the step's RetryPolicy).
+            hint = (
+                "WEAVIATE_API_KEY is not accepted" if self.api_key else "the server requires WEAVIATE_API_KEY"
+            )
+            self._refused = f"Weaviate at {self.url} refused the connection ({exc.status_code}): {hint}"
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _connect(self) -> weaviate.WeaviateClient:
+        return weaviate_client.connect(self.url, self.grpc_port, self.api_key, self.timeout_seconds)
+
+    @property
+    def client(self) -> weaviate.WeaviateClient:
+        if self._refused:
+            raise dg.Failure(description=self._refused, allow_retries=False)
+        if self._client is None:  # used outside a step, e.g. from a test or the CLI
+            self._client = self._connect()
+        return self._client
+
+    def send_objects(
+        self, client: weaviate.WeaviateClient, collection: str, items: list[ObjectWrite]
+    ) -> dict[int, str]:
+        """How a batch is sent; a subclass can put a fault in the way (the tests do)."""
+        return weaviate_client.send_objects(client, collection, items)
+
+
+class TerculDatabase(dg.ConfigurableResource):
+    """Tercul's relational database, read through SQLAlchemy."""
+
+    url: str = Field(description="SQLAlchemy URL (TERCUL_DATABASE_URL); the demo uses SQLite.")
+
+    _engine: Engine | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._engine = reading.make_engine(self.url)
+        context.log.info(f"reading Tercul from {reading.safe_url(self.url)}")
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = reading.make_engine(self.url)
+        return self._engine
+
+
+class SyncSettings(dg.ConfigurableResource):
+    """How the batch processor writes, when a step fails, and where its reports go."""
+
+    home: str = _setting("home")
+    batch_size: int = _setting("batch_size")
+    max_batch_bytes: int = _setting("max_batch_bytes")
+    max_failure_rate: float = _setting("max_failure_rate")
+    min_failures_to_fail: int = _setting("min_failures_to_fail")
+    retry_attempts: int = _setting("retry_attempts")
+    retry_initial_wait: float = _setting("retry_initial_wait")
+    retry_max_wait: float = _setting("retry_max_wait")
+    overlap_seconds: int = _setting("overlap_seconds")
+
+    def settings(self) -> Settings:
+        """The engine's settings: the environment's, with this resource's values on top."""
+        return load_settings(**{name: getattr(self, name) for name in SyncSettings.model_fields})
+
+
+def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """The resources a deployment configured by ``settings`` (the environment) uses.
+
+    Secrets go through ``EnvVar``: Dagster resolves them in the step and never
+    shows them in the UI or the run config.
+    """
+    database_url: str | dg.EnvVar = (
+        dg.EnvVar(env_name("database_url")) if settings.database_url else settings.demo_database_url
+    )
+    api_key = dg.EnvVar(env_name("weaviate_api_key")) if settings.weaviate_api_key else None
+    return {
+        "weaviate": WeaviateResource(
+            url=settings.weaviate_url,
+            grpc_port=settings.weaviate_grpc_port,
+            api_key=api_key,
+            timeout_seconds=settings.weaviate_timeout_seconds,
+        ),
+        "tercul_db": TerculDatabase(url=database_url),
+        "sync_settings": SyncSettings(
+            **{name: getattr(settings, name) for name in SyncSettings.model_fields if name != "home"},
+            home=str(settings.home.resolve()),
+        ),
+    }
+
+
+# The location's settings, read once when it loads.
+SETTINGS = load_settings()
+
+
+@dg.definitions
+def location_resources() -> dg.Definitions:
+    """The resources, and the executor: steps in their own processes (one Weaviate client each,
+    nothing crosses a fork), started by a forkserver that has already imported the code location,
+    so each step starts in well under a second."""
+    executor = dg.multiprocess_executor.configured(
+        {
+            "max_concurrent": SETTINGS.max_concurrent_steps,
+            "start_method": {"forkserver": {"preload_modules": ["tercul_sync.definitions"]}},
+        }
+    )
+    return dg.Definitions(resources=resources_from(SETTINGS), executor=executor)

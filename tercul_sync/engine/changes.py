@@ -1,0 +1,227 @@
+"""Change detection: cursors, changed rows, deleted rows, changed edges.
+
+A cursor is the newest ``(updated_at, id)`` a sync has covered, plus the
+newest ``deleted_at`` (GORM's soft delete sets ``deleted_at`` without
+touching ``updated_at``). The next run reads from ``cursor - overlap``: a
+transaction that commits late with an older ``updated_at`` is still seen if
+it is inside the overlap window, and re-reading a row that did not change
+costs one hash comparison, not a write.
+
+Cursors live in Dagster's own records (each materialization's metadata,
+per shard), never in Tercul's database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, RowMapping
+
+from tercul_sync.engine import reading
+from tercul_sync.engine.objects import as_utc
+from tercul_sync.engine.registry import EntityType, entity, relations_from, relations_to
+
+ID_CHUNK = 5_000  # ids per IN (...) list
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    return None if value is None else as_utc(value)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """How far a sync of one table (and shard) has got."""
+
+    updated_at: datetime | None = None
+    id: int = 0
+    deleted_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "id": self.id,
+            "deleted_at": self.deleted_at.isoformat() if self.deleted_at else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Cursor | None:
+        if not data:
+            return None
+        return cls(_aware(data.get("updated_at")), int(data.get("id") or 0), _aware(data.get("deleted_at")))
+
+    def advanced(self, updated_at: Any, row_id: int, deleted_at: Any) -> Cursor:
+        """The cursor moved past one more row (never backwards)."""
+        u, d = _aware(updated_at), _aware(deleted_at)
+        new_u, new_id = self.updated_at, self.id
+        if u is not None and (new_u is None or (u, row_id) > (new_u, new_id)):
+            new_u, new_id = u, row_id
+        new_d = self.deleted_at if d is None or (self.deleted_at and self.deleted_at >= d) else d
+        return Cursor(new_u, new_id, new_d)
+
+
+def high_water(
+    engine: Engine, table: sa.Table, shards: Sequence[reading.Shard], id_column: str = "id"
+) -> Cursor:
+    """The newest change in ``shards`` right now: the cursor a full pass starting now may record."""
+    scope = reading.shards_clause(table.c[id_column], shards)
+    with engine.connect() as conn:
+        newest = conn.execute(
+            sa.select(table.c.updated_at, table.c.id)
+            .where(scope)
+            .order_by(table.c.updated_at.desc(), table.c.id.desc())
+            .limit(1)
+        ).first()
+        deleted = conn.execute(sa.select(sa.func.max(table.c.deleted_at)).where(scope)).scalar()
+    if newest is None:
+        return Cursor(None, 0, _aware(deleted))
+    return Cursor(_aware(newest[0]), newest[1], _aware(deleted))
+
+
+def _start(cursor: Cursor, overlap: timedelta) -> tuple[datetime, int] | None:
+    if cursor.updated_at is None:
+        return None
+    if overlap > timedelta(0):
+        return cursor.updated_at - overlap, -(1 << 62)
+    return cursor.updated_at, cursor.id
+
+
+def iter_changed_pages(
+    engine: Engine,
+    e: EntityType,
+    shards: Sequence[reading.Shard],
+    cursor: Cursor,
+    overlap: timedelta,
+    page_size: int,
+) -> Iterator[list[RowMapping]]:
+    """Rows of ``shards`` updated after ``cursor - overlap``, soft-deleted ones included, by (updated_at, id)."""
+    t = reading.table_for(e)
+    cols = [t.c.id, t.c[e.soft_delete_column], *(t.c[c.name] for c in e.property_columns)]
+    after = _start(cursor, overlap)
+    while True:
+        q = sa.select(*cols).where(reading.shards_clause(t.c.id, shards))
+        if after is not None:
+            q = q.where(
+                sa.tuple_(t.c.updated_at, t.c.id)
+                > sa.tuple_(sa.literal(after[0], t.c.updated_at.type), sa.literal(after[1]))
+            )
+        q = q.order_by(t.c.updated_at, t.c.id).limit(page_size)
+        with engine.connect() as conn:
+            page = list(conn.execute(q).mappings())
+        if not page:
+            return
+        yield page
+        if len(page) < page_size:
+            return
+        after = (_aware(page[-1]["updated_at"]), page[-1]["id"])
+
+
+def soft_deleted_since(
+    engine: Engine, e: EntityType, shards: Sequence[reading.Shard], cursor: Cursor, overlap: timedelta
+) -> list[tuple[int, Any]]:
+    """``(id, deleted_at)`` of rows soft-deleted after ``cursor.deleted_at - overlap``."""
+    t = reading.table_for(e)
+    q = sa.select(t.c.id, t.c[e.soft_delete_column]).where(
+        reading.shards_clause(t.c.id, shards), t.c[e.soft_delete_column].is_not(None)
+    )
+    if cursor.deleted_at is not None:
+        q = q.where(t.c[e.soft_delete_column] > cursor.deleted_at - overlap)
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(q)]
+
+
+def _changed_since(
+    t: sa.Table, soft_delete_column: str, cursor: Cursor, overlap: timedelta
+) -> sa.ColumnElement[bool]:
+    """Rows updated, or soft-deleted, after ``cursor - overlap`` (every row when the cursor is empty)."""
+    start = _start(cursor, overlap)
+    if start is None:
+        return sa.true()
+    changed = t.c.updated_at >= start[0]
+    if cursor.deleted_at is not None:
+        changed = sa.or_(changed, t.c[soft_delete_column] > cursor.deleted_at - overlap)
+    return changed
+
+
+def changed_edges(
+    engine: Engine, shards: Sequence[reading.Shard], cursor: Cursor, overlap: timedelta
+) -> list[RowMapping]:
+    """Edge rows of ``shards`` (by source id) changed or soft-deleted after the cursor, deleted ones included."""
+    edges = reading.edges_table()
+    q = sa.select(
+        edges.c.id,
+        edges.c.source_table,
+        edges.c.source_id,
+        edges.c.relation,
+        edges.c.updated_at,
+        edges.c.deleted_at,
+    )
+    q = q.where(reading.shards_clause(edges.c.source_id, shards))
+    q = q.where(_changed_since(edges, "deleted_at", cursor, overlap))
+    with engine.connect() as conn:
+        return list(conn.execute(q.order_by(edges.c.id)).mappings())
+
+
+def changed_target_ids(
+    engine: Engine, e: EntityType, cursor: Cursor, overlap: timedelta
+) -> list[tuple[int, Any, Any]]:
+    """``(id, updated_at, deleted_at)`` of rows of ``e`` (any shard) changed or soft-deleted after the cursor."""
+    t = reading.table_for(e)
+    q = sa.select(t.c.id, t.c.updated_at, t.c[e.soft_delete_column])
+    q = q.where(_changed_since(t, e.soft_delete_column, cursor, overlap))
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(q)]
+
+
+def sources_pointing_at(
+    engine: Engine, target: EntityType, target_ids: Sequence[int], shards: Sequence[reading.Shard]
+) -> dict[str, set[int]]:
+    """``{source collection: ids}`` of rows with an edge (live or not) to one of ``target_ids``."""
+    out: dict[str, set[int]] = {}
+    if not target_ids:
+        return out
+    edges = reading.edges_table()
+    ids = sorted(set(target_ids))
+    with engine.connect() as conn:
+        for rel in relations_to(target.collection):
+            for start in range(0, len(ids), ID_CHUNK):
+                q = sa.select(edges.c.source_id).where(
+                    reading.relation_clause(edges, rel),
+                    edges.c.target_id.in_(ids[start : start + ID_CHUNK]),
+                    reading.shards_clause(edges.c.source_id, shards),
+                )
+                out.setdefault(rel.source, set()).update(conn.execute(q.distinct()).scalars())
+    return out
+
+
+def valid_reference_count(engine: Engine, collection: str) -> int:
+    """Distinct (source, relation, target) pairs of live edges between live rows, for one source collection.
+
+    Compared with the references Weaviate holds (the sum of ``sync_ref_count``)
+    it tells, without reading every object, whether references were lost or
+    left behind by changes no cursor sees (hard-deleted edges or targets).
+    """
+    edges = reading.edges_table()
+    total = 0
+    with engine.connect() as conn:
+        for rel in relations_from(collection):
+            src, tgt = entity(rel.source), entity(rel.target)
+            s, t = reading.table_for(src).alias("s"), reading.table_for(tgt).alias("t")
+            pairs = (
+                sa.select(edges.c.source_id, edges.c.target_id)
+                .join(s, s.c.id == edges.c.source_id)
+                .join(t, t.c.id == edges.c.target_id)
+                .where(
+                    edges.c.deleted_at.is_(None),
+                    reading.relation_clause(edges, rel),
+                    s.c[src.soft_delete_column].is_(None),
+                    t.c[tgt.soft_delete_column].is_(None),
+                )
+                .distinct()
+                .subquery()
+            )
+            total += int(conn.execute(sa.select(sa.func.count()).select_from(pairs)).scalar_one())
+    return total

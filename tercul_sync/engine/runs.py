@@ -1,0 +1,317 @@
+"""A step's work in one of its modes, and what it reports: the engine's entry points.
+
+Each Dagster asset calls exactly one of ``run_entity``, ``run_edges`` or
+``run_edge_window`` and turns the ``StepOutcome`` it returns into metadata.
+
+- full: every live row of each shard, then the orphan sweep;
+- incremental: rows changed since each shard's cursor, and deletes (soft
+  ones by cursor, hard ones by a count check and a sweep when counts differ);
+- sweep: only delete objects whose row is gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from tercul_sync.engine import edges as edge_rules
+from tercul_sync.engine import reading, weaviate_client
+from tercul_sync.engine.batching import WriteReport
+from tercul_sync.engine.changes import (
+    Cursor,
+    changed_edges,
+    changed_target_ids,
+    high_water,
+    iter_changed_pages,
+    soft_deleted_since,
+    sources_pointing_at,
+    valid_reference_count,
+)
+from tercul_sync.engine.registry import EntityType, edge_sources, edge_targets, entity, object_uuid
+from tercul_sync.engine.reports import FailureRule, ReasonLog, add_sample, write_failure_report
+from tercul_sync.engine.writing import ObjectSyncer, ObjectSyncReport, SyncContext, sweep_orphans
+
+FULL, INCREMENTAL, SWEEP = "full", "incremental", "sweep"
+ENTITY_MODES = (FULL, INCREMENTAL, SWEEP)
+EDGE_MODES = (FULL, INCREMENTAL)
+
+Shards = Mapping[str, reading.Shard]  # partition key -> shard
+CursorJson = dict[str, Any] | None
+
+
+@dataclass
+class StepOutcome:
+    """What one step did: its metadata (plain values), its failures, and whether it must fail."""
+
+    metadata: dict[str, Any]
+    write: WriteReport
+    failure: str | None = None  # why the step fails, or None
+    retryable: bool = False  # whether retrying the step could help (failures were transient)
+
+    @property
+    def objects_failed(self) -> int:
+        return self.write.failed
+
+
+def summarize(
+    name: str,
+    reports: list[ObjectSyncReport],
+    extra: Mapping[str, Any],
+    rule: FailureRule,
+    report_path: Path,
+) -> StepOutcome:
+    """Sum the reports, write the failure file, and apply the failure rule."""
+    total, deferred = WriteReport(), ReasonLog()
+    for r in reports:
+        total.merge(r.write)
+        deferred.merge(r.deferred_references)
+    rows_read = sum(r.rows_read for r in reports)
+    written_to = write_failure_report(report_path, name, total.failures)
+    metadata: dict[str, Any] = {
+        "rows_read": rows_read,
+        "objects_written": total.written,
+        "objects_failed": total.failed,
+        "objects_unchanged": sum(r.unchanged for r in reports),
+        "references_written": sum(r.references_written for r in reports),
+        "batches": total.batches,
+        "failed_batches": total.failed_batches,
+        "retried_batches": total.retried_batches,
+        **deferred.as_metadata("references_deferred"),
+        **extra,
+    }
+    if written_to is not None:
+        metadata["failure_sample"] = total.sample()
+        metadata["failure_report"] = str(written_to)
+    verdict = rule.verdict(total.failed, rows_read)
+    failure = f"{name}: {verdict}; see {written_to}" if verdict else None
+    return StepOutcome(metadata, total, failure, retryable=total.gave_up > 0)
+
+
+# --- entity steps ------------------------------------------------------------------------
+
+
+@dataclass
+class EntityRun:
+    """The outcome of one entity step, whatever its mode."""
+
+    report: ObjectSyncReport
+    rows_changed: int = 0
+    deleted: int = 0
+    deleted_sample: list[Any] = field(default_factory=list)
+    swept: bool = False
+    cursors: dict[str, CursorJson] = field(default_factory=dict)
+    object_count: int = 0  # objects in the collection when the step ended
+
+    def metadata(self, mode: str, previous: Mapping[str, CursorJson]) -> dict[str, Any]:
+        return {
+            "mode": mode,
+            "rows_changed": self.rows_changed,
+            "objects_deleted": self.deleted,
+            "deleted_sample_ids": self.deleted_sample,
+            "orphan_sweep": self.swept,
+            "cursor_before": dict(previous),
+            "cursor_after": self.cursors,
+            "weaviate_object_count": self.object_count,
+        }
+
+
+def run_entity(
+    ctx: SyncContext, e: EntityType, shards: Shards, mode: str, previous: Mapping[str, CursorJson]
+) -> EntityRun:
+    """Sync one entity type over ``shards`` in ``mode``, starting from each shard's ``previous`` cursor.
+
+    A shard's cursor moves unless a write still failed transiently: rows
+    Weaviate refused for good are in the failure report and do not hold it
+    back (they would stall it for ever).
+    """
+    syncer = ObjectSyncer(ctx, e)
+    run = EntityRun(syncer.report, cursors=dict(previous))
+    overlap = timedelta(seconds=ctx.settings.overlap_seconds)
+    table = reading.table_for(e)
+    for key, shard in shards.items():
+        if mode == SWEEP:
+            break
+        gave_up_before = syncer.report.write.gave_up
+        cursor = Cursor.from_json(previous.get(key))
+        if mode == FULL or cursor is None:
+            new = high_water(ctx.db, table, [shard])  # read before the scan: later changes stay ahead of it
+            syncer.sync_shards([shard])
+        else:
+            new = _incremental_shard(ctx, syncer, run, shard, cursor, overlap)
+        if syncer.report.write.gave_up == gave_up_before:
+            run.cursors[key] = new.to_json()
+    # Rows removed outright leave no trace to follow: compare counts, sweep when they differ.
+    live = reading.count_live(ctx.db, e)
+    if mode != INCREMENTAL or weaviate_client.count_objects(ctx.client, e.collection) != live:
+        sweep = sweep_orphans(ctx.db, ctx.client, e, list(shards.values()))
+        run.swept = True
+        run.deleted += sweep.deleted
+        add_sample(run.deleted_sample, sweep.sample_ids)
+    run.object_count = weaviate_client.count_objects(ctx.client, e.collection)
+    return run
+
+
+def _incremental_shard(
+    ctx: SyncContext,
+    syncer: ObjectSyncer,
+    run: EntityRun,
+    shard: reading.Shard,
+    cursor: Cursor,
+    overlap: timedelta,
+) -> Cursor:
+    """Write the shard's rows changed since ``cursor``, delete its soft-deleted ones; return the new cursor."""
+    e, new = syncer.entity, cursor
+    for page in iter_changed_pages(ctx.db, e, [shard], cursor, overlap, ctx.settings.batch_size):
+        run.rows_changed += len(page)
+        syncer.write_rows([r for r in page if r[e.soft_delete_column] is None])
+        _delete(ctx, e, [r["id"] for r in page if r[e.soft_delete_column] is not None], run)
+        for r in page:
+            new = new.advanced(r["updated_at"], r["id"], r[e.soft_delete_column])
+    gone = soft_deleted_since(ctx.db, e, [shard], cursor, overlap)
+    run.rows_changed += len(gone)
+    _delete(ctx, e, [i for i, _ in gone], run)
+    for row_id, deleted_at in gone:
+        new = new.advanced(None, row_id, deleted_at)
+    return new
+
+
+def _delete(ctx: SyncContext, e: EntityType, ids: list[int], run: EntityRun) -> None:
+    if ids:
+        add_sample(run.deleted_sample, ids)
+        run.deleted += weaviate_client.delete_uuids(
+            ctx.client, e.collection, [object_uuid(e.collection, i) for i in ids]
+        )
+
+
+# --- the edges step ------------------------------------------------------------------------
+
+
+@dataclass
+class EdgesRun:
+    reports: list[ObjectSyncReport]
+    edges_changed: int = 0
+    changed_edge_ids: list[int] = field(default_factory=list)
+    reconciled: list[str] = field(default_factory=list)
+    cursors: dict[str, CursorJson] = field(default_factory=dict)
+
+
+def _target_high_water(ctx: SyncContext) -> dict[str, Any]:
+    """Newest change of each target table (all shards): the same for every edges shard."""
+    return {t.table: high_water(ctx.db, reading.table_for(t), []).to_json() for t in edge_targets()}
+
+
+def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str, CursorJson]) -> EdgesRun:
+    """Full: rewrite every source object whose reference lists changed. Incremental: only the
+    sources of changed edges and of changed target rows, then a count check per source type
+    that falls back to the full pass for that type when references were lost another way."""
+    syncers = {e.collection: ObjectSyncer(ctx, e) for e in edge_sources()}
+    run = EdgesRun([s.report for s in syncers.values()], cursors=dict(previous))
+    overlap = timedelta(seconds=ctx.settings.overlap_seconds)
+
+    def gave_up() -> int:
+        return sum(s.report.write.gave_up for s in syncers.values())
+
+    target_marks: dict[str, Any] | None = None
+    # Target tables are read whole, whatever the shard: each distinct cursor is read once per run.
+    changed_targets: dict[tuple[str, str], list[tuple[int, Any, Any]]] = {}
+    for key, shard in shards.items():
+        before = gave_up()
+        cursors = previous.get(key)
+        if mode == FULL or not cursors:
+            target_marks = target_marks or _target_high_water(ctx)
+            edge_mark = high_water(ctx.db, reading.edges_table(), [shard], id_column="source_id")
+            marks = {"edges": edge_mark.to_json(), **target_marks}
+            for s in syncers.values():
+                s.sync_shards([shard])
+        else:
+            marks = dict(cursors)
+            edge_cursor = Cursor.from_json(cursors.get("edges")) or Cursor()
+            rows = changed_edges(ctx.db, [shard], edge_cursor, overlap)
+            run.edges_changed += len(rows)
+            run.changed_edge_ids.extend(r["id"] for r in rows)
+            touched = edge_rules.touched_sources(
+                [(r["id"], r["source_table"], r["source_id"], r["relation"]) for r in rows], [shard]
+            )
+            for r in rows:
+                edge_cursor = edge_cursor.advanced(r["updated_at"], r["id"], r["deleted_at"])
+            marks["edges"] = edge_cursor.to_json()
+            for t in edge_targets():
+                c = Cursor.from_json(cursors.get(t.table)) or Cursor()
+                memo_key = (t.table, repr(c))
+                if memo_key not in changed_targets:
+                    changed_targets[memo_key] = changed_target_ids(ctx.db, t, c, overlap)
+                changed = changed_targets[memo_key]
+                for collection, ids in sources_pointing_at(
+                    ctx.db, t, [i for i, _, _ in changed], [shard]
+                ).items():
+                    touched.setdefault(collection, set()).update(ids)
+                for row_id, updated_at, deleted_at in changed:
+                    c = c.advanced(updated_at, row_id, deleted_at)
+                marks[t.table] = c.to_json()
+            for collection, ids in sorted(touched.items()):
+                syncers[collection].sync_ids(sorted(ids))
+        if gave_up() == before:
+            run.cursors[key] = marks
+    if mode == INCREMENTAL:
+        for collection, s in syncers.items():
+            if weaviate_client.reference_total(ctx.client, collection) != valid_reference_count(
+                ctx.db, collection
+            ):
+                s.sync_shards(list(shards.values()))
+                run.reconciled.append(collection)
+    return run
+
+
+def edges_step(
+    ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str, CursorJson]
+) -> tuple[list[ObjectSyncReport], dict[str, Any]]:
+    """The edges step over every edge: its reports and metadata (an incremental run explains the edges it saw change)."""
+    run = run_edges(ctx, shards, mode, previous)
+    classification = edge_rules.classify_edges(
+        ctx.db, list(shards.values()), None if mode == FULL else run.changed_edge_ids
+    )
+    return run.reports, {
+        **classification.as_metadata(),
+        "window": "all edges",
+        "mode": mode,
+        "edges_changed": run.edges_changed,
+        "reconciled_by_count_check": ", ".join(run.reconciled) or "none",
+        "cursor_before": dict(previous),
+        "cursor_after": run.cursors,
+    }
+
+
+def edge_window_step(
+    ctx: SyncContext, shards: Shards, window: edge_rules.EdgeWindow, previous: Mapping[str, CursorJson]
+) -> tuple[list[ObjectSyncReport], dict[str, Any]]:
+    """The old ``EnqueueEdgeSync(batch_size, offset)``: rewrite the sources of one window of edge rows.
+
+    A window moves no cursor: the previous cursors are recorded unchanged.
+    """
+    rows = edge_rules.window_edges(ctx.db, window)
+    classification = edge_rules.classify_edges(ctx.db, list(shards.values()), [r[0] for r in rows])
+    touched = edge_rules.touched_sources(rows, list(shards.values()))
+    reports = [ObjectSyncer(ctx, entity(c)).sync_ids(sorted(ids)) for c, ids in sorted(touched.items())]
+    return reports, {
+        **classification.as_metadata(),
+        "window": f"offset {window.offset}, batch_size {window.batch_size}",
+        "window_edge_rows": len(rows),
+        "cursor_after": dict(previous),
+    }
+
+
+def resolve_mode(configured: str | None, tagged: str | None, allowed: tuple[str, ...]) -> str:
+    """The step's mode: its run config, else the run's mode tag, else full.
+
+    The edges have no sweep of their own: after a sweep they run in full, to set
+    every reference list right. Raises ``ValueError`` for an unknown mode.
+    """
+    mode = configured or tagged or FULL
+    if mode == SWEEP and SWEEP not in allowed:
+        mode = FULL
+    if mode not in allowed:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(allowed)}")
+    return mode

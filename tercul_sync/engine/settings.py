@@ -1,0 +1,233 @@
+"""Every setting of tercul_sync, once: its environment variable, default, limits and meaning.
+
+``Settings`` is the one typed model (pydantic, which validates and documents
+each field in one place). The Dagster resources, the engine and the
+development tools all derive their values from it, and
+``docs/configuration.md`` holds the table ``configuration_table()`` renders
+(a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+DEMO_DATABASE_FILE = Path("demo") / "tercul.db"
+
+
+class SettingError(ValueError):
+    """A setting has a value the project cannot use; the message names its variable."""
+
+
+def _env(name: str, **kwargs: Any) -> Any:
+    """A field read from the environment variable ``name``."""
+    extra = {"env": name, **({"secret": True} if kwargs.pop("secret", False) else {})}
+    return Field(json_schema_extra=extra, **kwargs)
+
+
+class Settings(BaseModel):
+    """tercul_sync's configuration; build it with ``load_settings()``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    home: Path = _env(
+        "TERCUL_SYNC_HOME",
+        default=Path(".tercul"),
+        description="Folder for local state: demo database, local Weaviate data and binary, failure reports "
+        "(`reports/<run id>/<asset>.jsonl`). Relative paths are taken from the working directory.",
+    )
+    database_url: SecretStr | None = _env(
+        "TERCUL_DATABASE_URL",
+        default=None,
+        secret=True,
+        description="Tercul's database, any SQLAlchemy URL. Unset: the demo SQLite file "
+        "`<TERCUL_SYNC_HOME>/demo/tercul.db`. Never shown in the UI or logs (logs mask the password).",
+    )
+    weaviate_url: str = _env(
+        "WEAVIATE_URL",
+        default="http://127.0.0.1:8080",
+        pattern=r"^https?://[^/:]+(:\d+)?/?$",
+        description="Weaviate's HTTP address; `https://` turns TLS on for HTTP and gRPC.",
+    )
+    weaviate_grpc_port: int = _env(
+        "WEAVIATE_GRPC_PORT",
+        default=50051,
+        ge=1,
+        le=65535,
+        description="Weaviate's gRPC port, on the same host.",
+    )
+    weaviate_api_key: SecretStr | None = _env(
+        "WEAVIATE_API_KEY",
+        default=None,
+        secret=True,
+        description="API key for servers that require one; never shown.",
+    )
+    weaviate_timeout_seconds: float = _env(
+        "TERCUL_SYNC_WEAVIATE_TIMEOUT",
+        default=120.0,
+        gt=0,
+        description="Timeout of one Weaviate query or batch request, in seconds.",
+    )
+    batch_size: int = _env(
+        "TERCUL_SYNC_BATCH_SIZE",
+        default=500,
+        ge=1,
+        description="Rows per read page and objects per write batch.",
+    )
+    max_batch_bytes: int = _env(
+        "TERCUL_SYNC_MAX_BATCH_BYTES",
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Upper bound on one batch request's size; a batch of long bodies is split below it.",
+    )
+    shards: int = _env(
+        "TERCUL_SYNC_SHARDS",
+        default=8,
+        ge=1,
+        le=64,
+        description="Partitions per asset (`id % shards`). Changing it changes the partition keys: the next "
+        "incremental run finds no cursor for the new keys and does a full pass of each, once.",
+    )
+    max_failure_rate: float = _env(
+        "TERCUL_SYNC_MAX_FAILURE_RATE",
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="A step fails when more than this share of its rows failed (and at least "
+        "`TERCUL_SYNC_MIN_FAILURES_TO_FAIL` did); below it, it succeeds with a failing WARN check.",
+    )
+    min_failures_to_fail: int = _env(
+        "TERCUL_SYNC_MIN_FAILURES_TO_FAIL",
+        default=10,
+        ge=1,
+        description="Fewer failed objects than this never fail a step, whatever their share; they show in "
+        "the WARN check and the failure report.",
+    )
+    retry_attempts: int = _env(
+        "TERCUL_SYNC_RETRY_ATTEMPTS",
+        default=5,
+        ge=1,
+        description="Attempts per batch, read or delete for transient errors.",
+    )
+    retry_initial_wait: float = _env(
+        "TERCUL_SYNC_RETRY_INITIAL_WAIT",
+        default=0.5,
+        ge=0.0,
+        description="First backoff wait in seconds; it doubles each attempt, with as much jitter.",
+    )
+    retry_max_wait: float = _env(
+        "TERCUL_SYNC_RETRY_MAX_WAIT", default=20.0, ge=0.0, description="Longest backoff wait in seconds."
+    )
+    overlap_seconds: int = _env(
+        "TERCUL_SYNC_OVERLAP_SECONDS",
+        default=300,
+        ge=0,
+        description="The incremental sync re-reads rows changed this long before its cursor, for transactions that commit late.",
+    )
+    max_concurrent_steps: int = _env(
+        "TERCUL_SYNC_MAX_CONCURRENT_STEPS",
+        default=4,
+        ge=1,
+        description="Steps of one run that execute at once (multiprocess executor).",
+    )
+    full_sync_cron: str = _env(
+        "TERCUL_SYNC_FULL_CRON", default="0 2 * * *", description="Cron of `nightly_full_sync`."
+    )
+    incremental_cron: str = _env(
+        "TERCUL_SYNC_INCREMENTAL_CRON",
+        default="*/10 * * * *",
+        description="Cron of `incremental_sync_schedule`.",
+    )
+    sweep_cron: str = _env(
+        "TERCUL_SYNC_SWEEP_CRON", default="30 * * * *", description="Cron of `orphan_sweep_schedule`."
+    )
+    schedule_timezone: str = _env(
+        "TERCUL_SYNC_TIMEZONE", default="UTC", description="Time zone of the schedules."
+    )
+    weaviate_bin: Path | None = _env(
+        "WEAVIATE_BIN",
+        default=None,
+        description="A weaviate-server binary for local servers (demo, tests), instead of finding or building one.",
+    )
+
+    @property
+    def demo_database_url(self) -> str:
+        return f"sqlite:///{(self.home / DEMO_DATABASE_FILE).resolve()}"
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database to read: ``TERCUL_DATABASE_URL``, else the demo file."""
+        return self.database_url.get_secret_value() if self.database_url else self.demo_database_url
+
+    @property
+    def report_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def retry(self) -> RetrySettings:
+        return RetrySettings(self.retry_attempts, self.retry_initial_wait, self.retry_max_wait)
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Backoff for transient failures, derived from ``Settings``."""
+
+    attempts: int
+    initial_wait: float
+    max_wait: float
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a ``Settings`` field."""
+    extra = Settings.model_fields[field].json_schema_extra
+    assert isinstance(extra, dict)
+    return str(extra["env"])
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``env`` (default ``os.environ``); empty variables count as unset.
+
+    ``overrides`` (field names) win over the environment. An unusable value
+    raises ``SettingError`` naming the variable, e.g. ``TERCUL_SYNC_BATCH_SIZE
+    must be ...``.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        raw = env.get(env_name(name), "")
+        if raw.strip():
+            values[name] = raw.strip()
+    values.update(overrides)
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            variable = env_name(field) if field in Settings.model_fields else field
+            shown = "(hidden)" if _is_secret(field) else repr(err.get("input"))
+            problems.append(f"{variable} {err['msg'].lower()}, got {shown}")
+        raise SettingError("; ".join(problems)) from None
+
+
+def _is_secret(field: str) -> bool:
+    extra = Settings.model_fields[field].json_schema_extra if field in Settings.model_fields else None
+    return isinstance(extra, dict) and bool(extra.get("secret"))
+
+
+def _default_text(field: str) -> str:
+    default = Settings.model_fields[field].default
+    return "unset" if default is None else f"`{default}`"
+
+
+def configuration_table() -> str:
+    """The Markdown table of every setting, as ``docs/configuration.md`` shows it."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        lines.append(f"| `{env_name(name)}` | {_default_text(name)} | {info.description} |")
+    return "\n".join(lines) + "\n"
