@@ -1,6 +1,6 @@
 """Full sync against incremental sync, side by side in one run, on a real Weaviate.
 
-    .venv/bin/python benchmarks/bench_incremental.py [--rows 50000] [--changed 0.01]
+    .venv/bin/python benchmarks/bench_runs.py [--rows 50000] [--changed 0.01]
 
 Builds a demo database in SQLite, runs a full sync of Work (every shard),
 changes a share of the rows (updates, soft deletes, hard deletes), then
@@ -13,17 +13,18 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
-from tercul_sync.registry import entity
-from tercul_sync.sync import WriteSettings
-from tercul_sync.weaviate_schema import ensure_schema
 
-from tercul_sync import demo_data, incremental, source, weaviate_io, weaviate_server
+from tercul_sync.devtools import demo_data, weaviate_server
+from tercul_sync.engine import reading, runs, weaviate_client
+from tercul_sync.engine.registry import entity
+from tercul_sync.engine.settings import load_settings
+from tercul_sync.engine.weaviate_schema import ensure_schema
+from tercul_sync.engine.writing import SyncContext
 
-SHARDS = {f"shard-{i}": source.Shard(i, 8) for i in range(8)}
+SHARDS = {f"shard-{i}": reading.Shard(i, 8) for i in range(8)}
 
 
 def main() -> None:
@@ -33,24 +34,24 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tercul-bench-"))
     with weaviate_server.configured_or_local(tmp / "weaviate") as (url, grpc):
-        engine = source.make_engine(f"sqlite:///{tmp / 'tercul.db'}")
+        engine = reading.make_engine(f"sqlite:///{tmp / 'tercul.db'}")
         demo_data.generate(engine, args.rows, seed=1)
-        client = weaviate_io.connect(url, grpc)
+        settings = load_settings()
+        client = weaviate_client.connect(url, grpc, None, settings.weaviate_timeout_seconds)
         client.collections.delete_all()
         ensure_schema(client)
-        work, settings, overlap = entity("Work"), WriteSettings(), timedelta(seconds=300)
+        ctx = SyncContext(engine, client, settings)
+        work = entity("Work")
         for name in ("Author", "Tag", "Category"):
-            incremental.run_entity(
-                engine, client, entity(name), SHARDS, incremental.FULL, {}, settings, overlap
-            )
+            runs.run_entity(ctx, entity(name), SHARDS, runs.FULL, {})
 
-        def timed(mode: str, cursors: dict) -> tuple[float, incremental.EntityRun]:
+        def timed(mode: str, cursors: dict) -> tuple[float, runs.EntityRun]:
             t = time.perf_counter()
-            run = incremental.run_entity(engine, client, work, SHARDS, mode, cursors, settings, overlap)
+            run = runs.run_entity(ctx, work, SHARDS, mode, cursors)
             return time.perf_counter() - t, run
 
-        first_s, first = timed(incremental.FULL, {})
-        cursors = {k: incremental.Cursor.from_json(v) for k, v in first.cursors.items()}
+        first_s, first = timed(runs.FULL, {})
+        cursors = first.cursors
         with engine.begin() as conn:
             ids = list(
                 conn.execute(sa.text("SELECT id FROM works WHERE deleted_at IS NULL ORDER BY id")).scalars()
@@ -72,10 +73,10 @@ def main() -> None:
                         ),
                         {"i": row_id},
                     )
-        inc_s, inc = timed(incremental.INCREMENTAL, cursors)
+        inc_s, inc = timed(runs.INCREMENTAL, cursors)
         live = source.count_live(engine, work)
-        assert weaviate_io.count_objects(client, "Work") == live
-        full_s, full = timed(incremental.FULL, {})
+        assert weaviate_client.count_objects(client, "Work") == live
+        full_s, full = timed(runs.FULL, {})
         client.close()
 
         print(

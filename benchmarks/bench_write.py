@@ -24,13 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from tercul_sync.batch_writer import BatchProcessor
-from tercul_sync.objects import build_object, chunk
-from tercul_sync.registry import entity
-from tercul_sync.sync import ObjectSyncer, WriteSettings
-from tercul_sync.weaviate_schema import ensure_schema
-
-from tercul_sync import demo_data, source, weaviate_io, weaviate_server
+from tercul_sync.devtools import demo_data, weaviate_server
+from tercul_sync.engine import reading, weaviate_client
+from tercul_sync.engine.batching import BatchProcessor
+from tercul_sync.engine.objects import build_object, chunk
+from tercul_sync.engine.registry import entity
+from tercul_sync.engine.settings import load_settings
+from tercul_sync.engine.weaviate_schema import ensure_schema
+from tercul_sync.engine.writing import ObjectSyncer, SyncContext
 
 
 def _fresh(client, names=("Author", "Work")) -> None:
@@ -48,38 +49,40 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="tercul-bench-"))
     with weaviate_server.configured_or_local(tmp / "weaviate") as (url, grpc):
-        engine = source.make_engine(f"sqlite:///{tmp / 'tercul.db'}")
+        engine = reading.make_engine(f"sqlite:///{tmp / 'tercul.db'}")
         demo_data.generate(engine, args.rows, seed=1)
         work = entity("Work")
-        client = weaviate_io.connect(url, grpc)
+        settings = load_settings(batch_size=args.batch)
+        client = weaviate_client.connect(url, grpc, None, settings.weaviate_timeout_seconds)
+        ctx = SyncContext(engine, client, settings)
         _fresh(client, ("Author", "Work", "Tag", "Category", "Translation", "Book", "Publisher"))
         # Targets first, so Work objects carry their references as they would in a full sync.
         for name in ("Author", "Tag", "Category"):
-            ObjectSyncer(engine, client, entity(name), WriteSettings(batch_size=args.batch)).sync_shards(
-                [source.Shard(0, 1)]
-            )
+            ObjectSyncer(ctx, entity(name)).sync_shards([reading.Shard(0, 1)])
 
-        settings = WriteSettings(batch_size=args.batch)
         t = time.perf_counter()
-        report = ObjectSyncer(engine, client, work, settings).sync_shards([source.Shard(0, 1)])
+        report = ObjectSyncer(ctx, work).sync_shards([reading.Shard(0, 1)])
         ours = time.perf_counter() - t
         n = report.write.written
-        assert report.write.failed == 0 and weaviate_io.count_objects(client, "Work") == n
+        assert report.write.failed == 0 and weaviate_client.count_objects(client, "Work") == n
 
         t = time.perf_counter()
-        rerun = ObjectSyncer(engine, client, work, settings).sync_shards([source.Shard(0, 1)])
+        rerun = ObjectSyncer(ctx, work).sync_shards([reading.Shard(0, 1)])
         again = time.perf_counter() - t
         assert rerun.unchanged == n and rerun.write.written == 0
 
-        rows = [r for page in source.iter_live_pages(engine, work, source.Shard(0, 1), 10_000) for r in page]
+        rows = [r for page in reading.iter_live_pages(engine, work, reading.Shard(0, 1), 10_000) for r in page]
         objects = [build_object(work, r) for r in rows]
         client.collections.delete("Work")
         ensure_schema(client)
         processor = BatchProcessor(
-            lambda items: weaviate_io.send_objects(client, "Work", items), key_of=lambda o: o.row_id
+            lambda items: weaviate_client.send_objects(client, "Work", items),
+            key_of=lambda o: o.row_id,
+            retry=settings.retry,
         )
         t = time.perf_counter()
-        processor.process(chunk(objects, args.batch, settings.max_batch_bytes, lambda o: o.size))
+        for batch in chunk(objects, args.batch, settings.max_batch_bytes, lambda o: o.size):
+            processor.write_batch(batch)
         ours_write = time.perf_counter() - t
         assert processor.report.failed == 0
 

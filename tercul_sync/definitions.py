@@ -1,9 +1,9 @@
 """The Dagster code location: everything under ``tercul_sync/defs``.
 
 Load it with ``dagster dev -w workspace.yaml``, ``dagster job execute -m
-tercul_sync.definitions -j full_sync`` or ``dg launch --job full_sync``.
-``project_root`` is the package itself, so an installed wheel (no
-pyproject.toml beside it) loads the same way as a checkout.
+tercul_sync.definitions -j full_sync`` or ``dg launch --job full_sync``. The
+project file Dagster looks for is ``tercul_sync/dg.toml``, inside the
+package, so an installed wheel loads the same way as a checkout.
 """
 
 from __future__ import annotations
@@ -12,6 +12,4 @@ from pathlib import Path
 
 import dagster as dg
 
-import tercul_sync.defs
-
-defs = dg.load_defs(tercul_sync.defs, project_root=Path(__file__).resolve().parent)
+defs = dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent)

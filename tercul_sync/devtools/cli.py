@@ -154,6 +154,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             server.stop()
 
 
+def _cmd_config_docs(args: argparse.Namespace) -> int:
+    """Print the settings table that docs/configuration.md holds."""
+    from tercul_sync.engine.settings import configuration_table
+
+    print(configuration_table(), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tercul-sync", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--grpc-port", type=int, default=50051)
     p.set_defaults(func=_cmd_weaviate)
+
+    p = sub.add_parser("config-docs", help="print the table of every setting (docs/configuration.md)")
+    p.set_defaults(func=_cmd_config_docs)
 
     args = parser.parse_args(argv)
     return args.func(args)
