@@ -26,7 +26,9 @@ from tercul_sync.engine.writing import ObjectSyncReport, SyncContext
 GROUP = "tercul"
 EDGES_ASSET = "edges"
 CHECK_NAME = "no_failed_objects"
+VECTOR_CHECK = "vectors_present"
 MODE_TAG = "tercul_sync/mode"
+VECTOR_CHECK_TEXT = "Objects written by the step carry every named vector they should (a sample, read back)."
 STEP_RETRY = dg.RetryPolicy(
     max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
@@ -36,7 +38,8 @@ class EntitySyncConfig(dg.Config):
     mode: str | None = Field(
         default=None,
         description=(
-            "full: every live row, then the orphan sweep. incremental: rows changed since the cursor. sweep: only delete orphans. "
+            "full: every live row, then the orphan sweep. incremental: rows changed since the cursor. "
+            "sweep: only delete orphans. "
             f"Unset: the run's {MODE_TAG} tag (the jobs set it), else full."
         ),
     )
@@ -48,14 +51,15 @@ class EntitySyncConfig(dg.Config):
 class EdgeSyncConfig(dg.Config):
     batch_size: int | None = Field(
         default=None,
-        description="With offset: sync only edge rows offset .. offset+batch_size in id order (the old EnqueueEdgeSync). "
-        "Unset: all edges.",
+        description="With offset: sync only edge rows offset .. offset+batch_size in id order "
+        "(the old EnqueueEdgeSync). Unset: all edges.",
     )
     offset: int = Field(default=0, description="First edge row of the window, counted in id order from 0.")
     force: bool = Field(default=False, description="Rewrite every source object, even when unchanged.")
     mode: str | None = Field(
         default=None,
-        description=f"full: every source object. incremental: sources of changed edges and targets. Unset: the {MODE_TAG} tag, else full.",
+        description="full: every source object. incremental: sources of changed edges and targets. "
+        f"Unset: the {MODE_TAG} tag, else full.",
     )
 
 
@@ -107,14 +111,20 @@ def _step(
     started = time.perf_counter()
     settings = sync_settings.settings()
     try:
-        for change in ensure_schema(weaviate.client):
+        for change in ensure_schema(weaviate.client, settings):
             context.log.info(change)
     except SchemaMismatchError as exc:
         raise _no_retry(exc) from exc
     ctx = SyncContext(tercul_db.engine, weaviate.client, settings, force=force, send=weaviate.send_objects)
-    shards = {k: shard_from_key(k, settings.shards) for k in context.partition_keys}
+    # The asset's own shard count (build_assets' shard_count), not TERCUL_SYNC_SHARDS read again here.
+    partitions = context.assets_def.partitions_def
+    assert partitions is not None  # every asset of this location is sharded
+    count = len(partitions.get_partition_keys())
+    shards = {k: shard_from_key(k, count) for k in context.partition_keys}
     reports, extra = work(ctx, shards)
+    vector_meta = runs.check_vectors(ctx, reports)
     extra = {
+        **vector_meta,
         **extra,
         "duration_s": round(time.perf_counter() - started, 3),
         "partitions": ", ".join(context.partition_keys),
@@ -134,7 +144,14 @@ def _step(
         metadata={"objects_failed": failed},
         description=None if failed == 0 else f"{failed} objects failed; see failure_report",
     )
-    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+    vectors = dg.AssetCheckResult(
+        check_name=VECTOR_CHECK,
+        passed=vector_meta["vectors_missing"] == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=_as_metadata(vector_meta),
+        description=None if vector_meta["vectors_missing"] == 0 else "written objects lack vectors they should have",
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[check, vectors])
 
 
 def _mode(context: dg.AssetExecutionContext, configured: str | None, allowed: tuple[str, ...]) -> str:
@@ -162,7 +179,8 @@ def build_entity_asset(
         retry_policy=retry_policy,
         deps=[dg.AssetDep(t, partition_mapping=dg.AllPartitionMapping()) for t in targets],
         check_specs=[
-            dg.AssetCheckSpec(CHECK_NAME, asset=e.collection, description="Every row landed in Weaviate.")
+            dg.AssetCheckSpec(CHECK_NAME, asset=e.collection, description="Every row landed in Weaviate."),
+            dg.AssetCheckSpec(VECTOR_CHECK, asset=e.collection, description=VECTOR_CHECK_TEXT),
         ],
     )
     def _entity_asset(
@@ -189,7 +207,8 @@ def build_edges_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETR
         name=EDGES_ASSET,
         group_name=GROUP,
         kinds={"weaviate", "sql"},
-        description="Live `edges` between live rows as cross-references: sets each source object's reference lists exactly.",
+        description="Live `edges` between live rows as cross-references: "
+        "sets each source object's reference lists exactly.",
         partitions_def=shard_partitions(shard_count),
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="tercul_sync/edges",
@@ -198,7 +217,8 @@ def build_edges_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETR
         check_specs=[
             dg.AssetCheckSpec(
                 CHECK_NAME, asset=EDGES_ASSET, description="Every source object carrying references landed."
-            )
+            ),
+            dg.AssetCheckSpec(VECTOR_CHECK, asset=EDGES_ASSET, description=VECTOR_CHECK_TEXT),
         ],
     )
     def edges(

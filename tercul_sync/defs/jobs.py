@@ -26,7 +26,10 @@ TRIGGER_TAG = "tercul_sync/trigger"
 def _job(
     name: str, selection: dg.AssetSelection, description: str, mode: str | None = None
 ) -> UnresolvedAssetJobDefinition:
-    """An asset job over every shard; ``mode`` (full, incremental, sweep) goes in a run tag the assets read."""
+    """An asset job over every shard.
+
+    ``mode`` (full, incremental, sweep) goes in a run tag the assets read.
+    """
     tags = {**ALL_SHARDS_TAGS, **({MODE_TAG: mode} if mode else {})}
     return dg.define_asset_job(name, selection=selection, description=description, tags=tags)
 
@@ -46,7 +49,7 @@ def _schedule(
     )
     def _tick(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         # Partition-range tags are reserved for run requests, so they are set here, not on the schedule.
-        return dg.RunRequest(tags={**job.tags, TRIGGER_TAG: name})
+        return dg.RunRequest(tags={**(job.tags or {}), TRIGGER_TAG: name})
 
     return _tick
 

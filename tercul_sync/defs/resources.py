@@ -89,7 +89,8 @@ class TerculDatabase(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._engine = reading.make_engine(self.url)
-        context.log.info(f"reading Tercul from {reading.safe_url(self.url)}")
+        if context.log is not None:  # always set during a run; typed optional
+            context.log.info(f"reading Tercul from {reading.safe_url(self.url)}")
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._engine is not None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tercul_sync.engine.settings import DEMO_DATABASE_FILE, load_settings
@@ -73,6 +74,7 @@ def _run_summary(dagster_home: Path, job_name: str) -> tuple[str, list[dict[str,
         seen: dict[str, dict[str, object]] = {}
         for rec in records:
             mat = rec.event_log_entry.asset_materialization
+            assert mat is not None  # of_type above: every record is a materialization
             name = mat.asset_key.to_user_string()
             if name not in seen:  # one event per partition, all with the step's figures
                 seen[name] = {"asset": name, **{k: getattr(v, "value", v) for k, v in mat.metadata.items()}}
@@ -88,7 +90,8 @@ def print_summary(status: str, rows: list[dict[str, object]]) -> None:
     for r in rows:
         print(
             f"{r['asset']:<12} {r.get('rows_read', 0):>10,} {r.get('objects_written', 0):>9,} "
-            f"{r.get('objects_unchanged', 0):>10,} {r.get('objects_failed', 0):>7,} {r.get('duration_s', 0):>8.2f}"
+            f"{r.get('objects_unchanged', 0):>10,} {r.get('objects_failed', 0):>7,} "
+            f"{r.get('duration_s', 0):>8.2f}"
         )
     edges = next((r for r in rows if r["asset"] == "edges"), None)
     if edges:
@@ -98,7 +101,8 @@ def print_summary(status: str, rows: list[dict[str, object]]) -> None:
             if k.startswith("skipped_") and k != "skipped_sample_ids"
         }
         print(
-            f"edges: {edges.get('edges_read', 0):,} live edges read, {edges.get('edges_valid', 0):,} valid; skipped: {skipped}"
+            f"edges: {edges.get('edges_read', 0):,} live edges read, "
+            f"{edges.get('edges_valid', 0):,} valid; skipped: {skipped}"
         )
     print(f"run status: {status}")
 
@@ -154,6 +158,51 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             server.stop()
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    """A hybrid query over the copy, as readers of Tercul's search would run it."""
+    import json
+
+    from tercul_sync.engine import weaviate_client
+    from tercul_sync.engine.embedding import make_embedder
+    from tercul_sync.engine.registry import ENTITIES, entity
+    from tercul_sync.engine.search import search
+
+    settings = load_settings()
+    entities = [entity(args.type)] if args.type else list(ENTITIES)
+    key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
+    client = weaviate_client.connect(
+        settings.weaviate_url, settings.weaviate_grpc_port, key, settings.weaviate_timeout_seconds
+    )
+    try:
+        embedder = make_embedder(settings) if settings.vectorizer == "client" else None
+        keyword_only = settings.vectorizer not in ("client", "weaviate")
+        hits = search(client, entities, args.query, args.limit, args.alpha, embedder, keyword_only)
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps([h.as_json() for h in hits], ensure_ascii=False, indent=2))
+        return 0
+    for n, h in enumerate(hits, 1):
+        by = f"  by {', '.join(h.authors)}" if h.authors else ""
+        print(f"{n:>2}. {h.score:6.3f}  {h.collection:<11} {h.source_id:>8}  {h.title[:70]}{by}")
+    if not hits:
+        print("no hits")
+    return 0
+
+
+def _cmd_embed_serve(args: argparse.Namespace) -> int:
+    """Serve the local model as an OpenAI-compatible embeddings endpoint, in the foreground."""
+    from tercul_sync.devtools.embedding_server import EmbeddingServer
+
+    server = EmbeddingServer(args.host, args.port)
+    print(f"embeddings at {server.url}/v1/embeddings (model {server.embedder.model_id})", flush=True)
+    try:
+        server.httpd.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
 def _cmd_config_docs(args: argparse.Namespace) -> int:
     """Print the settings table that docs/configuration.md holds."""
     from tercul_sync.engine.settings import configuration_table
@@ -185,18 +234,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "action",
         choices=["binary", "start", "stop", "run"],
-        help="binary: print its path (building it if needed); start: in the background; stop: what start started; run: in the foreground",
+        help="binary: print its path (building it if needed); start: in the background; "
+        "stop: what start started; run: in the foreground",
     )
     p.add_argument("--data-dir")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--grpc-port", type=int, default=50051)
     p.set_defaults(func=_cmd_weaviate)
 
+    p = sub.add_parser("search", help="hybrid search over the Weaviate copy")
+    p.add_argument("query")
+    p.add_argument("--type", help="one entity type (collection name), e.g. Work; default: all")
+    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--alpha", type=float, default=0.5, help="0: keywords only, 1: vectors only")
+    p.add_argument("--json", action="store_true", help="a JSON list of hits")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("embed-serve", help="serve the local model as an OpenAI-compatible embeddings endpoint")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_cmd_embed_serve)
+
     p = sub.add_parser("config-docs", help="print the table of every setting (docs/configuration.md)")
     p.set_defaults(func=_cmd_config_docs)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
 
 
 if __name__ == "__main__":

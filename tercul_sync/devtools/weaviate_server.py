@@ -82,7 +82,8 @@ def build_binary(log: Callable[[str], None] = _say) -> Path:
         raise WeaviateUnavailable(
             "No Weaviate server binary was found and Go is not installed to build one. Either install Go "
             "(1.26 or newer) and run again, run Weaviate in Docker (docker run -p 8080:8080 -p 50051:50051 "
-            "semitechnologies/weaviate:1.39.0) and set WEAVIATE_URL, or point WEAVIATE_BIN at a weaviate-server binary."
+            "semitechnologies/weaviate:1.39.0) and set WEAVIATE_URL, or point WEAVIATE_BIN at a "
+            "weaviate-server binary."
         )
     target = tools_bin()
     target.mkdir(parents=True, exist_ok=True)
@@ -157,7 +158,10 @@ class LocalWeaviate:
 def server_env(
     data_dir: Path, grpc_port: int, gossip_port: int, data_port: int, raft_port: int, raft_internal_port: int
 ) -> dict[str, str]:
-    """The environment a single loopback node needs (docs/design.md, "A local Weaviate", says why each is there)."""
+    """The environment a single loopback node needs.
+
+    docs/design.md, "A local Weaviate", says why each variable is there.
+    """
     return {
         "PERSISTENCE_DATA_PATH": str(data_dir),
         "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
@@ -243,7 +247,10 @@ def _start_once(
 
 @contextmanager
 def configured_or_local(data_dir: Path) -> Iterator[tuple[str, int]]:
-    """``(http url, grpc port)`` of ``WEAVIATE_URL`` when it is set, else of a server started here and stopped after."""
+    """``(http url, grpc port)`` of ``WEAVIATE_URL`` when it is set.
+
+    Otherwise of a server started here, and stopped on leaving the block.
+    """
     if os.environ.get("WEAVIATE_URL"):
         settings = load_settings()
         yield settings.weaviate_url, settings.weaviate_grpc_port

@@ -76,6 +76,13 @@ class BatchProcessor(Generic[T]):
         self._retry = retry
         self.report = WriteReport()
 
+    def reject(self, key: Hashable, message: str) -> None:
+        """Record an item refused before any send (bad input found while preparing it)."""
+        r = self.report
+        r.items += 1
+        r.failed += 1
+        r.failures.append(ItemFailure(key, message, r.batches + 1))
+
     def write_batch(self, items: list[T]) -> list[T]:
         """Write one batch; return the items that landed. Never raises for a server error."""
         number = self.report.batches + 1

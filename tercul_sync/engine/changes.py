@@ -97,7 +97,8 @@ def iter_changed_pages(
     overlap: timedelta,
     page_size: int,
 ) -> Iterator[list[RowMapping]]:
-    """Rows of ``shards`` updated after ``cursor - overlap``, soft-deleted ones included, by (updated_at, id)."""
+    """Rows of ``shards`` updated after ``cursor - overlap``, soft-deleted ones included,
+    by (updated_at, id)."""
     t = reading.table_for(e)
     cols = [t.c.id, t.c[e.soft_delete_column], *(t.c[c.name] for c in e.property_columns)]
     after = _start(cursor, overlap)
@@ -116,7 +117,8 @@ def iter_changed_pages(
         yield page
         if len(page) < page_size:
             return
-        after = (_aware(page[-1]["updated_at"]), page[-1]["id"])
+        # updated_at is NOT NULL, so the last row always has one.
+        after = (as_utc(page[-1]["updated_at"]), page[-1]["id"])
 
 
 def soft_deleted_since(
@@ -149,7 +151,8 @@ def _changed_since(
 def changed_edges(
     engine: Engine, shards: Sequence[reading.Shard], cursor: Cursor, overlap: timedelta
 ) -> list[RowMapping]:
-    """Edge rows of ``shards`` (by source id) changed or soft-deleted after the cursor, deleted ones included."""
+    """Edge rows of ``shards`` (by source id) changed or soft-deleted after the cursor,
+    deleted ones included."""
     edges = reading.edges_table()
     q = sa.select(
         edges.c.id,
@@ -168,7 +171,8 @@ def changed_edges(
 def changed_target_ids(
     engine: Engine, e: EntityType, cursor: Cursor, overlap: timedelta
 ) -> list[tuple[int, Any, Any]]:
-    """``(id, updated_at, deleted_at)`` of rows of ``e`` (any shard) changed or soft-deleted after the cursor."""
+    """``(id, updated_at, deleted_at)`` of the rows of ``e`` (any shard) changed or
+    soft-deleted after the cursor."""
     t = reading.table_for(e)
     q = sa.select(t.c.id, t.c.updated_at, t.c[e.soft_delete_column])
     q = q.where(_changed_since(t, e.soft_delete_column, cursor, overlap))

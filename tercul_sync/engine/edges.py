@@ -28,7 +28,10 @@ DELETED_TARGET = "deleted_target"
 
 @dataclass(frozen=True)
 class EdgeWindow:
-    """The old ``EnqueueEdgeSync(batch_size, offset)``: edge rows ``offset .. offset+batch_size`` in id order."""
+    """The old ``EnqueueEdgeSync(batch_size, offset)``.
+
+    Edge rows ``offset .. offset+batch_size``, in id order.
+    """
 
     batch_size: int
     offset: int = 0
@@ -57,7 +60,7 @@ class EdgeClassification:
 def _scope(
     edges: sa.Table, shards: Sequence[reading.Shard], edge_ids: Sequence[int] | None
 ) -> list[sa.ColumnElement[bool]]:
-    clauses = [edges.c.deleted_at.is_(None)]
+    clauses: list[sa.ColumnElement[bool]] = [edges.c.deleted_at.is_(None)]
     clauses.append(reading.shards_clause(edges.c.source_id, shards))
     if edge_ids is not None:
         clauses.append(edges.c.id.in_(sorted(set(edge_ids))))

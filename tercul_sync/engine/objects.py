@@ -10,32 +10,41 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from tercul_sync.engine.registry import SOURCE_ID_PROPERTY, EntityType, Kind, object_uuid
+from tercul_sync.engine.vectors import VECTOR_HASH_PROPERTY, encode_hashes
 
 HASH_PROPERTY = "sync_hash"  # content hash of what we store; lets unchanged objects be skipped
 REF_COUNT_PROPERTY = "sync_ref_count"  # references the object carries; their sum is checked against SQL
-BOOKKEEPING_PROPERTIES = (HASH_PROPERTY, REF_COUNT_PROPERTY)
+BOOKKEEPING_PROPERTIES = (HASH_PROPERTY, REF_COUNT_PROPERTY, VECTOR_HASH_PROPERTY)
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class ObjectWrite:
-    """One object to upsert: its row id (for reports), uuid, properties and references."""
+    """One object to upsert: its row id (for reports), uuid, properties, references and named vectors.
+
+    ``vectors`` is filled after the hash check (only objects that are written need them).
+    """
 
     row_id: int
     uuid: str
     properties: dict[str, Any]
     references: dict[str, list[str]] = field(default_factory=dict)
+    vectors: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         """Approximate request bytes, used to keep a batch under the gRPC message limit."""
         text = sum(len(v) for v in self.properties.values() if isinstance(v, str))
-        return 64 * (len(self.properties) + 1) + 4 * text + 48 * sum(len(v) for v in self.references.values())
+        refs = 48 * sum(len(v) for v in self.references.values())
+        return 64 * (len(self.properties) + 1) + 4 * text + refs + 8 * sum(len(v) for v in self.vectors.values())
 
 
 def as_utc(value: datetime | str) -> datetime:
-    """A timestamp made timezone-aware: SQLite hands back naive ones (or text), which the contract defines as UTC."""
+    """A timestamp made timezone-aware.
+
+    SQLite hands back naive ones (or text), which the contract defines as UTC.
+    """
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -78,12 +87,17 @@ def content_hash(properties: Mapping[str, Any], references: Mapping[str, Sequenc
 
 
 def build_object(
-    e: EntityType, row: Mapping[str, Any], references: Mapping[str, Sequence[str]] | None = None
+    e: EntityType,
+    row: Mapping[str, Any],
+    references: Mapping[str, Sequence[str]] | None = None,
+    vector_hashes: Mapping[str, str] | None = None,
 ) -> ObjectWrite:
-    """The object for one row, with its references (sorted) and content hash."""
+    """The object for one row, with its references (sorted), its vectors' hashes and content hash."""
     refs = {name: sorted(set(uuids)) for name, uuids in (references or {}).items() if uuids}
     props = row_properties(e, row)
     props[REF_COUNT_PROPERTY] = sum(len(v) for v in refs.values())
+    if vector_hashes is not None:
+        props[VECTOR_HASH_PROPERTY] = encode_hashes(vector_hashes)
     props[HASH_PROPERTY] = content_hash(props, refs)
     return ObjectWrite(row["id"], object_uuid(e.collection, row["id"]), props, refs)
 

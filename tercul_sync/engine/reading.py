@@ -11,16 +11,16 @@ every page costs the same however deep into the table it is, unlike OFFSET.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, RowMapping
 
-from tercul_sync.engine.registry import EDGES_TABLE, ENTITIES, EntityType, Kind, Relation, entity
+from tercul_sync.engine.registry import EDGES_TABLE, ENTITIES, Column, EntityType, Kind, Relation, entity
 
-_SQL_TYPES = {
+_SQL_TYPES: dict[Kind, Callable[[Column], sa.types.TypeEngine[Any]]] = {
     Kind.TEXT: lambda c: sa.Text(),
     Kind.VARCHAR: lambda c: sa.String(c.length),
     Kind.CHAR: lambda c: sa.CHAR(c.length),
@@ -34,7 +34,7 @@ _SQL_TYPES = {
 _ID_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _gorm_columns() -> list[sa.Column]:
+def _gorm_columns() -> list[sa.Column[Any]]:
     return [
         sa.Column("id", _ID_TYPE, primary_key=True, autoincrement=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -110,7 +110,7 @@ def shards_clause(id_column: sa.ColumnElement[Any], shards: Sequence[Shard]) -> 
     return sa.or_(*(s.clause(id_column) for s in shards)) if shards else sa.true()
 
 
-def select_live_page(e: EntityType, shard: Shard, after_id: int, limit: int) -> sa.Select:
+def select_live_page(e: EntityType, shard: Shard, after_id: int, limit: int) -> sa.Select[Any]:
     """One keyset page of live rows of one shard, in id order."""
     t = table_for(e)
     cols = [t.c.id, *(t.c[c.name] for c in e.property_columns)]
@@ -153,6 +153,29 @@ def fetch_live_rows(engine: Engine, e: EntityType, ids: Sequence[int]) -> list[R
             .order_by(t.c.id)
         )
         return list(rows.mappings())
+
+
+def fetch_vector_columns(
+    engine: Engine, e: EntityType, ids: Sequence[int], columns: Sequence[str]
+) -> dict[int, dict[str, Any]]:
+    """``{id: {column: raw value}}`` of vector columns, which are not in the registry (``column`` mode).
+
+    A column the table lacks raises ``MissingColumnError`` naming the table and the column.
+    """
+    if not ids:
+        return {}
+    present = {c["name"] for c in sa.inspect(engine).get_columns(e.table)}
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise MissingColumnError(f"table {e.table} has no column {', '.join(missing)} (TERCUL_SYNC_VECTOR_COLUMN)")
+    t = sa.table(e.table, sa.column("id"), *(sa.column(c) for c in columns))
+    q = sa.select(t.c.id, *(t.c[c] for c in columns)).where(t.c.id.in_(sorted(set(ids))))
+    with engine.connect() as conn:
+        return {row[0]: dict(zip(columns, row[1:], strict=True)) for row in conn.execute(q)}
+
+
+class MissingColumnError(RuntimeError):
+    """A table lacks a column the settings or the registry need; the message names both."""
 
 
 def relation_clause(edges: sa.Table, rel: Relation) -> sa.ColumnElement[bool]:

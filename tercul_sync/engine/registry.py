@@ -37,12 +37,21 @@ class Column:
 
 
 @dataclass(frozen=True)
+class VectorSpec:
+    """A named vector of a collection and the text properties that feed it, in order."""
+
+    name: str
+    source_properties: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class EntityType:
     """One Tercul table and the Weaviate collection that mirrors it."""
 
     collection: str
     table: str
     columns: tuple[Column, ...]
+    vectors: tuple[VectorSpec, ...] = ()
     soft_delete_column: str = "deleted_at"
 
     @property
@@ -103,6 +112,7 @@ ENTITIES: tuple[EntityType, ...] = (
             Column("country_code", Kind.CHAR, length=2),
             _varchar("language", 8),
         ),
+        (VectorSpec("profile", ("name", "biography")),),
     ),
     EntityType(
         "Work",
@@ -116,6 +126,7 @@ ENTITIES: tuple[EntityType, ...] = (
             _int("published_year"),
             Column("is_public_domain", Kind.BOOL),
         ),
+        (VectorSpec("title", ("title", "summary")), VectorSpec("body", ("body",))),
     ),
     EntityType(
         "Translation",
@@ -129,6 +140,7 @@ ENTITIES: tuple[EntityType, ...] = (
             _text("status"),
             Column("published_at", Kind.TIMESTAMP),
         ),
+        (VectorSpec("text", ("title", "body")),),
     ),
     EntityType(
         "Book",
@@ -140,15 +152,25 @@ ENTITIES: tuple[EntityType, ...] = (
             _int("published_year"),
             _varchar("language", 8),
         ),
+        (VectorSpec("title", ("title",)),),
     ),
     EntityType(
         "Publisher",
         "publishers",
         (_text("name", nullable=False), Column("country_code", Kind.CHAR, length=2)),
+        (VectorSpec("name", ("name",)),),
     ),
-    EntityType("Tag", "tags", (_text("name", nullable=False, unique=True), _text("slug"))),
     EntityType(
-        "Category", "categories", (_text("name", nullable=False), _text("description"), _bigint("parent_id"))
+        "Tag",
+        "tags",
+        (_text("name", nullable=False, unique=True), _text("slug")),
+        (VectorSpec("name", ("name",)),),
+    ),
+    EntityType(
+        "Category",
+        "categories",
+        (_text("name", nullable=False), _text("description"), _bigint("parent_id")),
+        (VectorSpec("name", ("name", "description")),),
     ),
 )
 
@@ -216,6 +238,14 @@ def validate_registry(
         for c in e.columns:
             if c.kind in (Kind.VARCHAR, Kind.CHAR) and not c.length:
                 raise ValueError(f"{e.collection}.{c.name}: {c.kind.value} needs a length")
+        text_columns = {c.name for c in e.columns if c.kind in (Kind.TEXT, Kind.VARCHAR, Kind.CHAR)}
+        vector_names = [v.name for v in e.vectors]
+        if len(set(vector_names)) != len(vector_names):
+            raise ValueError(f"{e.collection}: duplicate vector names {vector_names}")
+        for v in e.vectors:
+            unknown = [p for p in v.source_properties if p not in text_columns]
+            if not v.source_properties or unknown:
+                raise ValueError(f"{e.collection} vector {v.name!r}: source properties must be text columns, got {unknown}")
     for r in relations:
         if r.source not in known or r.target not in known:
             raise ValueError(f"relation {r.source}.{r.name} -> {r.target} names an unknown collection")

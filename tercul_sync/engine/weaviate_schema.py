@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import weaviate
 from weaviate.classes.config import Configure, DataType, Property, ReferenceProperty
+from weaviate.collections.classes.config_vectors import _VectorConfigCreate
 from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateInvalidInputError
 
-from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY
+from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, VECTOR_HASH_PROPERTY
 from tercul_sync.engine.registry import ENTITIES, RELATIONS, SOURCE_ID_PROPERTY, EntityType, Kind, Relation
+from tercul_sync.engine.settings import Settings
 
 WEAVIATE_TYPES = {
     Kind.TEXT: DataType.TEXT,
@@ -44,11 +46,12 @@ def property_specs(e: EntityType) -> list[PropertySpec]:
     specs += [PropertySpec(c.name, WEAVIATE_TYPES[c.kind]) for c in e.property_columns]
     specs.append(PropertySpec(HASH_PROPERTY, DataType.TEXT))
     specs.append(PropertySpec(REF_COUNT_PROPERTY, DataType.INT))
+    specs.append(PropertySpec(VECTOR_HASH_PROPERTY, DataType.TEXT))
     return specs
 
 
 def _create_property(spec: PropertySpec) -> Property:
-    if spec.name == HASH_PROPERTY:  # bookkeeping, never searched
+    if spec.name in (HASH_PROPERTY, VECTOR_HASH_PROPERTY):  # bookkeeping, never searched
         return Property(
             name=spec.name,
             data_type=spec.data_type,
@@ -58,9 +61,49 @@ def _create_property(spec: PropertySpec) -> Property:
         )
     if spec.name == REF_COUNT_PROPERTY:
         return Property(name=spec.name, data_type=spec.data_type, skip_vectorization=True)
-    # Ranges on ints and dates make `source_id` and `updated_at` cheap to filter by.
+    # Ranges on ints and dates make `source_id` and `updated_at` cheap to filter by. Only text is
+    # ever vectorized: ids, numbers and timestamps are kept out, whatever module the server runs.
     ranged = spec.data_type in (DataType.INT, DataType.DATE)
-    return Property(name=spec.name, data_type=spec.data_type, index_range_filters=ranged)
+    not_text = spec.data_type != DataType.TEXT
+    return Property(
+        name=spec.name, data_type=spec.data_type, index_range_filters=ranged, skip_vectorization=not_text
+    )
+
+
+def vector_config(
+    e: EntityType, settings: Settings | None
+) -> _VectorConfigCreate | list[_VectorConfigCreate] | None:
+    """The collection's vectors for the configured mode; None leaves it to the server's default module."""
+    mode = settings.vectorizer if settings is not None else None
+    if mode is None:
+        return None
+    if mode == "none" or not e.vectors:
+        return Configure.Vectors.self_provided()
+    if mode == "weaviate":
+        assert settings is not None
+        return [
+            Configure.Vectors.custom(
+                name=v.name,
+                module_name=settings.weaviate_module,
+                module_config=dict(settings.weaviate_module_config),
+                source_properties=list(v.source_properties),
+            )
+            for v in e.vectors
+        ]
+    return [Configure.Vectors.self_provided(name=v.name) for v in e.vectors]
+
+
+def vector_problems(e: EntityType, existing: set[str], settings: Settings | None) -> list[str]:
+    """Named vectors the settings need that the existing collection lacks (they cannot be added in place)."""
+    if settings is None or settings.vectorizer in (None, "none"):
+        return []
+    missing = sorted({v.name for v in e.vectors} - existing)
+    if not missing:
+        return []
+    return [
+        f"{e.collection} has vectors {sorted(existing) or 'none'} in Weaviate, TERCUL_SYNC_VECTORIZER="
+        f"{settings.vectorizer} needs {missing}: delete the collection (or rebuild it) to change its vectors"
+    ]
 
 
 def schema_problems(
@@ -83,12 +126,14 @@ def schema_problems(
             )
         if spec.name in existing_refs:
             problems.append(
-                f"{e.collection}.{spec.name} is a reference in Weaviate, the registry needs {spec.data_type.value}"
+                f"{e.collection}.{spec.name} is a reference in Weaviate, "
+                f"the registry needs {spec.data_type.value}"
             )
     for r in relations:
         if r.name in existing_props:
             problems.append(
-                f"{e.collection}.{r.name} is a {existing_props[r.name]} property in Weaviate, the registry needs a reference to {r.target}"
+                f"{e.collection}.{r.name} is a {existing_props[r.name]} property in Weaviate, "
+                f"the registry needs a reference to {r.target}"
             )
         targets = existing_refs.get(r.name)
         if targets is not None and [t.lower() for t in targets] != [r.target.lower()]:
@@ -100,15 +145,19 @@ def schema_problems(
 
 def ensure_schema(
     client: weaviate.WeaviateClient,
+    settings: Settings | None = None,
     entities: Iterable[EntityType] = ENTITIES,
     relations: Iterable[Relation] = RELATIONS,
 ) -> list[str]:
-    """Create or check every collection and reference property; return what was changed."""
+    """Create or check every collection and reference property; return what was changed.
+
+    ``settings`` choose the vectors (``TERCUL_SYNC_VECTORIZER``); None leaves them to the server.
+    """
     entities, relations = list(entities), list(relations)
     changes: list[str] = []
     # Properties first, references second: a reference needs its target collection to exist.
     for e in entities:
-        changes += _ensure_collection(client, e, [r for r in relations if r.source == e.collection])
+        changes += _ensure_collection(client, e, [r for r in relations if r.source == e.collection], settings)
     for r in relations:
         changes += _ensure_reference(client, r)
     return changes
@@ -126,29 +175,29 @@ def _lost_race(exc: Exception) -> bool:
     return "already exists" in text or "already in use" in text
 
 
-def _existing(client: weaviate.WeaviateClient, name: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+def _existing(client: weaviate.WeaviateClient, name: str) -> tuple[dict[str, str], dict[str, list[str]], set[str]]:
     config = client.collections.use(name).config.get()
     props = {p.name: p.data_type.value for p in config.properties}
     refs = {r.name: list(r.target_collections) for r in config.references}
-    return props, refs
+    return props, refs, set((config.vector_config or {}).keys())
 
 
 def _ensure_collection(
-    client: weaviate.WeaviateClient, e: EntityType, relations: list[Relation]
+    client: weaviate.WeaviateClient, e: EntityType, relations: list[Relation], settings: Settings | None
 ) -> list[str]:
     if not client.collections.exists(e.collection):
         try:
             client.collections.create(
                 e.collection,
                 properties=[_create_property(s) for s in property_specs(e)],
-                vector_config=Configure.Vectors.self_provided(),
+                vector_config=vector_config(e, settings),
             )
             return [f"created collection {e.collection}"]
         except SchemaRace as exc:
             if not _lost_race(exc):
                 raise
-    props, refs = _existing(client, e.collection)
-    problems = schema_problems(e, props, refs, relations)
+    props, refs, vectors = _existing(client, e.collection)
+    problems = schema_problems(e, props, refs, relations) + vector_problems(e, vectors, settings)
     if problems:
         raise SchemaMismatchError("incompatible Weaviate schema: " + "; ".join(problems))
     changes = []
@@ -165,7 +214,7 @@ def _ensure_collection(
 
 
 def _ensure_reference(client: weaviate.WeaviateClient, r: Relation) -> list[str]:
-    _, refs = _existing(client, r.source)
+    _, refs, _ = _existing(client, r.source)
     if r.name in refs:
         return []
     try:

@@ -12,20 +12,26 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import weaviate
 from sqlalchemy.engine import Engine
 
 from tercul_sync.engine import reading, weaviate_client
 from tercul_sync.engine.batching import BatchProcessor, WriteReport
-from tercul_sync.engine.objects import HASH_PROPERTY, ObjectWrite, build_object, chunk
+from tercul_sync.engine.embedding import Embedder, EmbedStats, make_embedder
+from tercul_sync.engine.objects import HASH_PROPERTY, VECTOR_HASH_PROPERTY, ObjectWrite, build_object, chunk
 from tercul_sync.engine.registry import EntityType, object_uuid, relations_from
 from tercul_sync.engine.reports import MAX_SAMPLE, ReasonLog
 from tercul_sync.engine.settings import Settings
+from tercul_sync.engine.vectors import decode_hashes, parse_vector, text_hash, values_hash, vector_texts
 
 # Sends one batch of objects to a collection; returns {index: message} for the refused ones.
 SendObjects = Callable[[weaviate.WeaviateClient, str, list[ObjectWrite]], dict[int, str]]
+
+# A row read by column name: SQLAlchemy's RowMapping (whose keys may also be
+# column objects, so it is no Mapping[str, Any]) or a plain dict.
+Row: TypeAlias = Mapping[Any, Any]
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,10 @@ class SyncContext:
     settings: Settings
     force: bool = False  # rewrite objects even when their content hash is unchanged
     send: SendObjects = weaviate_client.send_objects
+    embedder: Embedder | None = None  # client mode: one per step (made from the settings when None)
+
+
+VECTOR_CHECK_SAMPLE = 1_000  # written objects per step whose vectors are read back and checked
 
 
 @dataclass
@@ -49,6 +59,10 @@ class ObjectSyncReport:
     references_written: int = 0
     deferred_references: ReasonLog = field(default_factory=ReasonLog)
     write: WriteReport = field(default_factory=WriteReport)
+    embeddings: EmbedStats = field(default_factory=EmbedStats)
+    embeddings_reused: int = 0
+    # (uuid, vector names it must carry) of some written objects, for the vectors_present check
+    vector_sample: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
 
 class ObjectSyncer:
@@ -65,6 +79,13 @@ class ObjectSyncer:
         )
         self.report.write = self._processor.report
         self._present: dict[str, set[str]] = {}  # target objects seen to exist during this step
+        self._mode = ctx.settings.vectorizer if e.vectors else None
+        self._embedder = ctx.embedder
+        if self._mode == "client" and self._embedder is None:
+            self._embedder = make_embedder(ctx.settings)
+        if self._embedder is not None:
+            self.report.embeddings = self._embedder.stats
+        self._rejected: list[tuple[int, str]] = []  # rows refused before writing (bad vectors)
 
     def sync_shards(self, shards: Iterable[reading.Shard]) -> ObjectSyncReport:
         pages = (
@@ -84,10 +105,10 @@ class ObjectSyncer:
         )
         return self.report
 
-    def write_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def write_rows(self, rows: Sequence[Row]) -> None:
         self._write(self._prepare(rows))
 
-    def _pipeline(self, pages: Iterable[Sequence[Mapping[str, Any]]]) -> None:
+    def _pipeline(self, pages: Iterable[Sequence[Row]]) -> None:
         """Prepare page k+1 (SQL reads, references, hashes) while page k is being written.
 
         One helper thread and at most two prepared pages in memory: the read
@@ -103,26 +124,101 @@ class ObjectSyncer:
             if pending is not None:
                 self._write(pending.result())
 
-    def _prepare(self, rows: Sequence[Mapping[str, Any]]) -> list[ObjectWrite]:
-        """The objects of ``rows`` that need writing: references resolved, unchanged ones dropped."""
+    def _prepare(self, rows: Sequence[Row]) -> list[ObjectWrite]:
+        """The objects of ``rows`` that need writing: references resolved, unchanged ones dropped,
+        vectors attached (reused when their text is unchanged, else embedded)."""
         if not rows:
             return []
         self.report.rows_read += len(rows)
         references = self._references([r["id"] for r in rows])
-        objects = [build_object(self.entity, row, references.get(row["id"], {})) for row in rows]
-        if self.ctx.force:
-            return objects
-        stored = weaviate_client.stored_hashes(self.client, self.entity.collection, [o.uuid for o in objects])
-        fresh = [o for o in objects if stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]]
-        self.report.unchanged += len(objects) - len(fresh)
+        inputs = self._vector_inputs(rows)
+        objects = [
+            build_object(self.entity, row, references.get(row["id"], {}), self._hashes(inputs.get(row["id"])))
+            for row in rows
+            if self._mode not in ("client", "column") or row["id"] in inputs
+        ]
+        existing: set[str] | None = None
+        fresh = objects
+        if not self.ctx.force:
+            stored = weaviate_client.stored_hashes(self.client, self.entity.collection, [o.uuid for o in objects])
+            fresh = [o for o in objects if stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]]
+            existing = set(stored)
+            self.report.unchanged += len(objects) - len(fresh)
+        if self._mode == "client":
+            self._embed(fresh, inputs, existing)
+        elif self._mode == "column":
+            for o in fresh:
+                o.vectors.update(inputs[o.row_id])
         return fresh
 
+    def _vector_inputs(self, rows: Sequence[Row]) -> dict[int, dict[str, Any]]:
+        """Client mode: each row's vector texts. Column mode: each row's vectors, bad ones rejected."""
+        if self._mode == "client":
+            return {r["id"]: vector_texts(self.entity, r, self.settings.embed_max_chars) for r in rows}
+        if self._mode != "column":
+            return {}
+        names = [v.name for v in self.entity.vectors]
+        raw = reading.fetch_vector_columns(self.engine, self.entity, [r["id"] for r in rows], self._columns(names))
+        out: dict[int, dict[str, Any]] = {}
+        for row_id in (r["id"] for r in rows):
+            try:
+                out[row_id] = {
+                    n: parse_vector(raw.get(row_id, {}).get(self._columns([n])[0]), self.settings.vector_dimensions)
+                    for n in names
+                }
+            except ValueError as exc:
+                self._rejected.append((row_id, f"{self.entity.collection} row {row_id}: {exc}"))
+        return out
+
+    def _columns(self, names: list[str]) -> list[str]:
+        return [self.settings.vector_column.format(vector=n) for n in names]
+
+    def _hashes(self, inputs: dict[str, Any] | None) -> dict[str, str] | None:
+        if self._mode == "client" and self._embedder is not None:
+            return {name: text_hash(self._embedder.model_id, text) for name, text in (inputs or {}).items()}
+        if self._mode == "column":
+            return {name: values_hash(vector) for name, vector in (inputs or {}).items()}
+        return None
+
+    def _embed(self, objects: list[ObjectWrite], texts: dict[int, dict[str, str]], existing: set[str] | None) -> None:
+        """Attach each object's vectors: the stored one when its text hash is unchanged, else a new embedding."""
+        assert self._embedder is not None
+        names = [v.name for v in self.entity.vectors]
+        known = [o.uuid for o in objects if existing is None or o.uuid in existing]
+        stored = weaviate_client.stored_vectors(self.client, self.entity.collection, known, names) if known else {}
+        todo: list[tuple[ObjectWrite, str, str]] = []
+        for o in objects:
+            hashes = decode_hashes(o.properties.get(VECTOR_HASH_PROPERTY))
+            old_hashes_raw, old_vectors = stored.get(o.uuid, (None, {}))
+            old_hashes = decode_hashes(old_hashes_raw)
+            for name, text in texts.get(o.row_id, {}).items():
+                if old_hashes.get(name) == hashes.get(name) and name in old_vectors:
+                    o.vectors[name] = old_vectors[name]
+                    self.report.embeddings_reused += 1
+                else:
+                    todo.append((o, name, text))
+        if todo:
+            for (o, name, _), vector in zip(todo, self._embedder.embed_passages([t for _, _, t in todo]), strict=True):
+                o.vectors[name] = vector
+
     def _write(self, objects: list[ObjectWrite]) -> None:
+        while self._rejected:
+            row_id, message = self._rejected.pop()
+            self._processor.reject(row_id, message)
         for batch in chunk(
             objects, self.settings.batch_size, self.settings.max_batch_bytes, lambda o: o.size
         ):
             landed = self._processor.write_batch(batch)
             self.report.references_written += sum(len(v) for o in landed for v in o.references.values())
+            if self._mode in ("client", "column", "weaviate"):
+                room = VECTOR_CHECK_SAMPLE - len(self.report.vector_sample)
+                self.report.vector_sample.extend((o.uuid, self._expected_vectors(o)) for o in landed[: max(room, 0)])
+
+    def _expected_vectors(self, o: ObjectWrite) -> tuple[str, ...]:
+        """The named vectors an object must carry: those whose source text is not empty."""
+        if self._mode == "weaviate":
+            return tuple(sorted(vector_texts(self.entity, o.properties, self.settings.embed_max_chars)))
+        return tuple(sorted(o.vectors))
 
     def _references(self, ids: Sequence[int]) -> dict[int, dict[str, list[str]]]:
         """Each source row's reference lists: live edges to live rows whose object exists.
