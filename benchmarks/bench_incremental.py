@@ -69,18 +69,20 @@ def main() -> None:
                 else:
                     conn.execute(
                         sa.text(
-                            "UPDATE works SET title = title || ' *', updated_at = CURRENT_TIMESTAMP WHERE id = :i"
+                            "UPDATE works SET title = title || ' *', updated_at = CURRENT_TIMESTAMP "
+                            "WHERE id = :i"
                         ),
                         {"i": row_id},
                     )
         inc_s, inc = timed(runs.INCREMENTAL, cursors)
-        live = source.count_live(engine, work)
+        live = reading.count_live(engine, work)
         assert weaviate_client.count_objects(client, "Work") == live
         full_s, full = timed(runs.FULL, {})
         client.close()
 
         print(
-            f"Work rows: {len(ids):,} live before; {len(picked):,} changed ({args.changed:.1%}: updates, soft and hard deletes)"
+            f"Work rows: {len(ids):,} live before; {len(picked):,} changed "
+            f"({args.changed:.1%}: updates, soft and hard deletes)"
         )
         print(f"{'run':<34} {'seconds':>8} {'rows read':>10} {'written':>8} {'deleted':>8} {'vs full':>8}")
         for label, secs, run in (
@@ -90,7 +92,8 @@ def main() -> None:
         ):
             r = run.report
             print(
-                f"{label:<34} {secs:>8.2f} {r.rows_read:>10,} {r.write.written:>8,} {run.deleted:>8,} {secs / full_s:>7.2f}x"
+                f"{label:<34} {secs:>8.2f} {r.rows_read:>10,} {r.write.written:>8,} "
+                f"{run.deleted:>8,} {secs / full_s:>7.2f}x"
             )
 
 

@@ -71,7 +71,8 @@ def main() -> None:
         again = time.perf_counter() - t
         assert rerun.unchanged == n and rerun.write.written == 0
 
-        rows = [r for page in reading.iter_live_pages(engine, work, reading.Shard(0, 1), 10_000) for r in page]
+        pages = reading.iter_live_pages(engine, work, reading.Shard(0, 1), 10_000)
+        rows = [r for page in pages for r in page]
         objects = [build_object(work, r) for r in rows]
         client.collections.delete("Work")
         ensure_schema(client)
@@ -107,7 +108,8 @@ def main() -> None:
 
         mb = sum(o.size for o in objects) / 1e6
         print(
-            f"Work objects: {n:,} (about {mb:.0f} MB of request payload), batch size {args.batch}, Weaviate {url}"
+            f"Work objects: {n:,} (about {mb:.0f} MB of request payload), "
+            f"batch size {args.batch}, Weaviate {url}"
         )
         print(f"{'path':<52} {'seconds':>8} {'objects/s':>10} {'vs ours':>8}")
         for label, secs in (
@@ -115,7 +117,8 @@ def main() -> None:
             ("tercul_sync re-run, nothing changed", again),
             ("tercul_sync batch processor (write only)", ours_write),
             (
-                f"weaviate-client batch.fixed_size (write only){' FAILED ' + str(failed_bg) if failed_bg else ''}",
+                "weaviate-client batch.fixed_size (write only)"
+                + (f" FAILED {failed_bg}" if failed_bg else ""),
                 background,
             ),
             (f"one request per object (from {len(sample):,}, scaled)", single),

@@ -2,40 +2,80 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import tempfile
+import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import httpx
 import sqlalchemy as sa
 import weaviate
-from tercul_sync.assets import build_assets, shard_keys
-from tercul_sync.objects import BOOKKEEPING_PROPERTIES
-from tercul_sync.registry import ENTITIES, RELATIONS, EntityType, entity, object_uuid
-from tercul_sync.resources import SyncSettings, TerculDatabase, WeaviateResource
-from tercul_sync.weaviate_server import LocalWeaviate
+from pydantic import PrivateAttr
 
-SHARDS = 4
+from tercul_sync.defs.assets import build_assets
+from tercul_sync.defs.partitions import all_shards_tags
+from tercul_sync.defs.resources import SyncSettings, TerculDatabase, WeaviateResource
+from tercul_sync.devtools.weaviate_server import LocalWeaviate
+from tercul_sync.engine.objects import BOOKKEEPING_PROPERTIES, ObjectWrite
+from tercul_sync.engine.registry import ENTITIES, RELATIONS, EntityType, entity, object_uuid
+
+SHARDS = 4  # fewer than the default 8: the assets must follow the count they were built with
+DEFAULT_HOME = Path(tempfile.gettempdir()) / "tercul-test-home"
 
 
-def all_shards_tags(shards: int = SHARDS) -> dict[str, str]:
-    keys = shard_keys(shards)
-    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+class PausingWeaviate(WeaviateResource):
+    """The real Weaviate resource, whose batch sender freezes the server (SIGSTOP) at one chosen batch.
+
+    ``send_objects`` is the resource's seam for how a batch goes out; this
+    subclass is configured and built by Dagster like the real one, so the
+    fault goes through the same step, processor and retries as production.
+    """
+
+    server_pid: int
+    pause_at_batch: int = 2
+    pause_before_send: bool = True  # False: that batch lands, then the server freezes
+    resume_after_s: float | None = None  # None: frozen until the test sends SIGCONT
+
+    _batches: int = PrivateAttr(default=0)
+
+    def send_objects(
+        self, client: weaviate.WeaviateClient, collection: str, items: list[ObjectWrite]
+    ) -> dict[int, str]:
+        self._batches += 1
+        pause = self._batches == self.pause_at_batch
+        if pause and self.pause_before_send:
+            self._pause()
+        refused = super().send_objects(client, collection, items)
+        if pause and not self.pause_before_send:
+            self._pause()
+        return refused
+
+    def _pause(self) -> None:
+        os.kill(self.server_pid, signal.SIGSTOP)
+        if self.resume_after_s is not None:
+            threading.Timer(self.resume_after_s, os.kill, (self.server_pid, signal.SIGCONT)).start()
+
+
+def weaviate_resource(server: LocalWeaviate, timeout: float = 120.0) -> WeaviateResource:
+    return WeaviateResource(url=server.url, grpc_port=server.grpc_port, timeout_seconds=timeout)
 
 
 def resources(
     db_url: str,
     server: LocalWeaviate,
-    tmp_dir: str = "/tmp/tercul-test-reports",
-    weaviate_timeout: float = 120.0,
+    home: str | Path = DEFAULT_HOME,
+    weaviate: WeaviateResource | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
+    """The three resources the assets use; ``weaviate`` replaces the plain Weaviate resource (faults)."""
     return {
-        "weaviate": WeaviateResource(
-            url=server.url, grpc_port=server.grpc_port, timeout_seconds=weaviate_timeout
-        ),
+        "weaviate": weaviate or weaviate_resource(server),
         "tercul_db": TerculDatabase(url=db_url),
-        "sync_settings": SyncSettings(report_dir=tmp_dir, **{"batch_size": 300, **settings}),
+        "sync_settings": SyncSettings(home=str(home), **{"batch_size": 300, **settings}),
     }
 
 
@@ -49,6 +89,7 @@ def run_sync(
     instance: dg.DagsterInstance | None = None,
     mode: str | None = None,
     retries: int | None = None,
+    weaviate: WeaviateResource | None = None,
     **settings: Any,
 ) -> dg.ExecuteInProcessResult:
     """Materialize the real assets (all of them by default) over every shard.
@@ -65,21 +106,22 @@ def run_sync(
         assets,
         selection=selection,
         instance=instance,
-        resources=resources(db_url, server, **settings),
+        resources=resources(db_url, server, weaviate=weaviate, **settings),
         run_config=run_config,
-        tags=None if partition_key else all_shards_tags(),
+        tags=None if partition_key else all_shards_tags(SHARDS),
         partition_key=partition_key,
         raise_on_error=raise_on_error,
     )
 
 
 def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
-    mats = [m for m in result.asset_materializations_for_node(asset)]
+    mats = list(result.asset_materializations_for_node(asset))
     assert mats, f"no materialization of {asset}"
     return {k: getattr(v, "value", v) for k, v in mats[-1].metadata.items()}
 
 
 def as_utc(value: datetime) -> datetime:
+    """The contract's reading of a naive timestamp (the oracle keeps its own copy, not the engine's)."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -104,7 +146,7 @@ def expected_objects(engine: sa.Engine, e: EntityType) -> dict[int, dict[str, An
 
 
 def stored_objects(client: weaviate.WeaviateClient, e: EntityType) -> dict[str, dict[str, Any]]:
-    """Every object of a collection: ``{uuid: properties without None and the sync hash}``."""
+    """Every object of a collection: ``{uuid: properties without None and the bookkeeping ones}``."""
     out = {}
     for obj in client.collections.use(e.collection).iterator():
         props = {k: v for k, v in obj.properties.items() if v is not None and k not in BOOKKEEPING_PROPERTIES}
@@ -113,7 +155,7 @@ def stored_objects(client: weaviate.WeaviateClient, e: EntityType) -> dict[str, 
 
 
 def expected_references(engine: sa.Engine) -> dict[tuple[str, str, int], set[int]]:
-    """From SQL alone: ``{(source collection, property, source id): {target ids}}`` for live edges between live rows."""
+    """From SQL alone, live edges between live rows: ``{(source, property, source id): {target ids}}``."""
     out: dict[tuple[str, str, int], set[int]] = {}
     with engine.connect() as conn:
         for r in RELATIONS:
@@ -122,7 +164,8 @@ def expected_references(engine: sa.Engine) -> dict[tuple[str, str, int], set[int
                 f"SELECT e.source_id, e.target_id FROM edges e "
                 f"JOIN {s.table} s ON s.id = e.source_id AND s.deleted_at IS NULL "
                 f"JOIN {t.table} t ON t.id = e.target_id AND t.deleted_at IS NULL "
-                f"WHERE e.deleted_at IS NULL AND e.source_table = :st AND e.relation = :rel AND e.target_table = :tt"
+                f"WHERE e.deleted_at IS NULL AND e.source_table = :st AND e.relation = :rel "
+                f"AND e.target_table = :tt"
             )
             for sid, tid in conn.execute(q, {"st": s.table, "rel": r.name, "tt": t.table}):
                 out.setdefault((r.source, r.name, sid), set()).add(tid)
@@ -130,7 +173,7 @@ def expected_references(engine: sa.Engine) -> dict[tuple[str, str, int], set[int
 
 
 def rest_objects(server: LocalWeaviate, collection: str) -> list[dict[str, Any]]:
-    """Every object of a collection as the REST API stores it: references as raw beacons, dangling ones included."""
+    """Every object of a collection as REST stores it: references as raw beacons, dangling ones included."""
     out, after = [], None
     while True:
         params = {"class": collection, "limit": 1000, **({"after": after} if after else {})}
@@ -142,7 +185,7 @@ def rest_objects(server: LocalWeaviate, collection: str) -> list[dict[str, Any]]
 
 
 def stored_references(server: LocalWeaviate) -> dict[tuple[str, str, int], list[int]]:
-    """From Weaviate: the same shape, as lists so that a duplicate reference shows; a beacon to no object is -1."""
+    """From Weaviate, the same shape as lists, so that a duplicate shows; a beacon to no object is -1."""
     ids_by_uuid = {}
     for e in ENTITIES:
         for obj in rest_objects(server, e.collection):
@@ -171,13 +214,16 @@ def assert_references_match(engine: sa.Engine, server: LocalWeaviate) -> dict:
     return expected
 
 
-def assert_objects_match(engine: sa.Engine, client: weaviate.WeaviateClient) -> None:
+def assert_objects_match(
+    engine: sa.Engine, client: weaviate.WeaviateClient, entities: tuple[EntityType, ...] = ENTITIES
+) -> None:
     """Every collection holds exactly the live rows, with exactly their properties."""
-    for e in ENTITIES:
+    for e in entities:
         expected = {object_uuid(e.collection, i): props for i, props in expected_objects(engine, e).items()}
         stored = stored_objects(client, e)
         assert set(stored) == set(expected), (
-            f"{e.collection}: extra {len(set(stored) - set(expected))}, missing {len(set(expected) - set(stored))}"
+            f"{e.collection}: extra {len(set(stored) - set(expected))}, "
+            f"missing {len(set(expected) - set(stored))}"
         )
         wrong = [u for u in expected if stored[u] != expected[u]]
         assert not wrong, (

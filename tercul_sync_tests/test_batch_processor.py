@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from tercul_sync.batch_writer import BatchProcessor, RetrySettings, is_transient
-from tercul_sync.objects import ObjectWrite, chunk
+from collections.abc import Iterable
+
+import pytest
+
+from tercul_sync.engine.batching import GAVE_UP, BatchProcessor, WriteReport
+from tercul_sync.engine.objects import ObjectWrite, chunk
+from tercul_sync.engine.settings import RetrySettings
+
+pytestmark = pytest.mark.unit
 
 FAST = RetrySettings(attempts=3, initial_wait=0.001, max_wait=0.002)
 
@@ -13,19 +20,22 @@ class FlakyStore:
 
     def __init__(
         self,
-        bad: set[int] = frozenset(),
+        bad: Iterable[int] = (),
         flaky: dict[int, int] | None = None,
-        raise_on_calls: set[int] = frozenset(),
-        error: str = "UNAVAILABLE: connection refused",
+        raise_on_calls: Iterable[int] = (),
+        error: Exception | None = None,
     ):
-        self.bad, self.flaky, self.raise_on_calls, self.error = bad, dict(flaky or {}), raise_on_calls, error
+        self.bad, self.flaky, self.raise_on_calls = set(bad), dict(flaky or {}), set(raise_on_calls)
+        self.error = error or ConnectionError("connection refused")
         self.stored: list[int] = []
         self.calls = 0
+        self.sent: list[list[int]] = []
 
     def send(self, items: list[int]) -> dict[int, str]:
         self.calls += 1
+        self.sent.append(list(items))
         if self.calls in self.raise_on_calls:
-            raise ConnectionError(self.error)
+            raise self.error
         errors = {}
         for i, key in enumerate(items):
             if key in self.bad:
@@ -38,11 +48,22 @@ class FlakyStore:
         return errors
 
 
+def _processor(store: FlakyStore) -> BatchProcessor[int]:
+    return BatchProcessor(store.send, key_of=lambda k: k, retry=FAST)
+
+
+def _run(processor: BatchProcessor[int], batches: list[list[int]]) -> WriteReport:
+    for batch in batches:
+        processor.write_batch(batch)
+    return processor.report
+
+
 def test_permanent_failures_are_reported_with_ids_and_the_rest_lands():
     store = FlakyStore(bad={3, 12})
-    report = BatchProcessor(store.send, key_of=lambda k: k, retry=FAST).process(
-        [list(range(10)), list(range(10, 20))]
-    )
+    processor = _processor(store)
+    landed = processor.write_batch(list(range(10)))
+    assert landed == [k for k in range(10) if k != 3]
+    report = _run(processor, [list(range(10, 20))])
     assert sorted(store.stored) == [k for k in range(20) if k not in (3, 12)]
     assert (report.items, report.written, report.failed, report.batches, report.failed_batches) == (
         20,
@@ -51,36 +72,59 @@ def test_permanent_failures_are_reported_with_ids_and_the_rest_lands():
         2,
         2,
     )
+    assert (report.gave_up, report.retried_batches, store.calls) == (0, 0, 2)  # permanent: never retried
     assert [(f.key, f.batch) for f in report.failures] == [(3, 1), (12, 2)]
     assert "published_year" in report.failures[0].message
 
 
 def test_transient_failures_are_retried_only_for_the_failed_items():
     store = FlakyStore(flaky={4: 2})
-    report = BatchProcessor(store.send, key_of=lambda k: k, retry=FAST).process([list(range(8))])
+    report = _run(_processor(store), [list(range(8))])
     assert sorted(store.stored) == list(range(8)) and store.stored.count(0) == 1
-    assert (report.failed, report.retried_batches, store.calls) == (0, 1, 3)
+    assert store.sent == [list(range(8)), [4], [4]]
+    assert (report.failed, report.retried_batches, report.written, store.calls) == (0, 1, 8, 3)
+
+
+def test_transient_failures_that_outlast_the_retries_are_counted_as_given_up():
+    store = FlakyStore(flaky={2: 99}, bad={5})
+    report = _run(_processor(store), [list(range(6))])
+    assert store.calls == FAST.attempts
+    assert sorted((f.key, f.message.startswith(GAVE_UP)) for f in report.failures) == [(2, True), (5, False)]
+    assert f"{GAVE_UP} {FAST.attempts} attempts: status code: 503" in report.failures[-1].message
+    assert (report.failed, report.gave_up, report.written) == (2, 1, 4)
 
 
 def test_a_batch_that_raises_does_not_stop_the_others():
     store = FlakyStore(raise_on_calls={1, 2, 3})  # the first batch's three attempts all raise
-    report = BatchProcessor(store.send, key_of=lambda k: k, retry=FAST).process([[1, 2], [3, 4]])
+    report = _run(_processor(store), [[1, 2], [3, 4]])
     assert store.stored == [3, 4]
-    assert report.failed == 2 and report.failures[0].message.startswith("gave up after 3 attempts")
+    assert report.failed == 2 and report.gave_up == 2
+    assert report.failures[0].message.startswith(
+        "gave up after 3 attempts: ConnectionError: connection refused"
+    )
 
 
 def test_a_permanent_exception_is_not_retried():
-    store = FlakyStore(raise_on_calls={1}, error="schema says no")
-    report = BatchProcessor(store.send, key_of=lambda k: k, retry=FAST).process([[1, 2], [3]])
+    store = FlakyStore(raise_on_calls={1}, error=ValueError("schema says no"))
+    report = _run(_processor(store), [[1, 2], [3]])
     assert store.calls == 2 and store.stored == [3]
-    assert {f.key for f in report.failures} == {1, 2}
+    assert [(f.key, f.message) for f in report.failures] == [
+        (1, "ValueError: schema says no"),
+        (2, "ValueError: schema says no"),
+    ]
+    assert report.gave_up == 0
 
 
-def test_transient_classification():
-    assert is_transient("StatusCode.UNAVAILABLE: failed to connect to all addresses")
-    assert is_transient("Unexpected status code: 503")
-    assert is_transient("Deadline Exceeded")
-    assert not is_transient("invalid integer property 'published_year' on class 'Work'")
+def test_reports_merge_and_sample():
+    a = WriteReport()
+    b = _run(_processor(FlakyStore(bad=range(30))), [list(range(30))])
+    a.merge(b)
+    a.merge(b)
+    assert (a.items, a.failed, a.batches, len(a.failures)) == (60, 60, 2, 60)
+    assert len(a.sample()) == 20 and a.sample(2) == [
+        {"id": 0, "batch": 1, "error": "invalid integer property 'published_year' for row 0"},
+        {"id": 1, "batch": 1, "error": "invalid integer property 'published_year' for row 1"},
+    ]
 
 
 def test_chunk_bounds_count_and_bytes_and_keeps_oversized_items():
@@ -89,3 +133,5 @@ def test_chunk_bounds_count_and_bytes_and_keeps_oversized_items():
     assert chunks == [[5, 5], [5], [50], [5]]
     objs = [ObjectWrite(i, f"u{i}", {"body": "x" * 1000}) for i in range(10)]
     assert [len(c) for c in chunk(objs, 100, 9000, lambda o: o.size)] == [2, 2, 2, 2, 2]
+    with pytest.raises(ValueError, match="batch limits must be positive"):
+        list(chunk(sizes, 0, 10, lambda s: s))

@@ -8,12 +8,17 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
-from tercul_sync.registry import ENTITIES, entity, object_uuid
-from tercul_sync.settings import PROJECT_DIR
 
-from tercul_sync import demo_data, source, weaviate_io, weaviate_server
+from tercul_sync.devtools import demo_data
+from tercul_sync.engine import reading
+from tercul_sync.engine import weaviate_client as wc
+from tercul_sync.engine.registry import ENTITIES, entity, object_uuid
+from tercul_sync_tests.conftest import PG_PASSWORD, ROOT, start_weaviate
 from tercul_sync_tests.helpers import expected_objects
+
+pytestmark = pytest.mark.services
 
 BIN = Path(sys.executable).parent
 
@@ -35,7 +40,7 @@ def _env(tmp_path: Path, server, db_url: str | None = None, **extra: str) -> dic
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -43,7 +48,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 def test_dagster_job_execute_full_sync_with_no_arguments(
     tmp_path, pg_database, weaviate_server_proc, weaviate_client, monkeypatch
 ):
-    engine = source.make_engine(pg_database)
+    engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 2_000, seed=2)
     env = _env(tmp_path, weaviate_server_proc, pg_database)
     proc = _run(
@@ -51,10 +56,10 @@ def test_dagster_job_execute_full_sync_with_no_arguments(
     )
     assert "RUN_SUCCESS" in proc.stdout + proc.stderr
     for e in ENTITIES:
-        assert weaviate_io.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e)), (
+        assert wc.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e)), (
             e.collection
         )
-    assert "tercul:tercul@" not in proc.stdout + proc.stderr  # the database password is never logged
+    assert f":{PG_PASSWORD}@" not in proc.stdout + proc.stderr  # the database password is never logged
 
     # The incremental job, as the README gives it, picks up a change and a delete.
     with engine.begin() as conn:
@@ -82,10 +87,10 @@ def test_dagster_job_execute_full_sync_with_no_arguments(
 
 
 def test_dg_launch_one_entity_type(tmp_path, pg_database, weaviate_server_proc, weaviate_client):
-    engine = source.make_engine(pg_database)
+    engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 1_000, seed=4)
     _run([str(BIN / "dg"), "launch", "--job", "sync_tag"], _env(tmp_path, weaviate_server_proc, pg_database))
-    assert weaviate_io.count_objects(weaviate_client, "Tag") == len(expected_objects(engine, entity("Tag")))
+    assert wc.count_objects(weaviate_client, "Tag") == len(expected_objects(engine, entity("Tag")))
     assert not weaviate_client.collections.use("Work").aggregate.over_all(total_count=True).total_count
 
 
@@ -99,15 +104,15 @@ def test_demo_front_door_prints_a_summary(tmp_path, weaviate_server_proc, weavia
     again = _run([str(BIN / "tercul-sync"), "demo"], env).stdout
     work_line = next(line for line in again.splitlines() if line.startswith("Work "))
     assert work_line.split()[2] == "0"  # nothing rewritten on the second run
-    engine = source.make_engine(f"sqlite:///{tmp_path / 'home' / 'demo' / 'tercul.db'}")
+    engine = reading.make_engine(f"sqlite:///{tmp_path / 'home' / 'demo' / 'tercul.db'}")
     for e in ENTITIES:
-        assert weaviate_io.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e))
+        assert wc.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e))
 
 
 def test_api_key_is_used_and_never_shown(tmp_path, pg_database):
-    """A Weaviate that requires an API key: the sync authenticates, and the key appears in no log or metadata."""
+    """A Weaviate that requires an API key: the sync authenticates, and the key is in no log or metadata."""
     key = "tercul-test-key-7f3a9c"
-    server = weaviate_server.start(
+    server = start_weaviate(
         tmp_path / "weaviate-auth",
         extra_env={
             "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false",
@@ -117,13 +122,13 @@ def test_api_key_is_used_and_never_shown(tmp_path, pg_database):
         },
     )
     try:
-        engine = source.make_engine(pg_database)
+        engine = reading.make_engine(pg_database)
         demo_data.generate(engine, 600, seed=6)
         env = _env(tmp_path, server, pg_database)
         denied = subprocess.run(
             [str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "sync_tag"],
             env=env,
-            cwd=PROJECT_DIR,
+            cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=600,
@@ -135,9 +140,9 @@ def test_api_key_is_used_and_never_shown(tmp_path, pg_database):
             [str(BIN / "dagster"), "job", "execute", "-m", "tercul_sync.definitions", "-j", "sync_tag"],
             {**env, "WEAVIATE_API_KEY": key},
         )
-        client = weaviate_io.connect(server.url, server.grpc_port, api_key=key)
+        client = wc.connect(server.url, server.grpc_port, key, timeout_s=60)
         try:
-            assert weaviate_io.count_objects(client, "Tag") == len(expected_objects(engine, entity("Tag")))
+            assert wc.count_objects(client, "Tag") == len(expected_objects(engine, entity("Tag")))
         finally:
             client.close()
         seen = [proc.stdout, proc.stderr]

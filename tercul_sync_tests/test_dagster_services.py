@@ -7,46 +7,49 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient
-from tercul_sync.registry import ENTITIES
-from tercul_sync.settings import PROJECT_DIR
-from tercul_sync.weaviate_server import free_port
 
-from tercul_sync import demo_data, source, weaviate_io
-from tercul_sync_tests.conftest import PG_PASSWORD, PG_USER
+from tercul_sync.devtools import demo_data
+from tercul_sync.devtools.weaviate_server import free_port
+from tercul_sync.engine import reading
+from tercul_sync.engine import weaviate_client as wc
+from tercul_sync.engine.registry import ENTITIES
+from tercul_sync_tests.conftest import PG_PASSWORD, PG_USER, ROOT, drop_database, new_database
 from tercul_sync_tests.helpers import expected_objects
+
+pytestmark = pytest.mark.services
 
 BIN = Path(sys.executable).parent
 ASSETS_QUERY = """
 query { assetNodes { assetKey { path } groupName isPartitioned partitionKeys kinds } }
 """
 SCHEDULE_QUERY = """
-query { schedulesOrError(repositorySelector: {repositoryLocationName: "tercul_sync", repositoryName: "__repository__"}) {
+query { schedulesOrError(repositorySelector:
+    {repositoryLocationName: "tercul_sync", repositoryName: "__repository__"}) {
   ... on Schedules { results { name cronSchedule scheduleState { status } } } } }
 """
 
 
 @pytest.fixture
-def dagster_pg(postgres: str):
-    name = f"dagster_t_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(postgres, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield name
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+def dagster_pg(postgres: str) -> Iterator[str]:
+    """A new PostgreSQL database for Dagster's own storage (runs, events, schedules)."""
+    name = new_database(postgres, "dagster_t")
+    try:
+        yield name
+    finally:
+        drop_database(postgres, name)
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("w") as out:
         return subprocess.Popen(
-            [str(BIN / cmd[0]), *cmd[1:]], cwd=PROJECT_DIR, env=env, stdout=out, stderr=subprocess.STDOUT
+            [str(BIN / cmd[0]), *cmd[1:]], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
         )
 
 
@@ -68,11 +71,11 @@ def _wait(predicate, timeout: float, what: str):
 def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
     tmp_path, dagster_pg, pg_database, weaviate_server_proc, weaviate_client
 ):
-    engine = source.make_engine(pg_database)
+    engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 1_500, seed=8)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")  # the repo's own production config
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")  # the repo's own production config
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TERCUL_", "WEAVIATE_", "DAGSTER_"))}
     env.update(
@@ -165,7 +168,7 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
                 p.kill()
 
     for e in ENTITIES:
-        assert weaviate_io.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e)), (
+        assert wc.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e)), (
             e.collection
         )
     # The run and its materializations live in PostgreSQL, not in files under DAGSTER_HOME.
@@ -179,7 +182,8 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
         )
         n = conn.execute(
             sa.text(
-                "SELECT count(*) FROM event_logs WHERE run_id = :r AND dagster_event_type = 'ASSET_MATERIALIZATION'"
+                "SELECT count(*) FROM event_logs "
+                "WHERE run_id = :r AND dagster_event_type = 'ASSET_MATERIALIZATION'"
             ),
             {"r": run_id},
         ).scalar_one()
@@ -188,11 +192,14 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
         for twin in twins:
             times = conn.execute(
                 sa.text(
-                    "SELECT dagster_event_type, timestamp FROM event_logs WHERE run_id = :r AND step_key = 'Work' "
+                    "SELECT dagster_event_type, timestamp FROM event_logs "
+                    "WHERE run_id = :r AND step_key = 'Work' "
                     "AND dagster_event_type IN ('STEP_START', 'STEP_SUCCESS') ORDER BY timestamp"
                 ),
                 {"r": twin},
             ).all()
+            assert [t[0] for t in times] == ["STEP_START", "STEP_SUCCESS"], times
             spans.append((times[0][1], times[-1][1]))
         (_, end_first), (start_second, _) = sorted(spans)
         assert end_first <= start_second, f"two Work steps ran at once: {spans}"
+    dagster_db.dispose()

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
-from tercul_sync import demo_data, source
+from tercul_sync.devtools import demo_data
+from tercul_sync.engine import reading
 from tercul_sync_tests.helpers import assert_references_match, metadata, run_sync, stored_references
+
+pytestmark = pytest.mark.services
+
+SKIP_REASONS = ("unknown_relation", "missing_target", "deleted_target", "deleted_source", "missing_source")
 
 
 def test_full_sync_writes_exactly_the_live_edges_and_is_idempotent(
     pg_database, weaviate_server_proc, weaviate_client
 ):
-    engine = source.make_engine(pg_database)
+    engine = reading.make_engine(pg_database)
     written = demo_data.generate(engine, 5_000, seed=3)
     assert written["edges"] >= 10_000
 
@@ -20,28 +26,22 @@ def test_full_sync_writes_exactly_the_live_edges_and_is_idempotent(
     assert sum(len(v) for v in expected.values()) > 8_000
 
     md = metadata(first, "edges")
-    for reason in (
-        "unknown_relation",
-        "missing_target",
-        "deleted_target",
-        "deleted_source",
-        "missing_source",
-    ):
+    for reason in SKIP_REASONS:
         assert md[f"skipped_{reason}"] > 0, reason
         assert md["skipped_sample_ids"][reason], reason
-    assert md["edges_read"] == md["edges_valid"] + sum(
-        v for k, v in md.items() if k.startswith("skipped_") and isinstance(v, int)
-    )
-    assert first.get_asset_check_evaluations()[-1].passed  # skipped edges do not fail anything
+    assert md["edges_read"] == md["edges_valid"] + sum(md[f"skipped_{r}"] for r in SKIP_REASONS)
+    checks = {c.check_name: c for c in first.get_asset_check_evaluations() if c.asset_key.path == ["edges"]}
+    assert checks["no_failed_objects"].passed  # skipped edges do not fail anything
 
-    run_sync(pg_database, weaviate_server_proc)
+    again = run_sync(pg_database, weaviate_server_proc)
+    assert metadata(again, "edges")["objects_written"] == 0  # nothing changed: nothing rewritten
     assert_references_match(engine, weaviate_server_proc)
 
 
 def test_removed_edges_and_deleted_targets_remove_references(
     pg_database, weaviate_server_proc, weaviate_client
 ):
-    engine = source.make_engine(pg_database)
+    engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 1_500, seed=5)
     run_sync(pg_database, weaviate_server_proc)
     before = assert_references_match(engine, weaviate_server_proc)
@@ -50,19 +50,10 @@ def test_removed_edges_and_deleted_targets_remove_references(
     (t_src, t_work) = next(
         (k[2], min(v)) for k, v in before.items() if k[:2] == ("Translation", "translation_of")
     )
+    one_edge = "source_table='works' AND relation='authors' AND source_id=:s AND target_id=:t"
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "UPDATE edges SET deleted_at = now() WHERE source_table='works' AND relation='authors' AND source_id=:s AND target_id=:t"
-            ),
-            {"s": w1, "t": a1},
-        )
-        conn.execute(
-            sa.text(
-                "DELETE FROM edges WHERE source_table='works' AND relation='authors' AND source_id=:s AND target_id=:t"
-            ),
-            {"s": w2, "t": a2},
-        )
+        conn.execute(sa.text(f"UPDATE edges SET deleted_at = now() WHERE {one_edge}"), {"s": w1, "t": a1})
+        conn.execute(sa.text(f"DELETE FROM edges WHERE {one_edge}"), {"s": w2, "t": a2})
         conn.execute(sa.text("UPDATE works SET deleted_at = now() WHERE id = :w"), {"w": t_work})
     run_sync(pg_database, weaviate_server_proc)
     after = assert_references_match(engine, weaviate_server_proc)
@@ -71,27 +62,43 @@ def test_removed_edges_and_deleted_targets_remove_references(
     assert t_work not in after.get(("Translation", "translation_of", t_src), set())
 
 
+def _works_with_tag(server, tag: int) -> set[int]:
+    return {k[2] for k, v in stored_references(server).items() if k[:2] == ("Work", "tags") and tag in v}
+
+
 def test_edge_window_syncs_only_its_edges(pg_database, weaviate_server_proc, weaviate_client):
-    engine = source.make_engine(pg_database)
+    engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 1_000, seed=9)
     run_sync(pg_database, weaviate_server_proc)
-    # New edges everywhere; a window over the first 100 edge rows only touches their sources.
+    with engine.connect() as conn:
+        tag = conn.execute(sa.text("SELECT min(id) FROM tags WHERE deleted_at IS NULL")).scalar_one()
+        live_works = set(
+            conn.execute(sa.text("SELECT id FROM works WHERE deleted_at IS NULL AND id <= 300")).scalars()
+        )
+    tagged_before = _works_with_tag(weaviate_server_proc, tag)  # what the full sync wrote, before any change
+
+    # A new edge to one tag from every live work up to 300; then a window over the first 100 edge rows.
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO edges (created_at, updated_at, source_table, source_id, target_table, target_id, relation) "
-                "SELECT now(), now(), 'works', w.id, 'tags', 1, 'tags' FROM works w WHERE w.deleted_at IS NULL AND w.id <= 300"
-            )
+                "INSERT INTO edges (created_at, updated_at, source_table, source_id, target_table, "
+                "target_id, relation) SELECT now(), now(), 'works', w.id, 'tags', :tag, 'tags' "
+                "FROM works w WHERE w.deleted_at IS NULL AND w.id <= 300"
+            ),
+            {"tag": tag},
         )
-        first_window_sources = {
-            r[0]
-            for r in conn.execute(
+        window_sources = set(
+            conn.execute(
                 sa.text(
                     "SELECT source_id FROM edges WHERE source_table = 'works' "
-                    "AND relation IN ('authors', 'tags', 'categories') AND id IN (SELECT id FROM edges ORDER BY id LIMIT 100)"
+                    "AND relation IN ('authors', 'tags', 'categories') "
+                    "AND id IN (SELECT id FROM edges ORDER BY id LIMIT 100)"
                 )
-            )
-        }
+            ).scalars()
+        )
+    untouched = live_works - window_sources - tagged_before
+    assert window_sources & live_works and untouched  # the window touches some new edges and not others
+
     result = run_sync(
         pg_database,
         weaviate_server_proc,
@@ -100,29 +107,9 @@ def test_edge_window_syncs_only_its_edges(pg_database, weaviate_server_proc, wea
     )
     md = metadata(result, "edges")
     assert md["window"] == "offset 0, batch_size 100" and md["window_edge_rows"] == 100
-    stored = stored_references(weaviate_server_proc)
-    with_new_tag = {k[2] for k, v in stored.items() if k[:2] == ("Work", "tags") and 1 in v}
-    live_window_sources = {s for s in first_window_sources if s <= 300}
-    assert with_new_tag >= live_window_sources - _soft_deleted(engine, "works")
-    # sources outside the window were not touched: the new edges of works past them are not there yet
-    assert not (with_new_tag - first_window_sources - _had_tag_one_before(engine))
-    # a full edges pass brings everything in line
-    run_sync(pg_database, weaviate_server_proc, selection=["edges"])
+    # Exactly: the window's live sources gained the tag; every other work is as the full sync left it.
+    assert _works_with_tag(weaviate_server_proc, tag) == tagged_before | (window_sources & live_works)
+
+    run_sync(pg_database, weaviate_server_proc, selection=["edges"])  # a full edges pass: everything in line
+    assert _works_with_tag(weaviate_server_proc, tag) >= live_works
     assert_references_match(engine, weaviate_server_proc)
-
-
-def _soft_deleted(engine: sa.Engine, table: str) -> set[int]:
-    with engine.connect() as conn:
-        return set(conn.execute(sa.text(f"SELECT id FROM {table} WHERE deleted_at IS NOT NULL")).scalars())
-
-
-def _had_tag_one_before(engine: sa.Engine) -> set[int]:
-    with engine.connect() as conn:
-        return set(
-            conn.execute(
-                sa.text(
-                    "SELECT source_id FROM edges WHERE source_table='works' AND relation='tags' AND target_id=1 "
-                    "AND deleted_at IS NULL AND created_at < now() - interval '1 second'"
-                )
-            ).scalars()
-        )

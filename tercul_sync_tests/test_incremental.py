@@ -10,16 +10,21 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from tercul_sync.registry import ENTITIES, EntityType, object_uuid
 
-from tercul_sync import demo_data, source, weaviate_io
+from tercul_sync.devtools import demo_data
+from tercul_sync.engine import reading
+from tercul_sync.engine.registry import ENTITIES, EntityType, entity, object_uuid
 from tercul_sync_tests.helpers import (
     SHARDS,
+    PausingWeaviate,
     assert_objects_match,
     assert_references_match,
+    expected_objects,
     metadata,
     run_sync,
 )
+
+pytestmark = pytest.mark.services
 
 EDGE_KINDS = [
     ("works", "authors", "authors"),
@@ -43,7 +48,7 @@ def _insert_row(conn, rng: random.Random, e: EntityType) -> None:
     for c in e.columns:
         if c.unique and row.get(c.name) is not None:
             row[c.name] = f"{c.name}-{rng.getrandbits(48)}"[: c.length or 64]
-    conn.execute(source.table_for(e).insert().values(**row))
+    conn.execute(reading.table_for(e).insert().values(**row))
 
 
 def _random_round(engine: sa.Engine, rng: random.Random) -> None:
@@ -79,8 +84,8 @@ def _random_round(engine: sa.Engine, rng: random.Random) -> None:
             target = rng.choice(targets) if rng.random() > 0.1 else max(targets) + 77  # sometimes dangling
             conn.execute(
                 sa.text(
-                    "INSERT INTO edges (created_at, updated_at, source_table, source_id, target_table, target_id, relation) "
-                    "VALUES (now(), now(), :s, :si, :t, :ti, :r)"
+                    "INSERT INTO edges (created_at, updated_at, source_table, source_id, target_table, "
+                    "target_id, relation) VALUES (now(), now(), :s, :si, :t, :ti, :r)"
                 ),
                 {"s": src, "si": rng.choice(sources), "t": tgt, "ti": target, "r": rel},
             )
@@ -98,7 +103,7 @@ def _random_round(engine: sa.Engine, rng: random.Random) -> None:
 def test_random_changes_converge_after_each_incremental_sync(
     pg_database, weaviate_server_proc, weaviate_client
 ):
-    engine = source.make_engine(pg_database)
+    engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 1_200, seed=21)
     instance = dg.DagsterInstance.ephemeral()
     run_sync(pg_database, weaviate_server_proc, instance=instance)
@@ -131,7 +136,7 @@ def _shard_max_updated(engine: sa.Engine, table: str, shard: int) -> object:
 
 
 def test_late_commit_inside_the_overlap_window_is_synced(pg_database, weaviate_server_proc, weaviate_client):
-    engine = source.make_engine(pg_database)
+    engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 400, seed=2)
     instance = dg.DagsterInstance.ephemeral()
     run_sync(pg_database, weaviate_server_proc, selection=["Tag"], instance=instance)
@@ -152,17 +157,19 @@ def test_late_commit_inside_the_overlap_window_is_synced(pg_database, weaviate_s
         overlap_seconds=60,
     )
     tags = weaviate_client.collections.use("Tag")
-    assert tags.query.fetch_object_by_id(object_uuid("Tag", late)) is not None
+    synced = tags.query.fetch_object_by_id(object_uuid("Tag", late))
+    assert synced is not None and synced.properties["name"] == f"late-{late}"
     # Older than the window: documented as the nightly full sync's job, and it does it.
     assert tags.query.fetch_object_by_id(object_uuid("Tag", too_late)) is None
     cursor = metadata(result, "Tag")["cursor_after"]["shard-0"]
-    assert cursor["updated_at"] is not None
+    assert datetime.fromisoformat(cursor["updated_at"]) == newest  # never moved back by a late row
     run_sync(pg_database, weaviate_server_proc, selection=["Tag"], instance=instance)
-    assert tags.query.fetch_object_by_id(object_uuid("Tag", too_late)) is not None
+    synced = tags.query.fetch_object_by_id(object_uuid("Tag", too_late))
+    assert synced is not None and synced.properties["name"] == f"late-{too_late}"
 
 
 def test_unchanged_row_is_not_rewritten(pg_database, weaviate_server_proc, weaviate_client):
-    engine = source.make_engine(pg_database)
+    engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 400, seed=3)
     instance = dg.DagsterInstance.ephemeral()
     run_sync(pg_database, weaviate_server_proc, selection=["Author"], instance=instance)
@@ -198,9 +205,9 @@ def test_unchanged_row_is_not_rewritten(pg_database, weaviate_server_proc, weavi
 
 
 def test_sync_broken_half_way_keeps_its_cursor_and_the_next_run_completes(
-    pg_database, weaviate_server_proc, weaviate_client, monkeypatch: pytest.MonkeyPatch
+    pg_database, weaviate_server_proc, weaviate_client
 ):
-    engine = source.make_engine(pg_database)
+    engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 1_000, seed=4)
     instance = dg.DagsterInstance.ephemeral()
     run_sync(pg_database, weaviate_server_proc, selection=["Work"], instance=instance)
@@ -217,16 +224,15 @@ def test_sync_broken_half_way_keeps_its_cursor_and_the_next_run_completes(
             )
         )
 
-    real_send, calls = weaviate_io.send_objects, []
-
-    def send_then_freeze(*args, **kwargs):  # the server stops answering after two batches landed
-        calls.append(1)
-        result = real_send(*args, **kwargs)
-        if len(calls) == 2:
-            os.kill(weaviate_server_proc.process.pid, signal.SIGSTOP)
-        return result
-
-    monkeypatch.setattr(weaviate_io, "send_objects", send_then_freeze)
+    # The server stops answering once two batches have landed, and stays frozen for the rest of the run.
+    freeze = PausingWeaviate(
+        url=weaviate_server_proc.url,
+        grpc_port=weaviate_server_proc.grpc_port,
+        timeout_seconds=3,
+        server_pid=weaviate_server_proc.process.pid,
+        pause_at_batch=2,
+        pause_before_send=False,
+    )
     try:
         broken = run_sync(
             pg_database,
@@ -236,13 +242,12 @@ def test_sync_broken_half_way_keeps_its_cursor_and_the_next_run_completes(
             mode="incremental",
             raise_on_error=False,
             retries=0,
-            weaviate_timeout=3,
+            weaviate=freeze,
             retry_attempts=2,
             batch_size=50,
         )
     finally:
         os.kill(weaviate_server_proc.process.pid, signal.SIGCONT)
-    monkeypatch.setattr(weaviate_io, "send_objects", real_send)
     assert not broken.success
     assert not broken.asset_materializations_for_node("Work")  # no materialization, so no cursor moved
     records = instance.fetch_materializations(
@@ -250,36 +255,35 @@ def test_sync_broken_half_way_keeps_its_cursor_and_the_next_run_completes(
     ).records
     assert records[0].asset_materialization.metadata["cursor_after"].value == first["cursor_after"]
 
+    revised = {
+        o.properties["source_id"]
+        for o in weaviate_client.collections.use("Work").iterator(return_properties=["source_id", "title"])
+        if str(o.properties.get("title", "")).endswith(" (rev. 2)")
+    }
+    live = len(expected_objects(engine, entity("Work")))
+    assert 0 < len(revised) < live  # two batches landed before the break, the rest did not
+
     done = metadata(
         run_sync(
             pg_database, weaviate_server_proc, selection=["Work"], instance=instance, mode="incremental"
         ),
         "Work",
     )
-    assert (
-        done["objects_unchanged"] >= 50 and done["objects_written"] > 0
-    )  # what landed before the break is skipped
-    assert done["objects_written"] + done["objects_unchanged"] == done["rows_read"]
-    assert_objects_match_for(engine, weaviate_client, "Work")
-
-
-def assert_objects_match_for(engine: sa.Engine, client, collection: str) -> None:
-    from tercul_sync_tests.helpers import expected_objects, stored_objects
-
-    e = next(x for x in ENTITIES if x.collection == collection)
-    expected = {object_uuid(collection, i): p for i, p in expected_objects(engine, e).items()}
-    assert stored_objects(client, e) == expected
+    # what landed before the break is skipped, exactly; the rest is written
+    assert (done["objects_unchanged"], done["objects_written"]) == (len(revised), live - len(revised))
+    assert done["rows_read"] == live
+    assert_objects_match(engine, weaviate_client, (entity("Work"),))
 
 
 def test_a_row_weaviate_refuses_is_reported_without_stalling_the_cursor(
     tmp_path, weaviate_server_proc, weaviate_client
 ):
     url = f"sqlite:///{tmp_path / 'messy.db'}"
-    engine = source.make_engine(url)
+    engine = reading.make_engine(url)
     demo_data.generate(engine, 600, seed=12)
     instance = dg.DagsterInstance.ephemeral()
     run_sync(url, weaviate_server_proc, selection=["Work"], instance=instance)
-    works = source.table_for(next(e for e in ENTITIES if e.collection == "Work"))
+    works = reading.table_for(entity("Work"))
     now = datetime.now(UTC)
     with engine.begin() as conn:  # SQLite keeps text in an INTEGER column: Weaviate refuses it
         conn.execute(

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import pytest
 import weaviate.util
-from tercul_sync.registry import ENTITIES, RELATIONS, Column, EntityType, Kind, Relation, validate_registry
-from tercul_sync.weaviate_schema import property_specs, schema_problems
 
-from tercul_sync import registry
+from tercul_sync.engine import registry
+from tercul_sync.engine.registry import (
+    ENTITIES,
+    RELATIONS,
+    Column,
+    EntityType,
+    Kind,
+    Relation,
+    validate_registry,
+)
+from tercul_sync.engine.weaviate_schema import property_specs, schema_problems
+
+pytestmark = pytest.mark.unit
 
 
 def test_uuid_is_the_contracts_uuid5():

@@ -214,3 +214,4 @@ def test_every_registry_vector_is_a_named_vector_of_its_collection(
     for e in ENTITIES:
         config = weaviate_client.collections.use(e.collection).config.get()
         assert set(config.vector_config or {}) == {v.name for v in e.vectors}, e.collection
+

@@ -83,7 +83,8 @@ def _run_summary(dagster_home: Path, job_name: str) -> tuple[str, list[dict[str,
 
 def print_summary(status: str, rows: list[dict[str, object]]) -> None:
     header = (
-        f"{'entity type':<12} {'rows read':>10} {'written':>9} {'unchanged':>10} {'failed':>7} {'seconds':>8}"
+        f"{'entity type':<12} {'rows read':>10} {'written':>9} {'unchanged':>10} {'failed':>7} "
+        f"{'embedded':>9} {'reused':>7} {'seconds':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -91,7 +92,7 @@ def print_summary(status: str, rows: list[dict[str, object]]) -> None:
         print(
             f"{r['asset']:<12} {r.get('rows_read', 0):>10,} {r.get('objects_written', 0):>9,} "
             f"{r.get('objects_unchanged', 0):>10,} {r.get('objects_failed', 0):>7,} "
-            f"{r.get('duration_s', 0):>8.2f}"
+            f"{r.get('texts_embedded', 0):>9,} {r.get('embeddings_reused', 0):>7,} {r.get('duration_s', 0):>8.2f}"
         )
     edges = next((r for r in rows if r["asset"] == "edges"), None)
     if edges:
@@ -114,6 +115,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = load_settings()
     home = settings.home.resolve()
     env = {**os.environ, "TERCUL_SYNC_HOME": str(home)}  # the run, started from home, finds the same state
+    # Vectors from the local model, on short texts so that the demo stays quick on two cores.
+    env.setdefault("TERCUL_SYNC_VECTORIZER", "client")
+    env.setdefault("TERCUL_SYNC_EMBED_MAX_CHARS", "400")
     db_path = home / DEMO_DATABASE_FILE
     if settings.database_url is None and (args.fresh or not db_path.exists()):
         _cmd_demo_db(argparse.Namespace(url=settings.demo_database_url, rows=args.rows, seed=7))
@@ -152,6 +156,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"full_sync finished in {time.perf_counter() - started:.1f}s (Dagster's log: {log})\n")
         status, rows = _run_summary(dagster_home, "full_sync")
         print_summary(status, rows)
+        if proc.returncode == 0:
+            query = "winter river"
+            print(f'\nsearch: tercul-sync search "{query}" --limit 5')
+            os.environ.update(
+                {
+                    k: env[k]
+                    for k in ("WEAVIATE_URL", "WEAVIATE_GRPC_PORT", "TERCUL_SYNC_VECTORIZER")
+                    if k in env
+                }
+            )
+            _cmd_search(argparse.Namespace(query=query, type=None, limit=5, alpha=0.5, json=False))
         return proc.returncode
     finally:
         if server is not None:
@@ -217,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="sync a demo database into a local Weaviate and print a summary")
     p.add_argument(
-        "--rows", type=int, default=10_000, help="entity rows in the demo database (edges come on top)"
+        "--rows", type=int, default=2_000, help="entity rows in the demo database (edges come on top)"
     )
     p.add_argument(
         "--fresh", action="store_true", help="regenerate the demo database and empty the local Weaviate"
@@ -250,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="a JSON list of hits")
     p.set_defaults(func=_cmd_search)
 
-    p = sub.add_parser("embed-serve", help="serve the local model as an OpenAI-compatible embeddings endpoint")
+    p = sub.add_parser(
+        "embed-serve", help="serve the local model as an OpenAI-compatible embeddings endpoint"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=_cmd_embed_serve)

@@ -1,0 +1,132 @@
+"""The engine's entry points that need no server: modes, step summaries, edge windows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tercul_sync.engine import runs
+from tercul_sync.engine.batching import WriteReport
+from tercul_sync.engine.edges import EdgeWindow, touched_sources
+from tercul_sync.engine.reading import Shard
+from tercul_sync.engine.reports import FailureRule, ItemFailure
+from tercul_sync.engine.writing import ObjectSyncReport
+
+pytestmark = pytest.mark.unit
+
+FULL, INCREMENTAL, SWEEP = runs.FULL, runs.INCREMENTAL, runs.SWEEP
+
+
+@pytest.mark.parametrize(
+    ("configured", "tagged", "allowed", "mode"),
+    [
+        (None, None, runs.ENTITY_MODES, FULL),  # neither: full
+        (None, INCREMENTAL, runs.ENTITY_MODES, INCREMENTAL),  # the job's tag
+        (FULL, INCREMENTAL, runs.ENTITY_MODES, FULL),  # run config wins over the tag
+        (SWEEP, None, runs.ENTITY_MODES, SWEEP),
+        (None, SWEEP, runs.ENTITY_MODES, SWEEP),
+        (None, SWEEP, runs.EDGE_MODES, FULL),  # the edges have no sweep: after one, a full pass
+        (SWEEP, None, runs.EDGE_MODES, FULL),
+        (None, INCREMENTAL, runs.EDGE_MODES, INCREMENTAL),
+        ("", INCREMENTAL, runs.ENTITY_MODES, INCREMENTAL),  # an empty value counts as unset
+    ],
+)
+def test_resolve_mode(configured, tagged, allowed, mode):
+    assert runs.resolve_mode(configured, tagged, allowed) == mode
+
+
+def test_an_unknown_mode_is_refused_by_name():
+    with pytest.raises(ValueError, match="mode 'nightly' is not one of full, incremental, sweep"):
+        runs.resolve_mode("nightly", None, runs.ENTITY_MODES)
+    with pytest.raises(ValueError, match="mode 'bogus' is not one of full, incremental"):
+        runs.resolve_mode(None, "bogus", runs.EDGE_MODES)
+
+
+def test_edge_window_validation():
+    assert EdgeWindow(100) == EdgeWindow(100, 0)
+    assert EdgeWindow(1, 5).offset == 5
+    with pytest.raises(ValueError, match=r"batch_size >= 1 and offset >= 0, got 0, 0"):
+        EdgeWindow(0)
+    with pytest.raises(ValueError, match=r"got 10, -1"):
+        EdgeWindow(10, -1)
+    with pytest.raises(AttributeError):
+        EdgeWindow(10).offset = 3  # type: ignore[misc]
+
+
+def test_touched_sources_maps_edge_rows_to_the_collections_they_change():
+    rows = [
+        (1, "works", 10, "authors"),
+        (2, "works", 11, "tags"),
+        (3, "works", 12, "inspired_by"),  # a relation the registry does not know: no collection
+        (4, "books", 13, "authors"),  # a known name, from a table it does not belong to
+        (5, "translations", 14, "translators"),
+        (6, "books", 15, "contains"),
+        (7, "works", 10, "tags"),
+    ]
+    assert touched_sources(rows, []) == {"Work": {10, 11}, "Translation": {14}, "Book": {15}}
+    assert touched_sources(rows, [Shard(0, 2)]) == {"Work": {10}, "Translation": {14}}
+
+
+def _report(collection: str, rows: int, written: int, failures: list[ItemFailure], gave_up: int = 0):
+    r = ObjectSyncReport(collection, rows_read=rows, unchanged=rows - written - len(failures))
+    r.write = WriteReport(
+        items=written + len(failures),
+        written=written,
+        failed=len(failures),
+        gave_up=gave_up,
+        batches=2,
+        failed_batches=1 if failures else 0,
+        retried_batches=1 if gave_up else 0,
+        failures=failures,
+    )
+    r.references_written = written
+    r.deferred_references.add("target_not_in_weaviate", 77)
+    return r
+
+
+RULE = FailureRule(max_failure_rate=0.01, min_failures_to_fail=10)
+
+
+def test_summarize_sums_the_reports_and_succeeds_without_failures(tmp_path: Path):
+    path = tmp_path / "run" / "edges.jsonl"
+    outcome = runs.summarize(
+        "edges", [_report("Work", 100, 60, []), _report("Book", 50, 50, [])], {"mode": FULL}, RULE, path
+    )
+    assert outcome.failure is None and outcome.objects_failed == 0 and not outcome.retryable
+    md = outcome.metadata
+    assert (md["rows_read"], md["objects_written"], md["objects_unchanged"], md["batches"]) == (
+        150,
+        110,
+        40,
+        4,
+    )
+    assert md["references_deferred_target_not_in_weaviate"] == 2
+    assert md["references_deferred_sample_ids"] == {"target_not_in_weaviate": [77, 77]}
+    assert md["mode"] == FULL
+    assert "failure_report" not in md and "failure_sample" not in md and not path.exists()
+
+
+def test_summarize_writes_every_failure_and_warns_below_the_rule(tmp_path: Path):
+    path = tmp_path / "run" / "Work.jsonl"
+    failures = [ItemFailure(17, "invalid integer property 'published_year'", 3)]
+    outcome = runs.summarize("Work", [_report("Work", 600, 599, failures)], {}, RULE, path)
+    assert outcome.failure is None and outcome.objects_failed == 1
+    assert outcome.metadata["failure_report"] == str(path)
+    assert outcome.metadata["failure_sample"] == [
+        {"id": 17, "batch": 3, "error": "invalid integer property 'published_year'"}
+    ]
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == [17]
+
+
+def test_summarize_fails_the_step_above_the_rule_and_says_if_a_retry_may_help(tmp_path: Path):
+    failures = [ItemFailure(i, "status code: 503", 1) for i in range(30)]
+    permanent = runs.summarize("Work", [_report("Work", 100, 70, failures)], {}, RULE, tmp_path / "a.jsonl")
+    assert permanent.failure is not None and permanent.failure.startswith("Work: 30 of 100 objects failed")
+    assert permanent.failure.endswith(f"see {tmp_path / 'a.jsonl'}")
+    assert not permanent.retryable  # the failures were permanent: a retry would fail the same way
+    transient = runs.summarize(
+        "Work", [_report("Work", 100, 70, failures, gave_up=30)], {}, RULE, tmp_path / "b.jsonl"
+    )
+    assert transient.failure is not None and transient.retryable
