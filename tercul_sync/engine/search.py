@@ -9,8 +9,9 @@ authors' names, read through the ``authors`` references.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import weaviate
 from weaviate.classes.query import MetadataQuery, QueryReference
@@ -33,7 +34,7 @@ class Hit:
         return asdict(self)
 
 
-def _title(e: EntityType, props: dict[str, Any]) -> str:
+def _title(e: EntityType, props: Mapping[str, Any]) -> str:
     for name in TITLE_PROPERTIES:
         if props.get(name):
             return str(props[name])
@@ -79,7 +80,8 @@ def search_collection(
         hits.append(
             Hit(
                 collection=e.collection,
-                source_id=int(o.properties.get(SOURCE_ID_PROPERTY) or 0),
+                # An INT property: the client types property values as the union of every kind.
+                source_id=int(cast("int | None", o.properties.get(SOURCE_ID_PROPERTY)) or 0),
                 score=float(o.metadata.score or 0.0),
                 title=_title(e, o.properties),
                 authors=names_of_authors,

@@ -144,10 +144,10 @@ class Settings(BaseModel):
         "TERCUL_SYNC_VECTORIZER",
         default=None,
         description="Where vectors come from. Unset: collections get no vectorizer of ours, so the server's "
-        "`DEFAULT_VECTORIZER_MODULE` applies. `none`: no vectors. `weaviate`: a Weaviate module computes the "
-        "registry's named vectors on import (`TERCUL_SYNC_WEAVIATE_MODULE`). `client`: tercul_sync embeds them "
-        "(`TERCUL_SYNC_EMBEDDER`), re-embedding only texts whose hash changed. `column`: precomputed vectors "
-        "from database columns (`TERCUL_SYNC_VECTOR_COLUMN`).",
+        "`DEFAULT_VECTORIZER_MODULE` applies. `none`: no vectors. `weaviate`: a Weaviate module computes "
+        "the registry's named vectors on import (`TERCUL_SYNC_WEAVIATE_MODULE`). `client`: tercul_sync "
+        "embeds them (`TERCUL_SYNC_EMBEDDER`), re-embedding only texts whose hash changed. `column`: "
+        "precomputed vectors from database columns (`TERCUL_SYNC_VECTOR_COLUMN`).",
     )
     weaviate_module: str = _env(
         "TERCUL_SYNC_WEAVIATE_MODULE",
@@ -157,7 +157,8 @@ class Settings(BaseModel):
     weaviate_module_config: dict[str, Any] = _env(
         "TERCUL_SYNC_WEAVIATE_MODULE_CONFIG",
         default_factory=dict,
-        description='The module\'s options as JSON, e.g. `{"baseURL": "http://embedder:8000", "model": "e5"}`.',
+        description="The module's options as JSON, e.g. "
+        '`{"baseURL": "http://embedder:8000", "model": "e5"}`.',
     )
     embedder: Literal["local", "openai"] = _env(
         "TERCUL_SYNC_EMBEDDER",
@@ -175,7 +176,8 @@ class Settings(BaseModel):
     embedding_model: str = _env(
         "TERCUL_SYNC_EMBEDDING_MODEL",
         default="multilingual-e5-small",
-        description="Model name sent to the endpoint; also part of each text's hash, so a new model re-embeds.",
+        description="Model name sent to the endpoint; also part of each text's hash, "
+        "so a new model re-embeds.",
     )
     embedding_api_key: SecretStr | None = _env(
         "TERCUL_SYNC_EMBEDDING_API_KEY", default=None, secret=True, description="Bearer key for the endpoint."
@@ -301,7 +303,9 @@ def _is_secret(field: str) -> bool:
 def _default_text(field: str) -> str:
     info = Settings.model_fields[field]
     default = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
-    return "unset" if default is None else f"`{json.dumps(default) if isinstance(default, dict) else default}`"
+    return (
+        "unset" if default is None else f"`{json.dumps(default) if isinstance(default, dict) else default}`"
+    )
 
 
 def configuration_table() -> str:

@@ -75,10 +75,11 @@ def parse_vector(value: object, dimensions: int | None) -> list[float]:
     if value is None:
         raise ValueError("vector is NULL")
     if isinstance(value, str):
+        text = value
         try:
-            value = json.loads(value)
+            value = json.loads(text)
         except json.JSONDecodeError:
-            raise ValueError(f"vector is not readable: {value[:40]!r}") from None
+            raise ValueError(f"vector is not readable: {text[:40]!r}") from None
     if not isinstance(value, list | tuple) or not value:
         raise ValueError(f"vector is not a list of numbers: {str(value)[:40]!r}")
     try:
@@ -86,5 +87,7 @@ def parse_vector(value: object, dimensions: int | None) -> list[float]:
     except (TypeError, ValueError):
         raise ValueError("vector holds a value that is not a number") from None
     if dimensions is not None and len(floats) != dimensions:
-        raise ValueError(f"vector has {len(floats)} dimensions, TERCUL_SYNC_VECTOR_DIMENSIONS is {dimensions}")
+        raise ValueError(
+            f"vector has {len(floats)} dimensions, TERCUL_SYNC_VECTOR_DIMENSIONS is {dimensions}"
+        )
     return floats

@@ -37,9 +37,10 @@ from weaviate.exceptions import (
 )
 
 from tercul_sync.engine.errors import is_transient_error
-from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, VECTOR_HASH_PROPERTY, ObjectWrite
+from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, ObjectWrite
 from tercul_sync.engine.registry import SOURCE_ID_PROPERTY
 from tercul_sync.engine.settings import Settings
+from tercul_sync.engine.vectors import VECTOR_HASH_PROPERTY
 
 ID_CHUNK = 5_000  # below QUERY_MAXIMUM_RESULTS (10,000 by default)
 
@@ -103,7 +104,9 @@ def send_objects(
     """
     col = client.collections.use(collection)
     objs = [
-        DataObject(properties=o.properties, uuid=o.uuid, references=o.references or None, vector=o.vectors or None)
+        DataObject(
+            properties=o.properties, uuid=o.uuid, references=o.references or None, vector=o.vectors or None
+        )
         for o in items
     ]
     try:

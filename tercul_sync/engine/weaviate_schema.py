@@ -15,9 +15,10 @@ from weaviate.classes.config import Configure, DataType, Property, ReferenceProp
 from weaviate.collections.classes.config_vectors import _VectorConfigCreate
 from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateInvalidInputError
 
-from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, VECTOR_HASH_PROPERTY
+from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY
 from tercul_sync.engine.registry import ENTITIES, RELATIONS, SOURCE_ID_PROPERTY, EntityType, Kind, Relation
 from tercul_sync.engine.settings import Settings
+from tercul_sync.engine.vectors import VECTOR_HASH_PROPERTY
 
 WEAVIATE_TYPES = {
     Kind.TEXT: DataType.TEXT,
@@ -78,7 +79,9 @@ def vector_config(
     if mode is None:
         return None
     if mode == "none" or not e.vectors:
-        return Configure.Vectors.self_provided()
+        # weaviate-client leaves self_provided() unannotated (Any); it builds one _VectorConfigCreate.
+        unnamed: _VectorConfigCreate = Configure.Vectors.self_provided()
+        return unnamed
     if mode == "weaviate":
         assert settings is not None
         return [
@@ -175,7 +178,9 @@ def _lost_race(exc: Exception) -> bool:
     return "already exists" in text or "already in use" in text
 
 
-def _existing(client: weaviate.WeaviateClient, name: str) -> tuple[dict[str, str], dict[str, list[str]], set[str]]:
+def _existing(
+    client: weaviate.WeaviateClient, name: str
+) -> tuple[dict[str, str], dict[str, list[str]], set[str]]:
     config = client.collections.use(name).config.get()
     props = {p.name: p.data_type.value for p in config.properties}
     refs = {r.name: list(r.target_collections) for r in config.references}

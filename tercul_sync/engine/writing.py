@@ -20,11 +20,18 @@ from sqlalchemy.engine import Engine
 from tercul_sync.engine import reading, weaviate_client
 from tercul_sync.engine.batching import BatchProcessor, WriteReport
 from tercul_sync.engine.embedding import Embedder, EmbedStats, make_embedder
-from tercul_sync.engine.objects import HASH_PROPERTY, VECTOR_HASH_PROPERTY, ObjectWrite, build_object, chunk
+from tercul_sync.engine.objects import HASH_PROPERTY, ObjectWrite, build_object, chunk
 from tercul_sync.engine.registry import EntityType, object_uuid, relations_from
 from tercul_sync.engine.reports import MAX_SAMPLE, ReasonLog
 from tercul_sync.engine.settings import Settings
-from tercul_sync.engine.vectors import decode_hashes, parse_vector, text_hash, values_hash, vector_texts
+from tercul_sync.engine.vectors import (
+    VECTOR_HASH_PROPERTY,
+    decode_hashes,
+    parse_vector,
+    text_hash,
+    values_hash,
+    vector_texts,
+)
 
 # Sends one batch of objects to a collection; returns {index: message} for the refused ones.
 SendObjects = Callable[[weaviate.WeaviateClient, str, list[ObjectWrite]], dict[int, str]]
@@ -140,7 +147,9 @@ class ObjectSyncer:
         existing: set[str] | None = None
         fresh = objects
         if not self.ctx.force:
-            stored = weaviate_client.stored_hashes(self.client, self.entity.collection, [o.uuid for o in objects])
+            stored = weaviate_client.stored_hashes(
+                self.client, self.entity.collection, [o.uuid for o in objects]
+            )
             fresh = [o for o in objects if stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]]
             existing = set(stored)
             self.report.unchanged += len(objects) - len(fresh)
@@ -158,12 +167,16 @@ class ObjectSyncer:
         if self._mode != "column":
             return {}
         names = [v.name for v in self.entity.vectors]
-        raw = reading.fetch_vector_columns(self.engine, self.entity, [r["id"] for r in rows], self._columns(names))
+        raw = reading.fetch_vector_columns(
+            self.engine, self.entity, [r["id"] for r in rows], self._columns(names)
+        )
         out: dict[int, dict[str, Any]] = {}
         for row_id in (r["id"] for r in rows):
             try:
                 out[row_id] = {
-                    n: parse_vector(raw.get(row_id, {}).get(self._columns([n])[0]), self.settings.vector_dimensions)
+                    n: parse_vector(
+                        raw.get(row_id, {}).get(self._columns([n])[0]), self.settings.vector_dimensions
+                    )
                     for n in names
                 }
             except ValueError as exc:
@@ -180,12 +193,17 @@ class ObjectSyncer:
             return {name: values_hash(vector) for name, vector in (inputs or {}).items()}
         return None
 
-    def _embed(self, objects: list[ObjectWrite], texts: dict[int, dict[str, str]], existing: set[str] | None) -> None:
-        """Attach each object's vectors: the stored one when its text hash is unchanged, else a new embedding."""
+    def _embed(
+        self, objects: list[ObjectWrite], texts: dict[int, dict[str, str]], existing: set[str] | None
+    ) -> None:
+        """Attach each object's vectors: the stored one when its text hash is unchanged,
+        else a new embedding."""
         assert self._embedder is not None
         names = [v.name for v in self.entity.vectors]
         known = [o.uuid for o in objects if existing is None or o.uuid in existing]
-        stored = weaviate_client.stored_vectors(self.client, self.entity.collection, known, names) if known else {}
+        stored = (
+            weaviate_client.stored_vectors(self.client, self.entity.collection, known, names) if known else {}
+        )
         todo: list[tuple[ObjectWrite, str, str]] = []
         for o in objects:
             hashes = decode_hashes(o.properties.get(VECTOR_HASH_PROPERTY))
@@ -198,7 +216,9 @@ class ObjectSyncer:
                 else:
                     todo.append((o, name, text))
         if todo:
-            for (o, name, _), vector in zip(todo, self._embedder.embed_passages([t for _, _, t in todo]), strict=True):
+            for (o, name, _), vector in zip(
+                todo, self._embedder.embed_passages([t for _, _, t in todo]), strict=True
+            ):
                 o.vectors[name] = vector
 
     def _write(self, objects: list[ObjectWrite]) -> None:
@@ -212,7 +232,9 @@ class ObjectSyncer:
             self.report.references_written += sum(len(v) for o in landed for v in o.references.values())
             if self._mode in ("client", "column", "weaviate"):
                 room = VECTOR_CHECK_SAMPLE - len(self.report.vector_sample)
-                self.report.vector_sample.extend((o.uuid, self._expected_vectors(o)) for o in landed[: max(room, 0)])
+                self.report.vector_sample.extend(
+                    (o.uuid, self._expected_vectors(o)) for o in landed[: max(room, 0)]
+                )
 
     def _expected_vectors(self, o: ObjectWrite) -> tuple[str, ...]:
         """The named vectors an object must carry: those whose source text is not empty."""
