@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,16 @@ def _pytest(tmp_path: Path, **test_files: str) -> subprocess.CompletedProcess[st
     for name, source in test_files.items():
         (tmp_path / f"test_{name}.py").write_text(source)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--continue-on-collection-errors",
+            str(tmp_path),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -47,7 +57,9 @@ def test_a_skip_is_a_failure(tmp_path):
     )
     assert proc.returncode == 1, proc.stdout
     summary = proc.stdout.splitlines()[-1]
-    assert "2 failed, 1 passed" in summary and "skipped" not in summary, proc.stdout
+    assert re.search(r"\b1 failed, 1 passed\b.*\b1 error\b", summary) and "skipped" not in summary, (
+        proc.stdout
+    )
     assert "never skips" in proc.stdout and "no Weaviate here" in proc.stdout
     assert "no_such_module_here" in proc.stdout
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,10 +12,11 @@ import pytest
 import sqlalchemy as sa
 import weaviate
 
+from tercul_sync.devtools import weaviate_server
 from tercul_sync.devtools.cli import main as cli_main
 from tercul_sync.devtools.embedding_server import EmbeddingServer
 from tercul_sync.devtools.weaviate_server import LocalWeaviate
-from tercul_sync.engine import reading, runs
+from tercul_sync.engine import reading, runs, weaviate_client
 from tercul_sync.engine.embedding import EmbeddingUnavailable, OpenAIEmbedder
 from tercul_sync.engine.registry import ENTITIES, entity
 from tercul_sync.engine.settings import load_settings
@@ -215,3 +217,55 @@ def test_every_registry_vector_is_a_named_vector_of_its_collection(
         config = weaviate_client.collections.use(e.collection).config.get()
         assert set(config.vector_config or {}) == {v.name for v in e.vectors}, e.collection
 
+
+@pytest.fixture(scope="module")
+def module_weaviate(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LocalWeaviate, EmbeddingServer]]:
+    """A Weaviate with the text2vec-openai module, whose baseURL is a local endpoint over the local model."""
+    endpoint = EmbeddingServer().start()
+    home = tmp_path_factory.mktemp("module-home")
+    server = weaviate_server.start(
+        home / "weaviate", extra_env=weaviate_server.module_env(["text2vec-openai"], home)
+    )
+    try:
+        yield server, endpoint
+    finally:
+        server.stop()
+        endpoint.stop()
+
+
+def test_module_mode_vectors_come_from_the_server_and_unchanged_objects_cost_no_request(
+    pg_database: str, module_weaviate: tuple[LocalWeaviate, EmbeddingServer]
+) -> None:
+    server, endpoint = module_weaviate
+    engine = _make_db(pg_database)
+    client = weaviate_client.connect(server.url, server.grpc_port, None, 60)
+    try:
+        client.collections.delete_all()
+        config = {"baseURL": endpoint.url, "model": "multilingual-e5-small", "vectorizeClassName": False}
+        settings = {"vectorizer": "weaviate", "weaviate_module_config": config}
+        first = _sync(engine, client, **settings)
+        assert [r.report.write.failed for r in first] == [0, 0]
+        stored = _vectors(client, "Work")
+        assert set(stored) == {i for i, _, _ in LABELLED}
+        assert all(set(v) == {"title", "body"} and len(v["title"]) == 384 for v in stored.values())
+        assert (
+            runs.check_vectors(SyncContext(engine, client, load_settings(**settings)), [first[1].report])[
+                "vectors_missing"
+            ]
+            == 0
+        )
+        served = httpx.get(f"{endpoint.url}/stats").json()
+        assert served["texts"] >= 2 * len(LABELLED)
+        again = _sync(engine, client, **settings)
+        assert again[1].report.write.written == 0
+        assert httpx.get(f"{endpoint.url}/stats").json() == served  # no request for unchanged objects
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE works SET body = 'Whales again', updated_at = now() WHERE id = 1"))
+        _sync(engine, client, **settings)
+        after = httpx.get(f"{endpoint.url}/stats").json()
+        assert after["texts"] > served["texts"]  # the changed object was vectorized again
+        assert _vectors(client, "Work")[1]["body"] != stored[1]["body"]
+    finally:
+        client.close()

@@ -48,7 +48,9 @@ def _cmd_weaviate(args: argparse.Namespace) -> int:
         pid_file.unlink()
         print("Weaviate stopped")
         return 0
-    server = weaviate_server.start(data, http_port=args.port, grpc_port=args.grpc_port)
+    modules = [m for m in (args.modules or "").split(",") if m]
+    extra = weaviate_server.module_env(modules, settings.home.resolve())
+    server = weaviate_server.start(data, http_port=args.port, grpc_port=args.grpc_port, extra_env=extra)
     print(
         f"Weaviate is up at {server.url} (gRPC {server.grpc_port}), data in {data}, pid {server.process.pid}"
     )
@@ -256,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--grpc-port", type=int, default=50051)
+    p.add_argument("--modules", help="vectorizer modules to enable, e.g. text2vec-openai (comma separated)")
     p.set_defaults(func=_cmd_weaviate)
 
     p = sub.add_parser("search", help="hybrid search over the Weaviate copy")

