@@ -96,14 +96,19 @@ def test_dg_launch_one_entity_type(tmp_path, pg_database, weaviate_server_proc, 
 
 def test_demo_front_door_prints_a_summary(tmp_path, weaviate_server_proc, weaviate_client):
     env = _env(tmp_path, weaviate_server_proc)
-    proc = _run([str(BIN / "tercul-sync"), "demo", "--rows", "1500"], env)
+    proc = _run([str(BIN / "tercul-sync"), "demo", "--rows", "400"], env)
     out = proc.stdout
     for e in ENTITIES:
         assert f"\n{e.collection:<12}" in out, out
     assert "run status: SUCCESS" in out
+    first_work = next(line for line in out.splitlines() if line.startswith("Work "))
+    assert int(first_work.split()[5].replace(",", "")) > 0  # texts embedded by the local model
+    hits = out.split('search: tercul-sync search "winter river"')[1].strip().splitlines()
+    assert hits and hits[0].lstrip().startswith("1."), out
     again = _run([str(BIN / "tercul-sync"), "demo"], env).stdout
     work_line = next(line for line in again.splitlines() if line.startswith("Work "))
     assert work_line.split()[2] == "0"  # nothing rewritten on the second run
+    assert work_line.split()[5] == "0"  # nothing embedded again
     engine = reading.make_engine(f"sqlite:///{tmp_path / 'home' / 'demo' / 'tercul.db'}")
     for e in ENTITIES:
         assert wc.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e))

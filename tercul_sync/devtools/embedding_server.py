@@ -19,7 +19,6 @@ from typing import Any
 
 from tercul_sync.engine.embedding import LocalE5Embedder
 
-
 RATE_LIMIT_REQUESTS = 10_000
 RATE_LIMIT_TOKENS = 10_000_000
 

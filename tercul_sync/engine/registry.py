@@ -213,6 +213,26 @@ def relations_of_edge(source_table: str, relation: str) -> tuple[Relation, ...]:
     return tuple(r for r in RELATIONS if r.name == relation and entity(r.source).table == source_table)
 
 
+def sync_order() -> list[EntityType]:
+    """Entity types with every reference target before its sources (self-references aside)."""
+    done: list[EntityType] = []
+    pending = list(ENTITIES)
+    while pending:
+        ready = [
+            e
+            for e in pending
+            if all(
+                r.target in {d.collection for d in done} or r.target == e.collection
+                for r in relations_from(e.collection)
+            )
+        ]
+        if not ready:
+            raise ValueError(f"relations form a cycle among {[e.collection for e in pending]}")
+        done += ready
+        pending = [e for e in pending if e not in ready]
+    return done
+
+
 def edge_sources() -> list[EntityType]:
     """Entity types whose objects carry references, in name order."""
     return [entity(c) for c in sorted({r.source for r in RELATIONS})]

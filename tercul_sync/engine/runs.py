@@ -163,6 +163,8 @@ def run_entity(
     run = EntityRun(syncer.report, cursors=dict(previous))
     overlap = timedelta(seconds=ctx.settings.overlap_seconds)
     table = reading.table_for(e)
+    if mode == FULL and weaviate_client.count_objects(ctx.client, e.collection) == 0:
+        syncer.collection_was_empty = True  # a first sync: no stored hash to read
     for key, shard in shards.items():
         if mode == SWEEP:
             break
@@ -177,13 +179,40 @@ def run_entity(
             run.cursors[key] = new.to_json()
     # Rows removed outright leave no trace to follow: compare counts, sweep when they differ.
     live = reading.count_live(ctx.db, e)
-    if mode != INCREMENTAL or weaviate_client.count_objects(ctx.client, e.collection) != live:
+    if needs_sweep(
+        mode,
+        covers_all(shards),
+        syncer.report.write.failed,
+        weaviate_client.count_objects(ctx.client, e.collection),
+        live,
+    ):
         sweep = sweep_orphans(ctx.db, ctx.client, e, list(shards.values()))
         run.swept = True
         run.deleted += sweep.deleted
         add_sample(run.deleted_sample, sweep.sample_ids)
     run.object_count = weaviate_client.count_objects(ctx.client, e.collection)
     return run
+
+
+def covers_all(shards: Shards) -> bool:
+    """Whether ``shards`` are every shard of the table."""
+    values = list(shards.values())
+    return bool(values) and len({(s.index, s.count) for s in values}) == values[0].count
+
+
+def needs_sweep(mode: str, all_shards: bool, failed: int, objects: int, live_rows: int) -> bool:
+    """Whether the orphan sweep (a walk over every object id) must run after a step.
+
+    A sweep run always sweeps. After a full pass over every shard that failed
+    nowhere, every live row has its object, so the objects outnumber the live
+    rows exactly by the orphans: equal counts mean there are none. An
+    incremental run sweeps when the counts differ (rows removed outright).
+    """
+    if mode == SWEEP:
+        return True
+    if mode == FULL and (not all_shards or failed):
+        return True
+    return objects != live_rows
 
 
 def _incremental_shard(
@@ -250,6 +279,7 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
         return sum(s.report.write.gave_up for s in syncers.values())
 
     target_marks: dict[str, Any] | None = None
+    full_pass: set[str] | None = None  # full mode: the source types whose reference lists need the pass
     # Target tables are read whole, whatever the shard: each distinct cursor is read once per run.
     changed_targets: dict[tuple[str, str], list[tuple[int, Any, Any]]] = {}
     for key, shard in shards.items():
@@ -259,8 +289,11 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
             target_marks = target_marks or _target_high_water(ctx)
             edge_mark = high_water(ctx.db, reading.edges_table(), [shard], id_column="source_id")
             marks = {"edges": edge_mark.to_json(), **target_marks}
-            for s in syncers.values():
-                s.sync_shards([shard])
+            if full_pass is None:
+                full_pass = _collections_needing_full_pass(ctx, syncers, shards)
+                run.reconciled = sorted(full_pass)
+            for collection in sorted(full_pass):
+                syncers[collection].sync_shards([shard])
         else:
             marks = dict(cursors)
             edge_cursor = Cursor.from_json(cursors.get("edges")) or Cursor()
@@ -300,6 +333,28 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
     return run
 
 
+def _collections_needing_full_pass(
+    ctx: SyncContext, syncers: Mapping[str, ObjectSyncer], shards: Shards
+) -> set[str]:
+    """Source types whose objects must all be re-read to set their reference lists right.
+
+    The entity steps write every object whole with its references to targets
+    that exist, targets first; what they leave is references deferred because
+    the target was not written yet (a self-reference, a failed target), and
+    those only lower the count. So where the references Weaviate holds (the
+    sum of ``sync_ref_count``) equal the valid pairs in the database, every
+    list is already right and the pass is skipped. ``force`` or a subset of
+    shards always runs it.
+    """
+    if ctx.force or not covers_all(shards):
+        return set(syncers)
+    return {
+        c
+        for c in syncers
+        if weaviate_client.reference_total(ctx.client, c) != valid_reference_count(ctx.db, c)
+    }
+
+
 def edges_step(
     ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str, CursorJson]
 ) -> tuple[list[ObjectSyncReport], dict[str, Any]]:
@@ -316,6 +371,7 @@ def edges_step(
         "window": "all edges",
         "mode": mode,
         "edges_changed": run.edges_changed,
+        # full: the source types the count check sent through the pass; incremental: those it reconciled
         "reconciled_by_count_check": ", ".join(run.reconciled) or "none",
         "cursor_before": dict(previous),
         "cursor_after": run.cursors,

@@ -93,6 +93,8 @@ class ObjectSyncer:
         if self._embedder is not None:
             self.report.embeddings = self._embedder.stats
         self._rejected: list[tuple[int, str]] = []  # rows refused before writing (bad vectors)
+        # Set when the collection held no object as the step began (a first sync): nothing stored to compare.
+        self.collection_was_empty = False
 
     def sync_shards(self, shards: Iterable[reading.Shard]) -> ObjectSyncReport:
         pages = (
@@ -146,7 +148,9 @@ class ObjectSyncer:
         ]
         existing: set[str] | None = None
         fresh = objects
-        if not self.ctx.force:
+        if self.collection_was_empty:
+            existing = set()
+        elif not self.ctx.force:
             stored = weaviate_client.stored_hashes(
                 self.client, self.entity.collection, [o.uuid for o in objects]
             )
