@@ -72,3 +72,13 @@ def test_schema_problems_name_the_property():
     problems = schema_problems(work, props, {"authors": ["Tag"]}, registry.relations_from("Work"))
     assert any("Work.published_year is text" in p for p in problems)
     assert any("Work.authors references ['Tag']" in p for p in problems)
+
+
+def test_sync_order_puts_every_reference_target_before_its_sources():
+    from tercul_sync.engine.registry import RELATIONS, sync_order
+
+    order = [e.collection for e in sync_order()]
+    assert sorted(order) == sorted(e.collection for e in ENTITIES)
+    for r in RELATIONS:
+        if r.source != r.target:
+            assert order.index(r.target) < order.index(r.source), r

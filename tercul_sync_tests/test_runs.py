@@ -130,3 +130,28 @@ def test_summarize_fails_the_step_above_the_rule_and_says_if_a_retry_may_help(tm
         "Work", [_report("Work", 100, 70, failures, gave_up=30)], {}, RULE, tmp_path / "b.jsonl"
     )
     assert transient.failure is not None and transient.retryable
+
+
+@pytest.mark.parametrize(
+    ("mode", "all_shards", "failed", "objects", "live", "sweep"),
+    [
+        (SWEEP, True, 0, 10, 10, True),  # a sweep always sweeps
+        (FULL, True, 0, 10, 10, False),  # every live row has its object: equal counts, no orphan
+        (FULL, True, 0, 12, 10, True),  # two objects too many: orphans
+        (FULL, True, 1, 10, 10, True),  # a failed row may hide an orphan behind equal counts
+        (FULL, False, 0, 10, 10, True),  # other shards were not written in this step
+        (INCREMENTAL, True, 0, 10, 10, False),
+        (INCREMENTAL, True, 0, 11, 10, True),  # a row removed outright
+    ],
+)
+def test_the_orphan_sweep_runs_only_when_it_can_find_something(
+    mode, all_shards, failed, objects, live, sweep
+):
+    assert runs.needs_sweep(mode, all_shards, failed, objects, live) is sweep
+
+
+def test_covers_all_means_every_shard_of_the_table():
+    assert runs.covers_all({f"s{i}": Shard(i, 4) for i in range(4)})
+    assert not runs.covers_all({f"s{i}": Shard(i, 4) for i in range(3)})
+    assert runs.covers_all({"s0": Shard(0, 1)})
+    assert not runs.covers_all({})

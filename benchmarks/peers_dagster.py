@@ -1,0 +1,91 @@
+"""Where a ``dagster job execute`` run's seconds went, read back from its instance's event log.
+
+For each step: when its process was asked for (``STEP_WORKER_STARTING``),
+when it started (``STEP_START``, after the process and its resources were
+up), when it ended, the engine's own ``duration_s`` from its materializations
+and how often it was retried. For the run: command start to ``RUN_START``
+(the CLI importing the code location and setting up), the entity wave, the
+edges step, and ``RUN_SUCCESS`` to the command's exit.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from dagster import DagsterEventType, DagsterInstance
+
+RETRY_EVENTS = {DagsterEventType.STEP_UP_FOR_RETRY.value, DagsterEventType.STEP_RESTARTED.value}
+
+
+def _metadata_value(v: Any) -> Any:
+    return getattr(v, "value", v)
+
+
+def timeline(dagster_home: Path, command_started: float, command_seconds: float) -> dict[str, Any]:
+    """The newest run of the instance at ``dagster_home``, as seconds relative to the command's start."""
+    instance = DagsterInstance.from_config(str(dagster_home))
+    try:
+        run = instance.get_runs(limit=1)[0]
+        logs = instance.all_logs(run.run_id)
+    finally:
+        instance.dispose()
+    marks: dict[str, float] = {}
+    steps: dict[str, dict[str, Any]] = defaultdict(lambda: {"retries": 0, "engine_s": 0.0})
+    for entry in logs:
+        ev = entry.dagster_event
+        if ev is None:
+            continue
+        kind, at = ev.event_type_value, entry.timestamp - command_started
+        if entry.step_key is None:
+            marks.setdefault(kind, at)
+            continue
+        s = steps[entry.step_key]
+        if kind == DagsterEventType.STEP_WORKER_STARTING.value:
+            s.setdefault("asked", at)
+        elif kind == DagsterEventType.STEP_START.value:
+            s["start"] = at  # the last start wins: a retried step starts again
+        elif kind in (DagsterEventType.STEP_SUCCESS.value, DagsterEventType.STEP_FAILURE.value):
+            s["end"], s["outcome"] = at, kind
+        elif kind in RETRY_EVENTS:
+            s["retries"] += kind == DagsterEventType.STEP_UP_FOR_RETRY.value
+        elif kind == DagsterEventType.ASSET_MATERIALIZATION.value:
+            md = ev.event_specific_data.materialization.metadata  # type: ignore[union-attr]
+            if "duration_s" in md:
+                s["engine_s"] += float(_metadata_value(md["duration_s"]))
+    rows = []
+    for key, s in sorted(steps.items(), key=lambda kv: kv[1].get("asked", kv[1].get("start", 0))):
+        start, end = s.get("start"), s.get("end")
+        rows.append(
+            {
+                "step": key,
+                "asked_at": s.get("asked"),
+                "started_at": start,
+                "ended_at": end,
+                "process_start_s": (start - s["asked"]) if start is not None and "asked" in s else None,
+                "step_s": (end - start) if start is not None and end is not None else None,
+                "engine_s": s["engine_s"],
+                "retries": s["retries"],
+                "outcome": s.get("outcome", "").replace("STEP_", "").lower(),
+            }
+        )
+    entity = [r for r in rows if r["step"] != "edges" and r["ended_at"] is not None]
+    edges = next((r for r in rows if r["step"] == "edges"), None)
+    run_start = marks.get(DagsterEventType.RUN_START.value)
+    run_end = marks.get(DagsterEventType.RUN_SUCCESS.value, marks.get(DagsterEventType.RUN_FAILURE.value))
+    return {
+        "run_id": run.run_id,
+        "status": str(run.status.value),
+        "steps": rows,
+        "command_s": command_seconds,
+        "to_run_start_s": run_start,
+        "entity_wave_s": (max(r["ended_at"] for r in entity) - min(r["asked_at"] or 0 for r in entity))
+        if entity
+        else None,
+        "edges_s": (edges["ended_at"] - edges["asked_at"]) if edges and edges["ended_at"] else None,
+        "after_run_end_s": (command_seconds - run_end) if run_end is not None else None,
+        "retries": sum(r["retries"] for r in rows),
+        "engine_s_total": sum(r["engine_s"] for r in rows),
+        "step_s_total": sum(r["step_s"] or 0 for r in rows),
+    }
