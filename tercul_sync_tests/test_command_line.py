@@ -110,7 +110,7 @@ def test_demo_front_door_prints_a_summary(tmp_path, weaviate_server_proc, weavia
     assert "run status: SUCCESS" in out
     first_work = next(line for line in out.splitlines() if line.startswith("Work "))
     assert int(first_work.split()[5].replace(",", "")) > 0  # texts embedded by the local model
-    hits = out.split('search: tercul-sync search "winter river"')[1].strip().splitlines()
+    hits = out.split('search: tercul-sync search "winter river" --limit 5\n')[1].strip().splitlines()
     assert hits and hits[0].lstrip().startswith("1."), out
     again = _run([str(BIN / "tercul-sync"), "demo"], env).stdout
     work_line = next(line for line in again.splitlines() if line.startswith("Work "))

@@ -165,3 +165,13 @@ def test_docs_configuration_md_holds_exactly_the_generated_table():
         difflib.unified_diff(shown, generated, "docs/configuration.md", "configuration_table()", lineterm="")
     )
     assert shown == generated, f"regenerate it with `tercul-sync config-docs`:\n{diff}"
+
+
+def test_a_url_with_credentials_is_masked_in_the_error():
+    with pytest.raises(SettingError) as info:
+        load_settings({"WEAVIATE_URL": "http://admin:s3cret-pw@host:8080/not/a/base"})
+    assert (
+        "WEAVIATE_URL" in str(info.value)
+        and "s3cret-pw" not in str(info.value)
+        and "//***@host" in str(info.value)
+    )

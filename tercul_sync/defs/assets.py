@@ -232,29 +232,16 @@ def build_edges_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETR
     ) -> dg.MaterializeResult:
         mode = _mode(context, config.mode, runs.EDGE_MODES)
         before = _previous_cursors(context, EDGES_ASSET)
+        work: Callable[[SyncContext, dict[str, Any]], tuple[list[ObjectSyncReport], dict[str, Any]]]
         if config.batch_size is None:
-            return _step(
-                context,
-                EDGES_ASSET,
-                weaviate,
-                tercul_db,
-                sync_settings,
-                config.force,
-                lambda ctx, s: runs.edges_step(ctx, s, mode, before),
-            )
-        try:
-            window = EdgeWindow(config.batch_size, config.offset)
-        except ValueError as exc:
-            raise _no_retry(exc) from exc
-        return _step(
-            context,
-            EDGES_ASSET,
-            weaviate,
-            tercul_db,
-            sync_settings,
-            config.force,
-            lambda ctx, s: runs.edge_window_step(ctx, s, window, before),
-        )
+            work = lambda ctx, s: runs.edges_step(ctx, s, mode, before)  # noqa: E731
+        else:
+            try:
+                window = EdgeWindow(config.batch_size, config.offset)
+            except ValueError as exc:
+                raise _no_retry(exc) from exc
+            work = lambda ctx, s: runs.edge_window_step(ctx, s, window, before)  # noqa: E731
+        return _step(context, EDGES_ASSET, weaviate, tercul_db, sync_settings, config.force, work)
 
     return edges
 

@@ -28,7 +28,7 @@ from tenacity import (
 )
 
 from tercul_sync.engine.errors import describe, is_transient_error, is_transient_message
-from tercul_sync.engine.reports import MAX_SAMPLE, ItemFailure
+from tercul_sync.engine.reports import MAX_SAMPLE, ItemFailure, add_counts
 from tercul_sync.engine.settings import RetrySettings
 
 T = TypeVar("T")
@@ -50,14 +50,7 @@ class WriteReport:
     failures: list[ItemFailure] = field(default_factory=list)
 
     def merge(self, other: WriteReport) -> None:
-        self.items += other.items
-        self.written += other.written
-        self.failed += other.failed
-        self.gave_up += other.gave_up
-        self.batches += other.batches
-        self.failed_batches += other.failed_batches
-        self.retried_batches += other.retried_batches
-        self.failures.extend(other.failures)
+        add_counts(self, other)
 
     def sample(self, n: int = MAX_SAMPLE) -> list[dict[str, object]]:
         return [{"id": f.key, "batch": f.batch, "error": f.message} for f in self.failures[:n]]

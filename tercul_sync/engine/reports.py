@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 MAX_SAMPLE = 20  # ids (or failures) kept per kind in metadata; the report file has them all
+
+
+def add_counts(target: Any, other: Any) -> None:
+    """Add ``other``'s numeric fields to ``target``'s and extend its list fields (two of one dataclass)."""
+    for f in fields(target):
+        mine, theirs = getattr(target, f.name), getattr(other, f.name)
+        if isinstance(mine, list):
+            mine.extend(theirs)
+        elif isinstance(mine, int | float):
+            setattr(target, f.name, mine + theirs)
 
 
 def add_sample(sample: list[Hashable], items: Iterable[Hashable]) -> None:

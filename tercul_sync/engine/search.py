@@ -3,7 +3,7 @@
 In ``client`` mode the query is embedded here with the same embedder as the
 objects (e5's ``query:`` prefix for the local model) and compared with every
 named vector of a collection; in ``weaviate`` mode the server's module embeds
-it. Hits of several collections are merged by score. Works also show their
+it. Hits of several collections are merged by rank, then score. Works also show their
 authors' names, read through the ``authors`` references.
 """
 
@@ -101,9 +101,14 @@ def search(
 ) -> list[Hit]:
     """The best ``limit`` hits over ``entities``, by score."""
     query_vector = embedder.embed_query(query) if embedder is not None else None
-    hits = [
-        h
+    # Hybrid scores are normalised within each collection's result, so they do not compare across
+    # collections: hits are merged by rank (every collection's first, then every second, ...), and by
+    # score within a rank.
+    ranked = [
+        (rank, h)
         for e in entities
-        for h in search_collection(client, e, query, limit, alpha, query_vector, keyword_only)
+        for rank, h in enumerate(
+            search_collection(client, e, query, limit, alpha, query_vector, keyword_only)
+        )
     ]
-    return sorted(hits, key=lambda h: h.score, reverse=True)[:limit]
+    return [h for _, h in sorted(ranked, key=lambda rh: (rh[0], -rh[1].score))][:limit]

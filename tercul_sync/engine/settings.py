@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,7 +281,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else ""
             variable = env_name(field) if field in Settings.model_fields else field
-            shown = "(hidden)" if _is_secret(field) else repr(err.get("input"))
+            shown = "(hidden)" if _is_secret(field) else repr(_without_credentials(err.get("input")))
             problems.append(f"{variable} {err['msg'].lower()}, got {shown}")
         raise SettingError("; ".join(problems)) from None
 
@@ -293,6 +294,11 @@ def _parse(field: str, raw: str) -> Any:
         except json.JSONDecodeError as exc:
             raise SettingError(f"{env_name(field)} must be JSON: {exc}") from None
     return raw
+
+
+def _without_credentials(value: object) -> object:
+    """A URL's ``user:password@`` masked, for error messages (any other value as it is)."""
+    return re.sub(r"//[^/@\s]*@", "//***@", value) if isinstance(value, str) else value
 
 
 def _is_secret(field: str) -> bool:
