@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine, RowMapping
 
 from tercul_sync.engine import reading
 from tercul_sync.engine.objects import as_utc
-from tercul_sync.engine.registry import EntityType, entity, relations_from, relations_to
+from tercul_sync.engine.registry import EntityType, Relation, entity, relations_from, relations_to
 
 ID_CHUNK = 5_000  # ids per IN (...) list
 
@@ -201,6 +201,26 @@ def sources_pointing_at(
     return out
 
 
+def _valid_pairs(rel: Relation) -> sa.Subquery:
+    """Distinct (source id, target id) pairs of live edges of ``rel`` between live rows."""
+    edges = reading.edges_table()
+    src, tgt = entity(rel.source), entity(rel.target)
+    s, t = reading.table_for(src).alias("s"), reading.table_for(tgt).alias("t")
+    return (
+        sa.select(edges.c.source_id, edges.c.target_id)
+        .join(s, s.c.id == edges.c.source_id)
+        .join(t, t.c.id == edges.c.target_id)
+        .where(
+            edges.c.deleted_at.is_(None),
+            reading.relation_clause(edges, rel),
+            s.c[src.soft_delete_column].is_(None),
+            t.c[tgt.soft_delete_column].is_(None),
+        )
+        .distinct()
+        .subquery()
+    )
+
+
 def valid_reference_count(engine: Engine, collection: str) -> int:
     """Distinct (source, relation, target) pairs of live edges between live rows, for one source collection.
 
@@ -208,24 +228,20 @@ def valid_reference_count(engine: Engine, collection: str) -> int:
     it tells, without reading every object, whether references were lost or
     left behind by changes no cursor sees (hard-deleted edges or targets).
     """
-    edges = reading.edges_table()
-    total = 0
+    with engine.connect() as conn:
+        return sum(
+            int(conn.execute(sa.select(sa.func.count()).select_from(_valid_pairs(rel))).scalar_one())
+            for rel in relations_from(collection)
+        )
+
+
+def valid_reference_counts(engine: Engine, collection: str) -> dict[int, int]:
+    """``{source id: references it should carry}`` for the sources of ``collection`` that have any."""
+    out: dict[int, int] = {}
     with engine.connect() as conn:
         for rel in relations_from(collection):
-            src, tgt = entity(rel.source), entity(rel.target)
-            s, t = reading.table_for(src).alias("s"), reading.table_for(tgt).alias("t")
-            pairs = (
-                sa.select(edges.c.source_id, edges.c.target_id)
-                .join(s, s.c.id == edges.c.source_id)
-                .join(t, t.c.id == edges.c.target_id)
-                .where(
-                    edges.c.deleted_at.is_(None),
-                    reading.relation_clause(edges, rel),
-                    s.c[src.soft_delete_column].is_(None),
-                    t.c[tgt.soft_delete_column].is_(None),
-                )
-                .distinct()
-                .subquery()
-            )
-            total += int(conn.execute(sa.select(sa.func.count()).select_from(pairs)).scalar_one())
-    return total
+            pairs = _valid_pairs(rel)
+            q = sa.select(pairs.c.source_id, sa.func.count()).group_by(pairs.c.source_id)
+            for source_id, n in conn.execute(q):
+                out[source_id] = out.get(source_id, 0) + int(n)
+    return out

@@ -29,6 +29,7 @@ from tercul_sync.engine.changes import (
     soft_deleted_since,
     sources_pointing_at,
     valid_reference_count,
+    valid_reference_counts,
 )
 from tercul_sync.engine.embedding import EmbedStats
 from tercul_sync.engine.registry import EntityType, edge_sources, edge_targets, entity, object_uuid
@@ -279,7 +280,6 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
         return sum(s.report.write.gave_up for s in syncers.values())
 
     target_marks: dict[str, Any] | None = None
-    full_pass: set[str] | None = None  # full mode: the source types whose reference lists need the pass
     # Target tables are read whole, whatever the shard: each distinct cursor is read once per run.
     changed_targets: dict[tuple[str, str], list[tuple[int, Any, Any]]] = {}
     for key, shard in shards.items():
@@ -289,11 +289,9 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
             target_marks = target_marks or _target_high_water(ctx)
             edge_mark = high_water(ctx.db, reading.edges_table(), [shard], id_column="source_id")
             marks = {"edges": edge_mark.to_json(), **target_marks}
-            if full_pass is None:
-                full_pass = _collections_needing_full_pass(ctx, syncers, shards)
-                run.reconciled = sorted(full_pass)
-            for collection in sorted(full_pass):
-                syncers[collection].sync_shards([shard])
+            if ctx.force or not covers_all(shards):
+                for s in syncers.values():
+                    s.sync_shards([shard])
         else:
             marks = dict(cursors)
             edge_cursor = Cursor.from_json(cursors.get("edges")) or Cursor()
@@ -323,36 +321,36 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
                 syncers[collection].sync_ids(sorted(ids))
         if gave_up() == before:
             run.cursors[key] = marks
-    if mode == INCREMENTAL:
+    if not (mode == FULL and (ctx.force or not covers_all(shards))):
         for collection, s in syncers.items():
-            if weaviate_client.reference_total(ctx.client, collection) != valid_reference_count(
-                ctx.db, collection
-            ):
-                s.sync_shards(list(shards.values()))
-                run.reconciled.append(collection)
+            wrong = _sources_with_wrong_references(ctx, collection, list(shards.values()))
+            if wrong:
+                s.sync_ids(wrong)
+                run.reconciled.append(f"{collection} ({len(wrong)})")
     return run
 
 
-def _collections_needing_full_pass(
-    ctx: SyncContext, syncers: Mapping[str, ObjectSyncer], shards: Shards
-) -> set[str]:
-    """Source types whose objects must all be re-read to set their reference lists right.
+def _sources_with_wrong_references(
+    ctx: SyncContext, collection: str, shards: list[reading.Shard]
+) -> list[int]:
+    """Sources in ``shards`` whose object carries another number of references than the database says.
 
-    The entity steps write every object whole with its references to targets
-    that exist, targets first; what they leave is references deferred because
-    the target was not written yet (a self-reference, a failed target), and
-    those only lower the count. So where the references Weaviate holds (the
-    sum of ``sync_ref_count``) equal the valid pairs in the database, every
-    list is already right and the pass is skipped. ``force`` or a subset of
-    shards always runs it.
+    The entity steps write every object whole, with its references to targets
+    that exist, targets first. What they cannot see: references deferred
+    because the target was not written yet (a self-reference, a failed
+    target), and references left on objects by targets or edges removed
+    outright, which no cursor shows. Both change a source's count. One
+    aggregate on each side tells whether anything is off; only then are the
+    counts compared source by source (two small columns, not the objects),
+    and only the sources that differ are rewritten.
     """
-    if ctx.force or not covers_all(shards):
-        return set(syncers)
-    return {
-        c
-        for c in syncers
-        if weaviate_client.reference_total(ctx.client, c) != valid_reference_count(ctx.db, c)
-    }
+    if weaviate_client.reference_total(ctx.client, collection) == valid_reference_count(ctx.db, collection):
+        return []
+    expected = valid_reference_counts(ctx.db, collection)
+    stored = weaviate_client.stored_reference_counts(ctx.client, collection)
+    return sorted(
+        sid for sid, n in stored.items() if expected.get(sid, 0) != n and reading.in_shards(sid, shards)
+    )
 
 
 def edges_step(
@@ -371,7 +369,7 @@ def edges_step(
         "window": "all edges",
         "mode": mode,
         "edges_changed": run.edges_changed,
-        # full: the source types the count check sent through the pass; incremental: those it reconciled
+        # the source types whose reference counts were off, with how many sources were rewritten
         "reconciled_by_count_check": ", ".join(run.reconciled) or "none",
         "cursor_before": dict(previous),
         "cursor_after": run.cursors,

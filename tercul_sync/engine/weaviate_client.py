@@ -192,18 +192,27 @@ def stored_vectors(
     return out
 
 
-@retry_transient
-def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[int, str]:
-    """``{source_id: uuid}`` of every object in ``collection`` (a cursor walk, no offset limit)."""
-    out: dict[int, str] = {}
+def _walk(client: weaviate.WeaviateClient, collection: str, prop: str) -> Iterator[tuple[int, str, object]]:
+    """``(source_id, uuid, prop's value)`` of every object (a cursor walk, no offset limit)."""
     for obj in client.collections.use(collection).iterator(
-        return_properties=[SOURCE_ID_PROPERTY], cache_size=5_000
+        return_properties=[SOURCE_ID_PROPERTY, prop], cache_size=5_000
     ):
         sid = obj.properties.get(SOURCE_ID_PROPERTY)
         if sid is not None:
             # An INT property: the client types property values as the union of every kind.
-            out[int(cast("int", sid))] = str(obj.uuid)
-    return out
+            yield int(cast("int", sid)), str(obj.uuid), obj.properties.get(prop)
+
+
+@retry_transient
+def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[int, str]:
+    """``{source_id: uuid}`` of every object in ``collection``."""
+    return {sid: uuid for sid, uuid, _ in _walk(client, collection, SOURCE_ID_PROPERTY)}
+
+
+@retry_transient
+def stored_reference_counts(client: weaviate.WeaviateClient, collection: str) -> dict[int, int]:
+    """``{source_id: references the object carries}`` (its ``sync_ref_count``) of every object."""
+    return {sid: int(cast("int", n or 0)) for sid, _, n in _walk(client, collection, REF_COUNT_PROPERTY)}
 
 
 @retry_transient
