@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from tercul_sync.definitions import defs
-from tercul_sync.defs.assets import CHECK_NAME, EDGES_ASSET, MODE_TAG, build_assets
+from tercul_sync.defs.assets import CHECK_NAME, EDGES_ASSET, MODE_TAG, PASSAGES_ASSET, build_assets
 from tercul_sync.defs.jobs import ALL_SHARDS_TAGS
 from tercul_sync.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, shard_from_key, shard_keys
 from tercul_sync.defs.resources import SETTINGS, SyncSettings, WeaviateResource, resources_from
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_KEYS = shard_keys(SETTINGS.shards)
-ALL_ASSETS = {e.collection for e in ENTITIES} | {EDGES_ASSET}
+ALL_ASSETS = {e.collection for e in ENTITIES} | {EDGES_ASSET, PASSAGES_ASSET}
 
 
 def _clean_env(**extra: str) -> dict[str, str]:

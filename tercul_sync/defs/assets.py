@@ -18,13 +18,15 @@ from tercul_sync.defs.partitions import shard_from_key, shard_partitions
 from tercul_sync.defs.resources import SETTINGS, SyncSettings, TerculDatabase, WeaviateResource
 from tercul_sync.engine import runs
 from tercul_sync.engine.edges import EdgeWindow
-from tercul_sync.engine.registry import ENTITIES, RELATIONS, EntityType
+from tercul_sync.engine.passages import passages_metadata
+from tercul_sync.engine.registry import ENTITIES, PASSAGE_COLLECTION, RELATIONS, EntityType, passage_parents
 from tercul_sync.engine.reports import FailureRule
 from tercul_sync.engine.weaviate_schema import SchemaMismatchError, ensure_schema
 from tercul_sync.engine.writing import ObjectSyncReport, SyncContext
 
 GROUP = "tercul"
 EDGES_ASSET = "edges"
+PASSAGES_ASSET = "passages"
 CHECK_NAME = "no_failed_objects"
 VECTOR_CHECK = "vectors_present"
 MODE_TAG = "tercul_sync/mode"
@@ -246,9 +248,55 @@ def build_edges_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETR
     return edges
 
 
+def build_passages_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY) -> dg.AssetsDefinition:
+    parents = [e.collection for e in passage_parents()]
+
+    @dg.asset(
+        name=PASSAGES_ASSET,
+        group_name=GROUP,
+        kinds={"weaviate", "sql"},
+        description=f"Long texts of {', '.join(parents)} as passages, objects of `{PASSAGE_COLLECTION}`.",
+        partitions_def=shard_partitions(shard_count),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="tercul_sync/passages",
+        retry_policy=retry_policy,
+        deps=[dg.AssetDep(p, partition_mapping=dg.AllPartitionMapping()) for p in parents],
+        check_specs=[
+            dg.AssetCheckSpec(
+                CHECK_NAME, asset=PASSAGES_ASSET, description="Every passage landed in Weaviate."
+            ),
+            dg.AssetCheckSpec(VECTOR_CHECK, asset=PASSAGES_ASSET, description=VECTOR_CHECK_TEXT),
+        ],
+    )
+    def passages(
+        context: dg.AssetExecutionContext,
+        config: EntitySyncConfig,
+        weaviate: WeaviateResource,
+        tercul_db: TerculDatabase,
+        sync_settings: SyncSettings,
+    ) -> dg.MaterializeResult:
+        mode = _mode(context, config.mode, runs.ENTITY_MODES)
+        before = _previous_cursors(context, PASSAGES_ASSET)
+
+        def work(ctx: SyncContext, shards: dict[str, Any]) -> tuple[list[ObjectSyncReport], dict[str, Any]]:
+            report, cursors = runs.run_passages(ctx, shards, mode, before)
+            meta = {
+                **passages_metadata(report),
+                "mode": mode,
+                "cursor_before": before,
+                "cursor_after": cursors,
+            }
+            return [report.as_sync_report()], meta
+
+        return _step(context, PASSAGES_ASSET, weaviate, tercul_db, sync_settings, config.force, work)
+
+    return passages
+
+
 def build_assets(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY) -> list[dg.AssetsDefinition]:
     entities = [build_entity_asset(e, shard_count, retry_policy) for e in ENTITIES]
-    return [*entities, build_edges_asset(shard_count, retry_policy)]
+    extra = [build_passages_asset(shard_count, retry_policy)] if passage_parents() else []
+    return [*entities, build_edges_asset(shard_count, retry_policy), *extra]
 
 
 # The location's assets, one partition per configured shard (TERCUL_SYNC_SHARDS).

@@ -169,7 +169,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     if k in env
                 }
             )
-            _cmd_search(argparse.Namespace(query=query, type=None, limit=5, alpha=0.5, json=False))
+            _cmd_search(
+                argparse.Namespace(query=query, type=None, limit=5, alpha=0.5, json=False, passages=False)
+            )
         return proc.returncode
     finally:
         if server is not None:
@@ -183,7 +185,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from tercul_sync.engine import weaviate_client
     from tercul_sync.engine.embedding import make_embedder
     from tercul_sync.engine.registry import ENTITIES, entity
-    from tercul_sync.engine.search import search
+    from tercul_sync.engine.search import search, search_passages
 
     settings = load_settings()
     entities = [entity(args.type)] if args.type else list(ENTITIES)
@@ -194,7 +196,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     try:
         embedder = make_embedder(settings) if settings.vectorizer == "client" else None
         keyword_only = settings.vectorizer not in ("client", "weaviate")
-        hits = search(client, entities, args.query, args.limit, args.alpha, embedder, keyword_only)
+        if args.passages:
+            hits = search_passages(client, args.query, args.limit, args.alpha, embedder, keyword_only)
+        else:
+            hits = search(client, entities, args.query, args.limit, args.alpha, embedder, keyword_only)
     finally:
         client.close()
     if args.json:
@@ -203,6 +208,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     for n, h in enumerate(hits, 1):
         by = f"  by {', '.join(h.authors)}" if h.authors else ""
         print(f"{n:>2}. {h.score:6.3f}  {h.collection:<11} {h.source_id:>8}  {h.title[:70]}{by}")
+        if h.passage is not None:
+            print(f"      passage {h.position}: {' '.join(h.passage.split())[:160]}")
     if not hits:
         print("no hits")
     return 0
@@ -267,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--alpha", type=float, default=0.5, help="0: keywords only, 1: vectors only")
     p.add_argument("--json", action="store_true", help="a JSON list of hits")
+    p.add_argument(
+        "--passages", action="store_true", help="search passages of long texts; show each hit's parent"
+    )
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser(

@@ -31,6 +31,8 @@ class ObjectWrite:
     properties: dict[str, Any]
     references: dict[str, list[str]] = field(default_factory=dict)
     vectors: dict[str, list[float]] = field(default_factory=dict)
+    # reference properties that may point at several collections: {property: the target's collection}
+    reference_collections: dict[str, str] = field(default_factory=dict)
 
     @property
     def size(self) -> int:

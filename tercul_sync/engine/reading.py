@@ -227,6 +227,15 @@ def count_live(engine: Engine, e: EntityType) -> int:
         return int(conn.execute(q).scalar_one())
 
 
+def count_live_with_text(engine: Engine, e: EntityType, columns: Sequence[str]) -> int:
+    """Live rows of ``e`` with something besides whitespace in any of ``columns``."""
+    t = table_for(e)
+    has_text = sa.or_(*(sa.func.length(sa.func.trim(t.c[c])) > 0 for c in columns))
+    q = sa.select(sa.func.count()).select_from(t).where(t.c[e.soft_delete_column].is_(None), has_text)
+    with engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
+
+
 def safe_url(url: str) -> str:
     """The database URL with any password masked, for logs and metadata."""
     return sa.engine.make_url(url).render_as_string(hide_password=True)

@@ -45,6 +45,21 @@ class VectorSpec:
 
 
 @dataclass(frozen=True)
+class PassageSpec:
+    """A long text property split into passages (``engine/chunking.py``), each an object of ``Passage``.
+
+    ``language`` names the parent property copied as the passage's language;
+    ``copied`` the parent properties copied for filtering.
+    """
+
+    property: str
+    language: str
+    copied: tuple[str, ...] = ()
+    max_chars: int = 1000
+    overlap_chars: int = 150
+
+
+@dataclass(frozen=True)
 class EntityType:
     """One Tercul table and the Weaviate collection that mirrors it."""
 
@@ -52,6 +67,7 @@ class EntityType:
     table: str
     columns: tuple[Column, ...]
     vectors: tuple[VectorSpec, ...] = ()
+    passages: tuple[PassageSpec, ...] = ()
     soft_delete_column: str = "deleted_at"
 
     @property
@@ -127,6 +143,7 @@ ENTITIES: tuple[EntityType, ...] = (
             Column("is_public_domain", Kind.BOOL),
         ),
         (VectorSpec("title", ("title", "summary")), VectorSpec("body", ("body",))),
+        (PassageSpec("body", language="original_language", copied=("is_public_domain",)),),
     ),
     EntityType(
         "Translation",
@@ -141,6 +158,7 @@ ENTITIES: tuple[EntityType, ...] = (
             Column("published_at", Kind.TIMESTAMP),
         ),
         (VectorSpec("text", ("title", "body")),),
+        (PassageSpec("body", language="language", copied=("work_id",)),),
     ),
     EntityType(
         "Book",
@@ -186,6 +204,7 @@ RELATIONS: tuple[Relation, ...] = (
 )
 
 EDGES_TABLE = "edges"
+PASSAGE_COLLECTION = "Passage"  # one object per passage of a long text (see PassageSpec)
 
 _BY_COLLECTION = {e.collection: e for e in ENTITIES}
 
@@ -243,6 +262,37 @@ def edge_targets() -> list[EntityType]:
     return [entity(c) for c in sorted({r.target for r in RELATIONS})]
 
 
+def passage_parents() -> list[EntityType]:
+    """Entity types whose long texts are split into passages."""
+    return [e for e in ENTITIES if e.passages]
+
+
+def _passage_columns() -> tuple[Column, ...]:
+    copied: dict[str, Column] = {}
+    for e in passage_parents():
+        by_name = {c.name: c for c in e.columns}
+        for spec in e.passages:
+            copied.update({name: by_name[name] for name in spec.copied})
+    return (
+        _text("parent_collection", nullable=False),
+        _bigint("parent_id"),
+        _text("parent_key", nullable=False),
+        _text("property", nullable=False),
+        _int("position"),
+        _text("text", nullable=False),
+        _varchar("language", 8),
+        *(Column(c.name, c.kind, length=c.length) for c in copied.values()),
+    )
+
+
+# The Passage collection, described like an entity type so that the schema code serves it too
+# (it has no table: its objects come from the parents' long texts).
+PASSAGE = EntityType(
+    PASSAGE_COLLECTION, "", _passage_columns(), (VectorSpec("text", ("text",)),), soft_delete_column=""
+)
+PASSAGE_PARENT_REFERENCE = "parent"
+
+
 def validate_registry(
     entities: tuple[EntityType, ...] = ENTITIES, relations: tuple[Relation, ...] = RELATIONS
 ) -> None:
@@ -262,6 +312,11 @@ def validate_registry(
         vector_names = [v.name for v in e.vectors]
         if len(set(vector_names)) != len(vector_names):
             raise ValueError(f"{e.collection}: duplicate vector names {vector_names}")
+        columns = {c.name for c in e.columns}
+        for ps in e.passages:
+            needed = [ps.property, ps.language, *ps.copied]
+            if ps.property not in text_columns or any(n not in columns for n in needed):
+                raise ValueError(f"{e.collection} passages: unknown or non-text columns in {needed}")
         for v in e.vectors:
             unknown = [p for p in v.source_properties if p not in text_columns]
             if not v.source_properties or unknown:

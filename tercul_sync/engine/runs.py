@@ -32,7 +32,15 @@ from tercul_sync.engine.changes import (
     valid_reference_counts,
 )
 from tercul_sync.engine.embedding import EmbedStats
-from tercul_sync.engine.registry import EntityType, edge_sources, edge_targets, entity, object_uuid
+from tercul_sync.engine.passages import PassageReport, PassageSyncer
+from tercul_sync.engine.registry import (
+    EntityType,
+    edge_sources,
+    edge_targets,
+    entity,
+    object_uuid,
+    passage_parents,
+)
 from tercul_sync.engine.reports import MAX_SAMPLE, FailureRule, ReasonLog, add_sample, write_failure_report
 from tercul_sync.engine.writing import ObjectSyncer, ObjectSyncReport, SyncContext, sweep_orphans
 
@@ -393,6 +401,59 @@ def edge_window_step(
         "window_edge_rows": len(rows),
         "cursor_after": dict(previous),
     }
+
+
+# --- the passages step -------------------------------------------------------------------
+
+
+def run_passages(
+    ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str, CursorJson]
+) -> tuple[PassageReport, dict[str, CursorJson]]:
+    """Passages of every parent type's long texts over ``shards``: full, incremental or sweep.
+
+    Cursors are per shard and per parent table (``{shard: {table: cursor}}``).
+    Full and sweep runs end with a sweep of passages whose parent is gone; an
+    incremental run sweeps when the parents with passages and the live parents
+    with text differ in number (rows removed outright).
+    """
+    syncer = PassageSyncer(ctx)
+    overlap = timedelta(seconds=ctx.settings.overlap_seconds)
+    cursors: dict[str, CursorJson] = dict(previous)
+    for key, shard in shards.items():
+        if mode == SWEEP:
+            break
+        before = syncer.report.write.gave_up
+        marks = dict(previous.get(key) or {})
+        for e in passage_parents():
+            cursor = Cursor.from_json(marks.get(e.table))
+            if mode == FULL or cursor is None:
+                new = high_water(ctx.db, reading.table_for(e), [shard])
+                for page in reading.iter_live_pages(ctx.db, e, shard, ctx.settings.batch_size):
+                    syncer.sync_rows(e, page)
+            else:
+                new = cursor
+                for page in iter_changed_pages(ctx.db, e, [shard], cursor, overlap, ctx.settings.batch_size):
+                    syncer.sync_rows(e, [r for r in page if r[e.soft_delete_column] is None])
+                    syncer.delete_parents(e, [r["id"] for r in page if r[e.soft_delete_column] is not None])
+                    for r in page:
+                        new = new.advanced(r["updated_at"], r["id"], r[e.soft_delete_column])
+                gone = soft_deleted_since(ctx.db, e, [shard], cursor, overlap)
+                syncer.delete_parents(e, [i for i, _ in gone])
+                for row_id, deleted_at in gone:
+                    new = new.advanced(None, row_id, deleted_at)
+            marks[e.table] = new.to_json()
+        if syncer.report.write.gave_up == before:
+            cursors[key] = marks
+    for e in passage_parents():
+        if mode != INCREMENTAL or _passage_parents_differ(ctx, e):
+            syncer.sweep(e, list(shards.values()))
+    return syncer.report, cursors
+
+
+def _passage_parents_differ(ctx: SyncContext, e: EntityType) -> bool:
+    """Whether the parents holding passage 0 and the live rows with text differ in number."""
+    with_text = reading.count_live_with_text(ctx.db, e, [spec.property for spec in e.passages])
+    return weaviate_client.count_first_passages(ctx.client, e.collection) != with_text
 
 
 def resolve_mode(configured: str | None, tagged: str | None, allowed: tuple[str, ...]) -> str:

@@ -10,14 +10,22 @@ authors' names, read through the ``authors`` references.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 import weaviate
-from weaviate.classes.query import MetadataQuery, QueryReference
+from weaviate.classes.query import Filter, MetadataQuery, QueryReference
 
 from tercul_sync.engine.embedding import Embedder
-from tercul_sync.engine.registry import SOURCE_ID_PROPERTY, EntityType, relations_from
+from tercul_sync.engine.registry import (
+    PASSAGE,
+    PASSAGE_COLLECTION,
+    SOURCE_ID_PROPERTY,
+    EntityType,
+    entity,
+    object_uuid,
+    relations_from,
+)
 
 TITLE_PROPERTIES = ("title", "name")
 
@@ -29,12 +37,14 @@ class Hit:
     score: float
     title: str
     authors: list[str] = field(default_factory=list)
+    passage: str | None = None  # passage searches: the matching passage's text and position
+    position: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _title(e: EntityType, props: Mapping[str, Any]) -> str:
+def _title(props: Mapping[str, Any]) -> str:
     for name in TITLE_PROPERTIES:
         if props.get(name):
             return str(props[name])
@@ -83,7 +93,7 @@ def search_collection(
                 # An INT property: the client types property values as the union of every kind.
                 source_id=int(cast("int | None", o.properties.get(SOURCE_ID_PROPERTY)) or 0),
                 score=float(o.metadata.score or 0.0),
-                title=_title(e, o.properties),
+                title=_title(o.properties),
                 authors=names_of_authors,
             )
         )
@@ -112,3 +122,72 @@ def search(
         )
     ]
     return [h for _, h in sorted(ranked, key=lambda rh: (rh[0], -rh[1].score))][:limit]
+
+
+def search_passages(
+    client: weaviate.WeaviateClient,
+    query: str,
+    limit: int = 10,
+    alpha: float = 0.5,
+    embedder: Embedder | None = None,
+    keyword_only: bool = False,
+) -> list[Hit]:
+    """The passages that match best, each with its parent work or translation (one hit per parent)."""
+    names = [] if keyword_only else [v.name for v in PASSAGE.vectors]
+    vector: Any = None
+    if embedder is not None and names:
+        vector = {n: embedder.embed_query(query) for n in names}
+    col = client.collections.use(PASSAGE_COLLECTION)
+    metadata = MetadataQuery(score=True)
+    if keyword_only:
+        result = col.query.bm25(query=query, limit=limit * 3, return_metadata=metadata)
+    else:
+        result = col.query.hybrid(
+            query=query,
+            alpha=alpha,
+            vector=vector,
+            target_vector=names or None,
+            limit=limit * 3,
+            return_metadata=metadata,
+        )
+    hits: dict[tuple[str, int], Hit] = {}
+    for o in result.objects:
+        props = o.properties
+        key = (str(props.get("parent_collection")), int(cast("int", props.get("parent_id") or 0)))
+        if key in hits:
+            continue  # the best passage of each parent
+        hits[key] = Hit(
+            collection=key[0],
+            source_id=key[1],
+            score=float(o.metadata.score or 0.0),
+            title="",
+            passage=str(props.get("text") or ""),
+            position=int(cast("int", props.get("position") or 0)),
+        )
+    best = list(hits.values())[:limit]
+    titles = _parent_titles(client, [(h.collection, h.source_id) for h in best])
+    return [replace(h, title=titles.get((h.collection, h.source_id), "")) for h in best]
+
+
+def _title_properties(collection: str) -> list[str]:
+    columns = {c.name for c in entity(collection).columns}
+    return [p for p in TITLE_PROPERTIES if p in columns]
+
+
+def _parent_titles(
+    client: weaviate.WeaviateClient, parents: list[tuple[str, int]]
+) -> dict[tuple[str, int], str]:
+    """Titles of parent objects, read by id (a multi-target reference cannot be followed in one query)."""
+    out: dict[tuple[str, int], str] = {}
+    for collection in sorted({c for c, _ in parents}):
+        ids = [object_uuid(collection, i) for c, i in parents if c == collection]
+        found = client.collections.use(collection).query.fetch_objects(
+            filters=Filter.by_id().contains_any(ids),
+            limit=len(ids),
+            return_properties=[*_title_properties(collection), SOURCE_ID_PROPERTY],
+        )
+        for o in found.objects:
+            out[(collection, int(cast("int", o.properties.get(SOURCE_ID_PROPERTY) or 0)))] = _title(
+                o.properties
+            )
+    return out

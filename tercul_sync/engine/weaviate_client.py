@@ -26,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 from weaviate.classes.aggregate import Metrics
-from weaviate.classes.data import DataObject
+from weaviate.classes.data import DataObject, ReferenceToMulti
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 from weaviate.classes.query import Filter
 from weaviate.collections.classes.aggregate import AggregateInteger
@@ -38,7 +38,7 @@ from weaviate.exceptions import (
 
 from tercul_sync.engine.errors import is_transient_error
 from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, ObjectWrite
-from tercul_sync.engine.registry import SOURCE_ID_PROPERTY
+from tercul_sync.engine.registry import PASSAGE_COLLECTION, SOURCE_ID_PROPERTY
 from tercul_sync.engine.settings import Settings
 from tercul_sync.engine.vectors import VECTOR_HASH_PROPERTY
 
@@ -90,6 +90,18 @@ def connect(
     return _open()
 
 
+def _references(o: ObjectWrite) -> dict[str, Any] | None:
+    """An object's references as the client sends them; multi-target ones name their collection."""
+    if not o.references:
+        return None
+    return {
+        name: ReferenceToMulti(target_collection=o.reference_collections[name], uuids=uuids)
+        if name in o.reference_collections
+        else uuids
+        for name, uuids in o.references.items()
+    }
+
+
 _ALL_FAILED = re.compile(r"Here is the set of all errors: (.*)", re.S)
 
 
@@ -104,9 +116,7 @@ def send_objects(
     """
     col = client.collections.use(collection)
     objs = [
-        DataObject(
-            properties=o.properties, uuid=o.uuid, references=o.references or None, vector=o.vectors or None
-        )
+        DataObject(properties=o.properties, uuid=o.uuid, references=_references(o), vector=o.vectors or None)
         for o in items
     ]
     try:
@@ -213,6 +223,16 @@ def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[
 def stored_reference_counts(client: weaviate.WeaviateClient, collection: str) -> dict[int, int]:
     """``{source_id: references the object carries}`` (its ``sync_ref_count``) of every object."""
     return {sid: int(cast("int", n or 0)) for sid, _, n in _walk(client, collection, REF_COUNT_PROPERTY)}
+
+
+@retry_transient
+def count_first_passages(client: weaviate.WeaviateClient, parent_collection: str) -> int:
+    """Passages at position 0 whose parent is of ``parent_collection``: one per parent that has any."""
+    where = Filter.by_property("parent_collection").equal(parent_collection) & Filter.by_property(
+        "position"
+    ).equal(0)
+    res = client.collections.use(PASSAGE_COLLECTION).aggregate.over_all(filters=where, total_count=True)
+    return int(res.total_count or 0)
 
 
 @retry_transient

@@ -11,12 +11,30 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import weaviate
-from weaviate.classes.config import Configure, DataType, Property, ReferenceProperty
+from weaviate.classes.config import (
+    Configure,
+    DataType,
+    Property,
+    ReferenceProperty,
+    ReferencePropertyMultiTarget,
+    Tokenization,
+)
 from weaviate.collections.classes.config_vectors import _VectorConfigCreate
 from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateInvalidInputError
 
 from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY
-from tercul_sync.engine.registry import ENTITIES, RELATIONS, SOURCE_ID_PROPERTY, EntityType, Kind, Relation
+from tercul_sync.engine.registry import (
+    ENTITIES,
+    PASSAGE,
+    PASSAGE_COLLECTION,
+    PASSAGE_PARENT_REFERENCE,
+    RELATIONS,
+    SOURCE_ID_PROPERTY,
+    EntityType,
+    Kind,
+    Relation,
+    passage_parents,
+)
 from tercul_sync.engine.settings import Settings
 from tercul_sync.engine.vectors import VECTOR_HASH_PROPERTY
 
@@ -39,10 +57,15 @@ class SchemaMismatchError(RuntimeError):
 class PropertySpec:
     name: str
     data_type: DataType
+    exact: bool = False  # a key filtered by equality: tokenized as one whole field
 
 
 def property_specs(e: EntityType) -> list[PropertySpec]:
     """The properties the contract gives a collection, in registry order."""
+    if e is PASSAGE:
+        keys = ("parent_collection", "parent_key", "property", "language")
+        specs = [PropertySpec(c.name, WEAVIATE_TYPES[c.kind], c.name in keys) for c in e.columns]
+        return [*specs, PropertySpec(HASH_PROPERTY, DataType.TEXT)]
     specs = [PropertySpec(SOURCE_ID_PROPERTY, DataType.INT)]
     specs += [PropertySpec(c.name, WEAVIATE_TYPES[c.kind]) for c in e.property_columns]
     specs.append(PropertySpec(HASH_PROPERTY, DataType.TEXT))
@@ -65,9 +88,12 @@ def _create_property(spec: PropertySpec) -> Property:
     # Ranges on ints and dates make `source_id` and `updated_at` cheap to filter by. Only text is
     # ever vectorized: ids, numbers and timestamps are kept out, whatever module the server runs.
     ranged = spec.data_type in (DataType.INT, DataType.DATE)
-    not_text = spec.data_type != DataType.TEXT
     return Property(
-        name=spec.name, data_type=spec.data_type, index_range_filters=ranged, skip_vectorization=not_text
+        name=spec.name,
+        data_type=spec.data_type,
+        index_range_filters=ranged,
+        skip_vectorization=spec.data_type != DataType.TEXT or spec.exact,
+        tokenization=Tokenization.FIELD if spec.exact else None,
     )
 
 
@@ -163,6 +189,10 @@ def ensure_schema(
         changes += _ensure_collection(client, e, [r for r in relations if r.source == e.collection], settings)
     for r in relations:
         changes += _ensure_reference(client, r)
+    parents = [e.collection for e in passage_parents()]
+    if parents and all(client.collections.exists(p) for p in parents):
+        changes += _ensure_collection(client, PASSAGE, [], settings)
+        changes += _ensure_passage_reference(client, parents)
     return changes
 
 
@@ -216,6 +246,27 @@ def _ensure_collection(
                 if not _lost_race(exc):
                     raise
     return changes
+
+
+def _ensure_passage_reference(client: weaviate.WeaviateClient, parents: list[str]) -> list[str]:
+    """``Passage.parent``: one reference property that may point at any parent type."""
+    _, refs, _ = _existing(client, PASSAGE_COLLECTION)
+    have = refs.get(PASSAGE_PARENT_REFERENCE)
+    if have is not None:
+        if sorted(t.lower() for t in have) != sorted(p.lower() for p in parents):
+            raise SchemaMismatchError(
+                f"{PASSAGE_COLLECTION}.{PASSAGE_PARENT_REFERENCE} references {have}, needs {parents}"
+            )
+        return []
+    try:
+        client.collections.use(PASSAGE_COLLECTION).config.add_reference(
+            ReferencePropertyMultiTarget(name=PASSAGE_PARENT_REFERENCE, target_collections=parents)
+        )
+    except SchemaRace as exc:
+        if not _lost_race(exc):
+            raise
+        return []
+    return [f"added reference {PASSAGE_COLLECTION}.{PASSAGE_PARENT_REFERENCE} -> {', '.join(parents)}"]
 
 
 def _ensure_reference(client: weaviate.WeaviateClient, r: Relation) -> list[str]:

@@ -1,0 +1,230 @@
+"""Passages: long texts split into chunks, each an object of the ``Passage`` collection, kept exactly in step.
+
+A passage's id is ``generate_uuid5("Passage:<parent collection>:<parent id>:<property>:<position>")``,
+so a re-run replaces and never duplicates. It carries its text, position,
+language, the parent's filterable fields (``PassageSpec.copied``), a
+``parent`` reference and, in ``client`` mode, its vector. Its ``sync_hash``
+covers what it stores, so when a body changes only the passages whose text
+(or position, or copied fields) changed are rewritten and re-embedded, and
+the passages past the new end are deleted. A parent that is soft-deleted or
+removed loses all its passages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from weaviate.classes.aggregate import GroupByAggregate
+from weaviate.classes.query import Filter
+from weaviate.util import generate_uuid5
+
+from tercul_sync.engine import reading, weaviate_client
+from tercul_sync.engine.batching import BatchProcessor, WriteReport
+from tercul_sync.engine.chunking import split_text
+from tercul_sync.engine.embedding import Embedder, EmbedStats, make_embedder
+from tercul_sync.engine.objects import HASH_PROPERTY, ObjectWrite, chunk, to_weaviate_value
+from tercul_sync.engine.registry import (
+    PASSAGE_COLLECTION,
+    PASSAGE_PARENT_REFERENCE,
+    EntityType,
+    PassageSpec,
+    object_uuid,
+    passage_parents,
+)
+from tercul_sync.engine.reports import MAX_SAMPLE, add_sample
+from tercul_sync.engine.writing import ObjectSyncReport, Row, SyncContext
+
+PARENT_KEY = "parent_key"  # "<collection>:<id>", the filter every per-parent operation uses
+PASSAGE_VECTOR = "text"
+
+
+def parent_key(collection: str, parent_id: int) -> str:
+    return f"{collection}:{parent_id}"
+
+
+def passage_uuid(collection: str, parent_id: int, prop: str, position: int) -> str:
+    return str(generate_uuid5(f"{PASSAGE_COLLECTION}:{collection}:{parent_id}:{prop}:{position}"))
+
+
+def copied_columns() -> dict[str, Any]:
+    """``{property: Column}`` of every parent field copied to passages (their union over the registry)."""
+    out: dict[str, Any] = {}
+    for e in passage_parents():
+        by_name = {c.name: c for c in e.columns}
+        for spec in e.passages:
+            for name in spec.copied:
+                out[name] = by_name[name]
+    return out
+
+
+def build_passages(e: EntityType, spec: PassageSpec, row: Row) -> list[ObjectWrite]:
+    """The passages of one row's long text, in order; none when the text is empty or blank."""
+    text = row[spec.property] or ""
+    if not text.strip():
+        return []
+    by_name = {c.name: c for c in e.columns}
+    common: dict[str, Any] = {
+        "parent_collection": e.collection,
+        "parent_id": row["id"],
+        PARENT_KEY: parent_key(e.collection, row["id"]),
+        "property": spec.property,
+    }
+    if row[spec.language] is not None:
+        common["language"] = row[spec.language]
+    for name in spec.copied:
+        if row[name] is not None:
+            common[name] = to_weaviate_value(by_name[name].kind, row[name])
+    parent = {PASSAGE_PARENT_REFERENCE: [object_uuid(e.collection, row["id"])]}
+    target = {PASSAGE_PARENT_REFERENCE: e.collection}
+    out = []
+    for c in split_text(text, spec.max_chars, spec.overlap_chars):
+        props = {**common, "position": c.position, "text": c.text}
+        props[HASH_PROPERTY] = _hash(props)
+        uuid = passage_uuid(e.collection, row["id"], spec.property, c.position)
+        out.append(ObjectWrite(row["id"], uuid, props, dict(parent), reference_collections=target))
+    return out
+
+
+def _hash(props: Mapping[str, Any]) -> str:
+    doc = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in sorted(props.items())}
+    return hashlib.sha256(json.dumps(doc, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+@dataclass
+class PassageReport:
+    parents_read: int = 0
+    passages: int = 0  # passages the live texts have
+    unchanged: int = 0
+    deleted: int = 0
+    deleted_sample: list[Any] = field(default_factory=list)
+    write: WriteReport = field(default_factory=WriteReport)
+    embeddings: EmbedStats = field(default_factory=EmbedStats)
+
+    def as_sync_report(self) -> ObjectSyncReport:
+        """The same figures in the shape every step summarizes."""
+        return ObjectSyncReport(
+            PASSAGE_COLLECTION,
+            rows_read=self.passages,
+            unchanged=self.unchanged,
+            write=self.write,
+            embeddings=self.embeddings,
+        )
+
+
+class PassageSyncer:
+    """Writes the passages of parent rows, deletes the stale ones, through the batch processor."""
+
+    def __init__(self, ctx: SyncContext) -> None:
+        self.ctx = ctx
+        self.report = PassageReport()
+        self._processor: BatchProcessor[ObjectWrite] = BatchProcessor(
+            lambda items: ctx.send(ctx.client, PASSAGE_COLLECTION, items),
+            key_of=lambda o: f"{o.properties[PARENT_KEY]}#{o.properties['position']}",
+            retry=ctx.settings.retry,
+        )
+        self.report.write = self._processor.report
+        self._embedder: Embedder | None = None
+        if ctx.settings.vectorizer == "client":
+            self._embedder = ctx.embedder or make_embedder(ctx.settings)
+            self.report.embeddings = self._embedder.stats
+        self._collection = ctx.client.collections.use(PASSAGE_COLLECTION)
+
+    def sync_rows(self, e: EntityType, rows: Sequence[Row]) -> None:
+        """Bring the passages of live ``rows`` in step: write what changed, delete past each new end."""
+        live = (
+            [r for r in rows if r[e.soft_delete_column] is None]
+            if rows and e.soft_delete_column in rows[0]
+            else rows
+        )
+        self.delete_parents(e, [r["id"] for r in rows if r not in live])
+        if not live:
+            return
+        self.report.parents_read += len(live)
+        objects: list[ObjectWrite] = []
+        counts: dict[str, int] = {}
+        for row in live:
+            mine = [p for spec in e.passages for p in build_passages(e, spec, row)]
+            counts[parent_key(e.collection, row["id"])] = len(mine)
+            objects += mine
+        self.report.passages += len(objects)
+        self._delete_tails(counts)
+        stored = weaviate_client.stored_hashes(self.ctx.client, PASSAGE_COLLECTION, [o.uuid for o in objects])
+        fresh = [
+            o for o in objects if self.ctx.force or stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]
+        ]
+        self.report.unchanged += len(objects) - len(fresh)
+        if self._embedder is not None and fresh:
+            vectors = self._embedder.embed_passages([str(o.properties["text"]) for o in fresh])
+            for o, vector in zip(fresh, vectors, strict=True):
+                o.vectors[PASSAGE_VECTOR] = vector
+        settings = self.ctx.settings
+        for batch in chunk(fresh, settings.batch_size, settings.max_batch_bytes, lambda o: o.size):
+            self._processor.write_batch(batch)
+
+    def _delete_tails(self, counts: Mapping[str, int]) -> None:
+        """Delete the passages at or past each parent's new count (its text got shorter or empty)."""
+        if not counts:
+            return
+        stored = self._stored_counts(list(counts))
+        for key, had in stored.items():
+            if had > counts.get(key, 0):
+                where = Filter.by_property(PARENT_KEY).equal(key) & Filter.by_property(
+                    "position"
+                ).greater_or_equal(counts.get(key, 0))
+                self._delete(where, key)
+
+    def _stored_counts(self, keys: list[str]) -> dict[str, int]:
+        """``{parent key: passages stored}`` for the parents among ``keys`` that have any (one query)."""
+        out: dict[str, int] = {}
+        for start in range(0, len(keys), weaviate_client.ID_CHUNK):
+            part = keys[start : start + weaviate_client.ID_CHUNK]
+            res = self._collection.aggregate.over_all(
+                filters=Filter.by_property(PARENT_KEY).contains_any(part),
+                group_by=GroupByAggregate(prop=PARENT_KEY, limit=len(part)),
+                total_count=True,
+            )
+            for group in res.groups:
+                out[str(group.grouped_by.value)] = int(group.total_count or 0)
+        return out
+
+    def delete_parents(self, e: EntityType, ids: Iterable[int]) -> None:
+        """Delete every passage of the parents ``ids`` (soft-deleted or removed rows)."""
+        keys = [parent_key(e.collection, i) for i in ids]
+        for start in range(0, len(keys), weaviate_client.ID_CHUNK):
+            part = keys[start : start + weaviate_client.ID_CHUNK]
+            self._delete(Filter.by_property(PARENT_KEY).contains_any(part), part[0])
+
+    def _delete(self, where: Any, sample: str) -> None:
+        while True:  # delete_many removes at most QUERY_MAXIMUM_RESULTS per call
+            res = self._collection.data.delete_many(where=where)
+            self.report.deleted += res.successful
+            if res.successful:
+                add_sample(self.report.deleted_sample, [sample])
+            if res.matches == 0 or res.successful == 0:
+                return
+
+    def sweep(self, e: EntityType, shards: Sequence[reading.Shard]) -> None:
+        """Delete the passages whose parent row is gone or soft-deleted (a walk over parent ids)."""
+        stored: set[int] = set()
+        for o in self._collection.iterator(
+            return_properties=["parent_collection", "parent_id"], cache_size=5_000
+        ):
+            if o.properties.get("parent_collection") == e.collection:
+                stored.add(int(str(o.properties.get("parent_id"))))
+        in_scope = {i for i in stored if reading.in_shards(i, shards)}
+        live = reading.live_id_set(self.ctx.db, e, shards)
+        self.delete_parents(e, sorted(in_scope - live))
+
+
+def passages_metadata(report: PassageReport) -> dict[str, Any]:
+    return {
+        "parents_read": report.parents_read,
+        "passages": report.passages,
+        "passages_unchanged": report.unchanged,
+        "passages_deleted": report.deleted,
+        "deleted_parent_sample": report.deleted_sample[:MAX_SAMPLE],
+    }
