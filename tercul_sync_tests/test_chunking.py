@@ -12,14 +12,32 @@ from tercul_sync.engine.chunking import Chunk, join_chunks, split_text
 pytestmark = pytest.mark.unit
 
 ZWJ = "\u200d"
-LATIN = "the night was dark and full of quiet voices nobody could name Straße naïve café".split()
-CYRILLIC = "ночь улица фонарь аптека бессмысленный и тусклый свет".split()
+# CJK and fullwidth full stop, exclamation and question marks; Arabic question mark and full stop
+# (escaped: ruff flags the look-alike characters)
+CJK_STOP, CJK_BANG, CJK_QUESTION = "\u3002", "\uff01", "\uff1f"
+ARABIC_QUESTION, ARABIC_STOP = "\u061f", "\u06d4"
+LATIN = [
+    "the",
+    "night",
+    "was",
+    "dark",
+    "and",
+    "full",
+    "of",
+    "quiet",
+    "voices",
+    "nobody",
+    "Straße",
+    "naïve",
+    "café",
+]
+CYRILLIC = ["ночь", "улица", "фонарь", "аптека", "бессмысленный", "и", "тусклый", "свет"]
 HAN = "天地玄黃宇宙洪荒日月盈昃辰宿列張寒來暑往秋收冬藏"
-ARABIC = "في البدء كان الكلمة والكلمة كانت عند الله".split()
-HEBREW = "בראשית ברא אלהים את השמים ואת הארץ".split()
+ARABIC = ["في", "البدء", "كان", "الكلمة", "والكلمة", "كانت", "عند", "الله"]
+HEBREW = ["בראשית", "ברא", "אלהים", "את", "השמים", "ואת", "הארץ"]
 EMOJI = ["😀", "👍🏽", f"👨{ZWJ}👩{ZWJ}👧", "🇫🇷", "🇯🇵🇰🇷", "❤\ufe0f"]
 COMBINING = ["e\u0301", "a\u0308\u0323", "n\u0303", "\u0915\u093f", "\u0e01\u0e34", "o\u0302\u0300"]
-ENDERS = [".", "!", "?", "…", '."', "?»", "!”", "؟", "۔"]
+ENDERS = [".", "!", "?", "…", '."', "?»", "!”", ARABIC_QUESTION, ARABIC_STOP]
 SEPARATORS = [" "] * 12 + ["  ", "\t", "\n", "\r\n", "\n\n", "\r\n\r\n", "\n  \n", "\u3000", "\xa0", "\u2028"]
 SEPARATORS += ["\u2029", "\r", "\f"]
 
@@ -36,7 +54,7 @@ def random_text(rng: random.Random, size: int) -> str:
             token = rng.choice(CYRILLIC)
         elif kind == 3:  # CJK runs have no spaces, sometimes a CJK sentence end
             token = "".join(rng.choice(HAN) for _ in range(rng.randint(1, 90)))
-            token += rng.choice(["", "", "。", "！", "？", "。」"])
+            token += rng.choice(["", "", CJK_STOP, CJK_BANG, CJK_QUESTION, CJK_STOP + "」"])
         elif kind == 4:
             token = rng.choice(ARABIC)
         elif kind == 5:
@@ -62,7 +80,7 @@ def random_text(rng: random.Random, size: int) -> str:
 
 
 def splits_grapheme(text: str, p: int) -> bool:
-    """Whether offset ``0 < p < len(text)`` falls inside "\\r\\n", before a mark, next to a ZWJ or inside a flag."""
+    """Whether ``0 < p < len(text)`` falls inside "\\r\\n", before a mark, next to a ZWJ or inside a flag."""
     before, after = text[p - 1], text[p]
     if (before, after) == ("\r", "\n") or ZWJ in (before, after):
         return True
@@ -214,7 +232,8 @@ def test_one_endless_sentence_is_cut_between_words() -> None:
     text = words(rng, 600) + "."
     chunks = split_text(text, 100, 30)
     check(text, chunks, 100, 30)
-    assert all(" " in (text[p - 1], text[p]) for p in cuts(chunks))  # after a space, or at the window end before one
+    # after a space, or at the window's end right before one
+    assert all(" " in (text[p - 1], text[p]) for p in cuts(chunks))
     for c in chunks[1:]:  # the overlap starts at a word
         assert c.overlap > 0 and text[c.start - 1] == " " and text[c.start] != " "
 
@@ -256,16 +275,18 @@ def test_cjk_without_spaces_is_cut_hard_within_the_limit() -> None:
 
 def test_cjk_is_cut_after_its_sentence_ends() -> None:
     rng = random.Random(9)
+    ends = [CJK_STOP, CJK_BANG, CJK_QUESTION, CJK_STOP + "」"]
     text = "".join(
-        "".join(rng.choice(HAN) for _ in range(rng.randint(5, 30))) + rng.choice(["。", "！", "？", "。」"])
-        for _ in range(300)
+        "".join(rng.choice(HAN) for _ in range(rng.randint(5, 30))) + rng.choice(ends) for _ in range(300)
     )
     chunks = split_text(text, 120, 0)
     check(text, chunks, 120, 0)
-    assert all(text[p - 1] in "。！？" or text[p - 2 : p] == "。」" for p in cuts(chunks))
+    assert all(text[p - 1] in (CJK_STOP, CJK_BANG, CJK_QUESTION) or text[p - 1] == "」" for p in cuts(chunks))
 
 
-@pytest.mark.parametrize("vocabulary, ender", [(ARABIC, "؟"), (ARABIC, "۔"), (HEBREW, ".")])
+@pytest.mark.parametrize(
+    "vocabulary, ender", [(ARABIC, ARABIC_QUESTION), (ARABIC, ARABIC_STOP), (HEBREW, ".")]
+)
 def test_right_to_left_text_round_trips(vocabulary: list[str], ender: str) -> None:
     rng = random.Random(10)
     text = " ".join(

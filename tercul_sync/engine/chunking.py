@@ -26,8 +26,9 @@ Python ``str`` characters (code points). The rules:
    *line breaks* are those of ``str.splitlines()`` ("\\n", "\\r\\n", a lone
    "\\r", "\\v", "\\f", "\\x1c"-"\\x1e", U+0085, U+2028, U+2029), "\\r\\n"
    counting as one. A cut is placed right after a separator, so the
-   separator stays at the end of the earlier chunk and the next chunk starts
-   with content. The kinds of cut, best first:
+   separator stays at the end of the earlier chunk and the next chunk's new
+   part starts with content. The kinds of cut, best first (a cut has the
+   best kind that applies to it):
 
    1. paragraph: after a separator holding two or more line breaks (a blank
       line: "\\n\\n", "\\r\\n\\r\\n", "\\n" then a whitespace-only line), or U+2029;
@@ -39,39 +40,43 @@ Python ``str`` characters (code points). The rules:
       after the CJK enders "。" "！" "？" (and their closers) a cut is also
       allowed with no whitespace at all;
    4. whitespace: after any other separator;
-   5. hard cut: anywhere, for text without spaces (CJK) or a word longer
-      than the window; the last allowed position in the window, else (when
-      none is allowed) exactly at ``s + b``.
+   5. hard cut: at any position, for text without spaces (CJK) or a word
+      longer than the window: the last allowed position in the window, or,
+      as a last resort when no position in the window is allowed, exactly
+      ``s + b``.
 
    A separator that runs past the window's end may be cut at the window's
-   end, inside it (the next chunk then starts with its rest); its kind is
-   judged from its part inside the window plus one character (its start is
-   not looked for before ``s``), and it is never cut inside "\\r\\n". No cut of
-   any kind splits "\\r\\n", falls right before a combining mark (a character
-   with ``unicodedata.combining() != 0`` or of category Mn, Mc or Me), an
-   emoji skin-tone modifier or a tag character, right after or before a
-   zero width joiner (U+200D), or inside a regional-indicator (flag) pair.
-   The chunk ends at the last cut of the best kind in the window that leaves
-   it at least ``max_chars // 3`` new characters, a cut of a better kind
-   counting as one of each worse kind too; a cut that would leave fewer is
-   taken only when no cut of a worse kind lies further on in the window (so
-   tiny chunks are avoided).
+   end, inside it (the next chunk's new part then starts with its rest); its
+   kind is judged from its part inside the window plus one character (its
+   start is not looked for before ``s``). No cut but that last resort splits
+   "\\r\\n", falls right before a combining mark (a character with
+   ``unicodedata.combining() != 0`` or of category Mn, Mc or Me), an emoji
+   skin-tone modifier or a tag character, right after or before a zero width
+   joiner (U+200D), or inside a regional-indicator (flag) pair. The chunk
+   ends at the last cut of the best kind in the window that leaves it at
+   least ``max_chars // 3`` new characters (``p - s >= max_chars // 3``), a
+   cut of a better kind counting as one of each worse kind too; a cut that
+   would leave fewer is taken only when no cut of a worse kind lies further
+   on in the window (so tiny chunks are avoided).
 
 4. Overlap. Chunk k > 0 begins with up to ``overlap_chars`` characters from
    the end of chunk k-1's text (its ``overlap``, which counts against
-   ``max_chars``, so ``b`` above is ``max_chars - overlap``). Of that tail,
-   the overlap starts at its first word start (a non-whitespace character
-   preceded by whitespace, or the start of the text) that no cut rule above
-   forbids; if there is none, it is the whole tail, shortened from its front
-   by as few characters as those rules need.
+   ``max_chars``, so ``b`` above is ``max_chars - overlap``). The tail is the
+   last ``min(overlap_chars, len(chunks[k - 1].text))`` characters of chunk
+   k-1's text; the overlap starts at the tail's first word start (a
+   non-whitespace character preceded by whitespace, or the start of the
+   text) where rule 3 allows a cut; if there is none, it is the whole tail
+   (exactly ``overlap_chars`` characters, in text without spaces), shortened
+   from its front by as few characters as rule 3 needs. ``overlap_chars == 0``
+   gives no overlap.
 
 5. Deterministic and local. The same input gives the same chunks. Chunks are
    made greedily from left to right, and a chunk is determined by
-   ``text[:chunk.start + max_chars + 1]`` alone, so an edit at offset ``x``
-   leaves every chunk with ``start + max_chars < x`` unchanged (same
-   position, offsets and text). A chunk that ends before ``x`` but whose
-   window reaches past it may move: the edit can add or remove a better
-   cut inside the window.
+   ``text[:chunk.start + max_chars + 1]`` alone: an edit whose first changed
+   character is at offset ``x`` leaves every chunk with
+   ``start + max_chars < x`` unchanged (same position, offsets, overlap and
+   text). A chunk that ends before ``x`` but whose window reaches ``x`` may
+   change: the edit can add or remove a better cut inside its window.
 
 6. Linear. The whole text is scanned once for paragraph, line and sentence
    cuts; each chunk then costs a few binary searches and a scan of its own
@@ -121,11 +126,11 @@ _NEVER = -1
 class Chunk:
     """One passage: ``text == original[start:end]``; its first ``overlap`` characters end the previous one."""
 
-    position: int
-    start: int
-    end: int
+    position: int  # 0, 1, 2, ... in order
+    start: int  # offset in the original text where ``text`` begins
+    end: int  # offset where it ends (exclusive): ``original[start:end] == text``
     text: str
-    overlap: int
+    overlap: int  # how many leading characters repeat the end of the previous chunk (0 for the first)
 
 
 def split_text(text: str, max_chars: int, overlap_chars: int) -> list[Chunk]:
