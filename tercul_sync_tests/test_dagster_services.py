@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient
 
+from tercul_sync.defs.assets import EDGES_ASSET, PASSAGES_ASSET
 from tercul_sync.devtools import demo_data
 from tercul_sync.devtools.weaviate_server import free_port
 from tercul_sync.engine import reading
@@ -122,7 +123,7 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
             "orphan_sweep_schedule": ("30 * * * *", "RUNNING"),
         }
 
-        # What the UI shows: one asset per entity type plus edges, in one group, each with the shards.
+        # What the UI shows: one asset per entity type plus edges and passages, in one group, with the shards.
         nodes = httpx.post(
             f"http://127.0.0.1:{port}/graphql", json={"query": ASSETS_QUERY}, timeout=30
         ).json()["data"]["assetNodes"]
@@ -136,7 +137,8 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
             for n in nodes
         }
         assert shown == {
-            name: ("tercul", True, 8, True) for name in [*(e.collection for e in ENTITIES), "edges"]
+            name: ("tercul", True, 8, True)
+            for name in [*(e.collection for e in ENTITIES), EDGES_ASSET, PASSAGES_ASSET]
         }
 
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
