@@ -80,7 +80,9 @@ def change_edges(conn: sa.Connection, share: float, now: datetime, rng: random.R
     live_ids = {
         e.table: list(
             conn.execute(
-                sa.select(reading.table_for(e).c.id).where(reading.table_for(e).c[e.soft_delete_column].is_(None))
+                sa.select(reading.table_for(e).c.id).where(
+                    reading.table_for(e).c[e.soft_delete_column].is_(None)
+                )
             ).scalars()
         )
         for e in ENTITIES
@@ -91,7 +93,13 @@ def change_edges(conn: sa.Connection, share: float, now: datetime, rng: random.R
         targets = live_ids.get(row["target_table"]) or [row["target_id"]]
         new = dict(row)
         new.update(
-            {"id": next_id, "created_at": now, "updated_at": now, "deleted_at": None, "target_id": rng.choice(targets)}
+            {
+                "id": next_id,
+                "created_at": now,
+                "updated_at": now,
+                "deleted_at": None,
+                "target_id": rng.choice(targets),
+            }
         )
         new_edges.append(new)
         next_id += 1
@@ -102,7 +110,10 @@ def change_edges(conn: sa.Connection, share: float, now: datetime, rng: random.R
 
 
 def apply_changes(db: sa.Engine, share: float, seed: int = 1) -> dict[str, dict[str, int]]:
-    """Change ``share`` of every table; returns ``{table: {kind: rows}}``. Sequences are moved past new ids."""
+    """Change ``share`` of every table; returns ``{table: {kind: rows}}``.
+
+    PostgreSQL sequences are moved past the new ids.
+    """
     now = datetime.now(UTC)
     rng = random.Random(seed)
     out: dict[str, dict[str, int]] = {}
@@ -113,6 +124,8 @@ def apply_changes(db: sa.Engine, share: float, seed: int = 1) -> dict[str, dict[
         if db.dialect.name == "postgresql":
             for name in out:
                 conn.execute(
-                    sa.text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))")
+                    sa.text(
+                        f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"
+                    )
                 )
     return out

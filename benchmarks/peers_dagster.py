@@ -1,8 +1,12 @@
 """Where a ``dagster job execute`` run's seconds went, read back from its instance's event log.
 
+``core_steps`` are the entity steps and ``edges``; any other step (``passages``)
+is listed apart, and ``to_edges_done_s`` is when the last core step ended.
+
 For each step: when its process was asked for (``STEP_WORKER_STARTING``),
 when it started (``STEP_START``, after the process and its resources were
-up), when it ended, the engine's own ``duration_s`` from its materializations
+up), when it ended, the engine's own ``duration_s`` (the asset body: schema check, engine call,
+vector check; every shard's materialization carries the same value)
 and how often it was retried. For the run: command start to ``RUN_START``
 (the CLI importing the code location and setting up), the entity wave, the
 edges step, and ``RUN_SUCCESS`` to the command's exit.
@@ -23,7 +27,9 @@ def _metadata_value(v: Any) -> Any:
     return getattr(v, "value", v)
 
 
-def timeline(dagster_home: Path, command_started: float, command_seconds: float) -> dict[str, Any]:
+def timeline(
+    dagster_home: Path, command_started: float, command_seconds: float, core_steps: set[str]
+) -> dict[str, Any]:
     """The newest run of the instance at ``dagster_home``, as seconds relative to the command's start."""
     instance = DagsterInstance.from_config(str(dagster_home))
     try:
@@ -52,8 +58,8 @@ def timeline(dagster_home: Path, command_started: float, command_seconds: float)
             s["retries"] += kind == DagsterEventType.STEP_UP_FOR_RETRY.value
         elif kind == DagsterEventType.ASSET_MATERIALIZATION.value:
             md = ev.event_specific_data.materialization.metadata  # type: ignore[union-attr]
-            if "duration_s" in md:
-                s["engine_s"] += float(_metadata_value(md["duration_s"]))
+            if "duration_s" in md:  # one materialization per shard, each with the step's duration
+                s["engine_s"] = max(s["engine_s"], float(_metadata_value(md["duration_s"])))
     rows = []
     for key, s in sorted(steps.items(), key=lambda kv: kv[1].get("asked", kv[1].get("start", 0))):
         start, end = s.get("start"), s.get("end")
@@ -70,7 +76,10 @@ def timeline(dagster_home: Path, command_started: float, command_seconds: float)
                 "outcome": s.get("outcome", "").replace("STEP_", "").lower(),
             }
         )
-    entity = [r for r in rows if r["step"] != "edges" and r["ended_at"] is not None]
+    entity = [
+        r for r in rows if r["step"] in core_steps and r["step"] != "edges" and r["ended_at"] is not None
+    ]
+    core_ends = [r["ended_at"] for r in rows if r["step"] in core_steps and r["ended_at"] is not None]
     edges = next((r for r in rows if r["step"] == "edges"), None)
     run_start = marks.get(DagsterEventType.RUN_START.value)
     run_end = marks.get(DagsterEventType.RUN_SUCCESS.value, marks.get(DagsterEventType.RUN_FAILURE.value))
@@ -86,6 +95,8 @@ def timeline(dagster_home: Path, command_started: float, command_seconds: float)
         "edges_s": (edges["ended_at"] - edges["asked_at"]) if edges and edges["ended_at"] else None,
         "after_run_end_s": (command_seconds - run_end) if run_end is not None else None,
         "retries": sum(r["retries"] for r in rows),
+        "extra_steps": [r["step"] for r in rows if r["step"] not in core_steps],
+        "to_edges_done_s": max(core_ends) if core_ends else None,
         "engine_s_total": sum(r["engine_s"] for r in rows),
         "step_s_total": sum(r["step_s"] or 0 for r in rows),
     }

@@ -9,7 +9,8 @@ the project's pins:
 The destination is configured through dlt's environment variables, as a
 user would in ``config.toml`` (bench_peers.py sets them):
 
-    DESTINATION__WEAVIATE__CREDENTIALS__URL, __HTTP_PORT, __GRPC_PORT, DESTINATION__WEAVIATE__CONNECTION_TYPE=local
+    DESTINATION__WEAVIATE__CREDENTIALS__URL, ...__HTTP_PORT, ...__GRPC_PORT
+    DESTINATION__WEAVIATE__CONNECTION_TYPE=local
     DESTINATION__WEAVIATE__VECTORIZER=none, DESTINATION__WEAVIATE__MODULE_CONFIG={}
 
 With no column carrying the ``x-weaviate-vectorize`` hint, dlt creates each

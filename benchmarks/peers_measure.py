@@ -10,6 +10,7 @@ RSS sum counts a forkserver's shared pages once per child.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -86,10 +87,37 @@ class TreeSampler:
         self.peak_single = max(self.peak_single, single)
         self.peak_pss = max(self.peak_pss, pss)
         if self.server_pid is not None:
-            try:
-                self.server_peak_rss = max(self.server_peak_rss, psutil.Process(self.server_pid).memory_info().rss)
-            except psutil.Error:
-                pass
+            with contextlib.suppress(psutil.Error):
+                server = psutil.Process(self.server_pid).memory_info().rss
+                self.server_peak_rss = max(self.server_peak_rss, server)
+
+
+def cpu_by_process() -> dict[tuple[int, float], tuple[str, float]]:
+    """CPU seconds so far of every process: ``{(pid, create time): (user name, seconds)}``."""
+    out = {}
+    for p in psutil.process_iter(["username", "create_time", "cpu_times"]):
+        times = p.info["cpu_times"]
+        if times is not None:
+            out[(p.pid, p.info["create_time"])] = (p.info["username"] or "", times.user + times.system)
+    return out
+
+
+def other_cpu_seconds(
+    before: dict[tuple[int, float], tuple[str, float]],
+    after: dict[tuple[int, float], tuple[str, float]],
+    ours: set[int],
+) -> float:
+    """CPU seconds spent between two snapshots by processes that are not part of the measurement.
+
+    Ours: the measured tree, the Weaviate server, this process, and PostgreSQL's
+    processes (they serve the measured tool). Anything else competed for the cores.
+    """
+    total = 0.0
+    for key, (user, seconds) in after.items():
+        if key[0] in ours or user == "postgres":
+            continue
+        total += seconds - before.get(key, (user, 0.0))[1]
+    return total
 
 
 @dataclass
@@ -104,6 +132,7 @@ class Measured:
     peak_pss: int
     server_peak_rss: int
     processes: int
+    other_cpu_s: float  # CPU seconds other processes used meanwhile (a noisy neighbour shows here)
     started_at: float  # epoch seconds, to line up with Dagster's event timestamps
     log: Path
     result: dict[str, Any] = field(default_factory=dict)  # the child's last JSON line, if any
@@ -111,7 +140,9 @@ class Measured:
     def check(self) -> Measured:
         if self.returncode != 0:
             tail = self.log.read_text(errors="replace")[-4000:]
-            raise RuntimeError(f"{' '.join(self.command)} exited with {self.returncode}; log {self.log}:\n{tail}")
+            raise RuntimeError(
+                f"{' '.join(self.command)} exited with {self.returncode}; log {self.log}:\n{tail}"
+            )
         return self
 
 
@@ -132,11 +163,17 @@ def run_measured(
     output is its own report (the phase scripts print one).
     """
     log.parent.mkdir(parents=True, exist_ok=True)
+    cpu_before = cpu_by_process()
     with open(log, "wb") as out:
         started_at = time.time()
         t = time.perf_counter()
         proc = subprocess.Popen(
-            list(command), env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            list(command),
+            env=dict(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         with TreeSampler(proc.pid, server_pid) as sampler:
             try:
@@ -146,6 +183,8 @@ def run_measured(
                 proc.wait()
                 raise
         seconds = time.perf_counter() - t
+    ours = {*sampler.processes_seen, os.getpid(), *([server_pid] if server_pid else [])}
+    other = other_cpu_seconds(cpu_before, cpu_by_process(), ours)
     result: dict[str, Any] = {}
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith(RESULT_PREFIX):
@@ -159,6 +198,7 @@ def run_measured(
         sampler.peak_pss,
         sampler.server_peak_rss,
         len(sampler.processes_seen),
+        other,
         started_at,
         log,
         result,

@@ -59,10 +59,18 @@ def live_references(db: sa.Engine) -> dict[str, dict[int, dict[str, list[str]]]]
     return out
 
 
-def build_all(db: sa.Engine) -> dict[str, list[ObjectWrite]]:
-    """Every live row of every entity type as the object tercul_sync would write, in sync order."""
+def build_all(db: sa.Engine) -> tuple[dict[str, list[ObjectWrite]], dict[str, list[ObjectWrite]]]:
+    """Every live row of every entity type as the object tercul_sync would write, in sync order.
+
+    Weaviate refuses a reference to an object that does not exist yet, so an
+    object referring to its own collection (Category.parent) is built twice:
+    first without those references, then whole, to be written again once its
+    whole collection exists (what tercul_sync's edges pass does). Returns
+    ``(first pass, second pass)``.
+    """
     refs = live_references(db)
     objects: dict[str, list[ObjectWrite]] = {}
+    again: dict[str, list[ObjectWrite]] = {}
     with db.connect() as conn:
         for e in sync_order():
             t = reading.table_for(e)
@@ -70,26 +78,37 @@ def build_all(db: sa.Engine) -> dict[str, list[ObjectWrite]]:
                 sa.select(t).where(t.c[e.soft_delete_column].is_(None)).order_by(t.c.id)
             ).mappings()
             mine = refs.get(e.collection, {})
-            objects[e.collection] = [build_object(e, row, mine.get(row["id"], {})) for row in rows]
-    return objects
+            own = {r.name for r in RELATIONS if r.source == e.collection and r.target == e.collection}
+            objects[e.collection], again[e.collection] = [], []
+            for row in rows:
+                full = mine.get(row["id"], {})
+                first = {k: v for k, v in full.items() if k not in own}
+                objects[e.collection].append(build_object(e, row, first))
+                if first != full:
+                    again[e.collection].append(build_object(e, row, full))
+    return objects, {c: v for c, v in again.items() if v}
 
 
 def limit(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
     db = reading.make_engine(args.db_url)
     t = time.perf_counter()
-    objects = build_all(db)
+    objects, again = build_all(db)
     build_s = time.perf_counter() - t
     n = sum(len(v) for v in objects.values())
-    refs = sum(o.properties["sync_ref_count"] for v in objects.values() for o in v)
+    final = {o.uuid: o for v in [*objects.values(), *again.values()] for o in v}
+    refs = sum(o.properties["sync_ref_count"] for o in final.values())
     payload = sum(o.size for v in objects.values() for o in v)
-    client = weaviate_client.connect(args.weaviate_url, args.grpc_port, None, settings.weaviate_timeout_seconds)
+    client = weaviate_client.connect(
+        args.weaviate_url, args.grpc_port, None, settings.weaviate_timeout_seconds
+    )
     result: dict[str, Any] = {
         "objects": n,
         "references": refs,
         "payload_mb": payload / 1e6,
         "build_seconds": build_s,
         "objects_by_collection": {c: len(v) for c, v in objects.items()},
+        "written_again": sum(len(v) for v in again.values()),
     }
 
     def fresh() -> None:
@@ -101,7 +120,7 @@ def limit(args: argparse.Namespace) -> dict[str, Any]:
     reset_peak_rss()
     failed = 0
     t = time.perf_counter()
-    for collection, objs in objects.items():
+    for collection, objs in [*objects.items(), *again.items()]:
         col = client.collections.use(collection)
         for i in range(0, len(objs), args.batch):
             batch = [
@@ -121,7 +140,7 @@ def limit(args: argparse.Namespace) -> dict[str, Any]:
     reset_peak_rss()
     failed = 0
     t = time.perf_counter()
-    for collection, objs in objects.items():
+    for collection, objs in [*objects.items(), *again.items()]:
         col = client.collections.use(collection)
         with col.batch.fixed_size(batch_size=args.batch, concurrent_requests=2) as batch:
             for o in objs:
@@ -156,7 +175,9 @@ def engine(args: argparse.Namespace) -> dict[str, Any]:
     """One engine run (``first`` / ``rerun`` / ``full`` in full mode, ``incremental`` from saved cursors)."""
     settings = load_settings()
     db = reading.make_engine(args.db_url)
-    client = weaviate_client.connect(args.weaviate_url, args.grpc_port, None, settings.weaviate_timeout_seconds)
+    client = weaviate_client.connect(
+        args.weaviate_url, args.grpc_port, None, settings.weaviate_timeout_seconds
+    )
     ctx = SyncContext(db, client, settings)
     cursor_file = Path(args.cursors)
     mode = runs.INCREMENTAL if args.run == "incremental" else runs.FULL

@@ -67,10 +67,19 @@ def summary(defs: dg.Definitions) -> dict[str, Any]:
             "default_status": s.default_status.value,
             "job": s.job_name,
         }
+    sensors = {}
+    for name in sorted(s.name for s in defs.sensors or []):
+        sensor = defs.resolve_sensor_def(name)
+        sensors[name] = {
+            "minimum_interval_seconds": sensor.minimum_interval_seconds,
+            "default_status": sensor.default_status.value,
+            "job": sensor.job_name,
+        }
     return {
         "assets": assets,
         "jobs": jobs,
         "schedules": schedules,
+        "sensors": sensors,
         "resources": sorted(defs.resources or {}),
         "executor": defs.executor.name if isinstance(defs.executor, dg.ExecutorDefinition) else None,
     }

@@ -20,7 +20,16 @@ from tercul_sync.devtools import demo_data
 from tercul_sync.devtools.weaviate_server import free_port
 from tercul_sync.engine import reading
 from tercul_sync.engine import weaviate_client as wc
-from tercul_sync.engine.registry import ENTITIES
+from tercul_sync.engine.registry import ENTITIES, entity, object_uuid
+from tercul_sync.engine.settings import load_settings
+from tercul_sync.trigger import (
+    RunOutcome,
+    SyncTrigger,
+    enqueue_edge_sync,
+    enqueue_entity_sync,
+    enqueue_full_sync,
+    enqueue_rows,
+)
 from tercul_sync_tests.conftest import PG_PASSWORD, PG_USER, ROOT, drop_database, new_database
 from tercul_sync_tests.helpers import expected_objects
 
@@ -30,6 +39,28 @@ BIN = Path(sys.executable).parent
 ASSETS_QUERY = """
 query { assetNodes { assetKey { path } groupName isPartitioned partitionKeys kinds } }
 """
+SENSOR_QUERY = """
+query { sensorsOrError(repositorySelector:
+    {repositoryLocationName: "tercul_sync", repositoryName: "__repository__"}) {
+  ... on Sensors { results { name minIntervalSeconds sensorState { status } } } } }
+"""
+RUNS_QUERY = """
+query ($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) {
+  ... on Runs { results { runId jobName status tags { key value } assetSelection { path } } } } }
+"""
+# The mutation docs/triggers.md gives services in other languages (there with curl).
+LAUNCH_RUN_MUTATION = """
+mutation ($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message }
+    ... on PipelineNotFoundError { message }
+  }
+}
+"""
+SENSOR_INTERVAL = 5  # the services deployment checks every 5 s; the default is 30
 SCHEDULE_QUERY = """
 query { schedulesOrError(repositorySelector:
     {repositoryLocationName: "tercul_sync", repositoryName: "__repository__"}) {
@@ -69,6 +100,113 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    answer = httpx.post(
+        f"http://127.0.0.1:{port}/graphql", json={"query": query, "variables": variables or {}}, timeout=30
+    ).json()
+    assert "errors" not in answer, answer
+    return answer["data"]
+
+
+def _runs(port: int, trigger: str) -> list[dict]:
+    """The runs tagged as launched by ``trigger`` (the client, the sensor, a schedule)."""
+    variables = {"tags": [{"key": "tercul_sync/trigger", "value": trigger}]}
+    return _graphql(port, RUNS_QUERY, variables)["runsOrError"]["results"]
+
+
+def _enqueue_functions_launch_runs_that_sync(port: int, engine: sa.Engine, weaviate_client) -> None:
+    """Each enqueue function, the documented mutation: the runs appear, succeed, and the rows arrive."""
+    settings = load_settings({"TERCUL_SYNC_DAGSTER_URL": f"http://127.0.0.1:{port}"})
+    trigger = SyncTrigger(settings)
+
+    outcome = enqueue_entity_sync("Author", wait=True, timeout=600, settings=settings)
+    assert outcome == RunOutcome(outcome.run_id, "SUCCESS")
+    assert wc.count_objects(weaviate_client, "Author") == len(expected_objects(engine, entity("Author")))
+
+    run_id = enqueue_edge_sync(batch_size=100, offset=0, settings=settings)  # no wait: the run id
+    assert isinstance(run_id, str)
+    assert trigger.wait(run_id, timeout=600).succeeded
+    [run] = [r for r in _runs(port, "client") if r["runId"] == run_id]
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert run["jobName"] == "sync_edges" and run["status"] == "SUCCESS"
+    # The job's own tags came with it: every shard, of the deployment's shard count.
+    assert (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]) == (
+        "shard-0",
+        "shard-7",
+    )
+
+    # Changes no cursor and no sensor can see (updated_at untouched, an old deleted_at, the same
+    # counts): only enqueue_rows brings them over, and it does at once.
+    with engine.begin() as conn:
+        a, b, gone = conn.execute(
+            sa.text("SELECT id FROM works WHERE deleted_at IS NULL ORDER BY id LIMIT 3")
+        ).scalars()
+        assert conn.execute(sa.text("SELECT count(*) FROM works WHERE deleted_at IS NOT NULL")).scalar_one()
+        conn.execute(sa.text(f"UPDATE works SET title = 'enqueued ' || id WHERE id IN ({a}, {b})"))
+        conn.execute(sa.text(f"UPDATE works SET deleted_at = '2000-01-01' WHERE id = {gone}"))
+    outcome = enqueue_rows("Work", [a, b, gone], wait=True, timeout=600, settings=settings)
+    assert outcome.succeeded
+    works = weaviate_client.collections.use("Work")
+    for i in (a, b):
+        assert works.query.fetch_object_by_id(object_uuid("Work", i)).properties["title"] == f"enqueued {i}"
+    assert works.query.fetch_object_by_id(object_uuid("Work", gone)) is None
+
+    # Services in other languages: the GraphQL mutation docs/triggers.md shows with curl.
+    params = {
+        "selector": {
+            "repositoryLocationName": "tercul_sync",
+            "repositoryName": "__repository__",
+            "jobName": "sync_tag",
+        },
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": "tercul_sync/trigger", "value": "curl"}]},
+    }
+    launched = _graphql(port, LAUNCH_RUN_MUTATION, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    assert trigger.wait(launched["run"]["runId"], timeout=600).succeeded
+
+
+def _sensor_syncs_a_change_with_no_manual_step(port: int, engine: sa.Engine, weaviate_client) -> None:
+    """An update to a Work reaches Weaviate through the sensor alone; then, idle, no run is launched."""
+    [sensor] = _graphql(port, SENSOR_QUERY)["sensorsOrError"]["results"]
+    assert (sensor["name"], sensor["minIntervalSeconds"], sensor["sensorState"]["status"]) == (
+        "tercul_changes",
+        SENSOR_INTERVAL,
+        "RUNNING",
+    )
+    before = {r["runId"] for r in _runs(port, "tercul_changes")}
+    with engine.begin() as conn:
+        work_id = conn.execute(
+            sa.text("SELECT id FROM works WHERE deleted_at IS NULL ORDER BY id DESC LIMIT 1")
+        ).scalar_one()
+        conn.execute(
+            sa.text("UPDATE works SET title = :t, updated_at = now() WHERE id = :i"),
+            {"t": f"seen by the sensor {work_id}", "i": work_id},
+        )
+    started = time.monotonic()
+    works = weaviate_client.collections.use("Work")
+
+    def visible() -> bool:
+        obj = works.query.fetch_object_by_id(object_uuid("Work", work_id))
+        return obj is not None and obj.properties["title"] == f"seen by the sensor {work_id}"
+
+    _wait(visible, 300, "the sensor's run to bring the update over")
+    print(f"update visible in Weaviate {time.monotonic() - started:.1f} s after its commit")
+    new = [r for r in _runs(port, "tercul_changes") if r["runId"] not in before]
+    assert new, "the update reached Weaviate without a run of the sensor"
+    for r in new:
+        assert sorted(k["path"][0] for k in r["assetSelection"]) == sorted(
+            ["Work", EDGES_ASSET, PASSAGES_ASSET]
+        )
+        assert {t["key"]: t["value"] for t in r["tags"]}["tercul_sync/mode"] == "incremental"
+    client = SyncTrigger(load_settings({"TERCUL_SYNC_DAGSTER_URL": f"http://127.0.0.1:{port}"}))
+    assert all(client.wait(r["runId"], timeout=600).succeeded for r in new)
+    # Idle: four more checks, no run.
+    seen = {r["runId"] for r in _runs(port, "tercul_changes")}
+    time.sleep(4 * SENSOR_INTERVAL)
+    assert {r["runId"] for r in _runs(port, "tercul_changes")} == seen
+
+
 def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
     tmp_path, dagster_pg, pg_database, weaviate_server_proc, weaviate_client
 ):
@@ -90,6 +228,7 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
         TERCUL_SYNC_HOME=str(tmp_path / "home"),
         WEAVIATE_URL=weaviate_server_proc.url,
         WEAVIATE_GRPC_PORT=str(weaviate_server_proc.grpc_port),
+        TERCUL_SYNC_SENSOR_INTERVAL=str(SENSOR_INTERVAL),
     )
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -121,6 +260,7 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
             "nightly_full_sync": ("0 2 * * *", "RUNNING"),
             "incremental_sync_schedule": ("*/10 * * * *", "RUNNING"),
             "orphan_sweep_schedule": ("30 * * * *", "RUNNING"),
+            "parity_schedule": ("45 3 * * *", "RUNNING"),
         }
 
         # What the UI shows: one asset per entity type plus edges and passages, in one group, with the shards.
@@ -142,8 +282,8 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
         }
 
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
-        run_id = client.submit_job_execution(
-            "full_sync", repository_location_name="tercul_sync", repository_name="__repository__"
+        run_id = enqueue_full_sync(
+            settings=load_settings({"TERCUL_SYNC_DAGSTER_URL": f"http://127.0.0.1:{port}"})
         )
         # The queued run coordinator holds the run until the daemon launches it.
         status = _wait(lambda: _finished(client, run_id), 600, "the run")
@@ -160,6 +300,9 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
             "SUCCESS",
             "SUCCESS",
         ]
+
+        _enqueue_functions_launch_runs_that_sync(port, engine, weaviate_client)
+        _sensor_syncs_a_change_with_no_manual_step(port, engine, weaviate_client)
     finally:
         for p in procs:
             p.terminate()

@@ -155,3 +155,39 @@ def test_covers_all_means_every_shard_of_the_table():
     assert not runs.covers_all({f"s{i}": Shard(i, 4) for i in range(3)})
     assert runs.covers_all({"s0": Shard(0, 1)})
     assert not runs.covers_all({})
+
+
+def test_bisection_finds_exactly_the_differing_ids_and_looks_only_where_counts_differ():
+    from tercul_sync.engine import reconcile
+
+    live = set(range(0, 100_000)) - {17, 40_000, 99_998}
+    stored = set(range(0, 100_000)) | {100_003}
+    calls = []
+
+    def measure(ids):
+        def count(a, b):
+            calls.append((a, b))
+            return sum(1 for i in ids if a <= i < b)
+
+        return count
+
+    def leaf(a, b):
+        return sorted({i for i in stored if a <= i < b} - live)
+
+    found = reconcile.bisect_mismatches(0, 100_004, measure(live), measure(stored), leaf)
+    assert found == [17, 40_000, 99_998, 100_003]
+    # Only the ranges around the four ids were opened: far fewer than the 25 leaves a walk would take.
+    assert len(calls) < 2 * 4 * 6 * 2
+
+
+def test_bisection_of_equal_sides_makes_one_comparison():
+    from tercul_sync.engine import reconcile
+
+    calls = []
+
+    def count(a, b):
+        calls.append((a, b))
+        return b - a
+
+    assert reconcile.bisect_mismatches(0, 1_000_000, count, count, lambda a, b: [a]) == []
+    assert len(calls) == 2

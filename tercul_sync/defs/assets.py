@@ -50,6 +50,14 @@ class EntitySyncConfig(dg.Config):
     )
 
 
+class EntityRowsConfig(EntitySyncConfig):
+    ids: list[int] | None = Field(
+        default=None,
+        description="Sync exactly these row ids now (the old queue's row task, `enqueue_rows`): write the "
+        "live ones, delete the objects of the others; no cursor moves. Excludes mode.",
+    )
+
+
 class EdgeSyncConfig(dg.Config):
     batch_size: int | None = Field(
         default=None,
@@ -189,16 +197,22 @@ def build_entity_asset(
     )
     def _entity_asset(
         context: dg.AssetExecutionContext,
-        config: EntitySyncConfig,
+        config: EntityRowsConfig,
         weaviate: WeaviateResource,
         tercul_db: TerculDatabase,
         sync_settings: SyncSettings,
     ) -> dg.MaterializeResult:
-        mode = _mode(context, config.mode, runs.ENTITY_MODES)
+        ids = config.ids
+        if ids is not None and config.mode is not None:
+            raise _no_retry(ValueError("run config: give ids or mode, not both"))
+        mode = runs.IDS if ids is not None else _mode(context, config.mode, runs.ENTITY_MODES)
         before = _previous_cursors(context, e.collection)
 
         def work(ctx: SyncContext, shards: dict[str, Any]) -> tuple[list[ObjectSyncReport], dict[str, Any]]:
-            run = runs.run_entity(ctx, e, shards, mode, before)
+            if ids is not None:
+                run = runs.run_entity_ids(ctx, e, shards, ids, before)
+            else:
+                run = runs.run_entity(ctx, e, shards, mode, before)
             return [run.report], run.metadata(mode, before)
 
         return _step(context, e.collection, weaviate, tercul_db, sync_settings, config.force, work)

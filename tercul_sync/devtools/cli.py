@@ -228,6 +228,37 @@ def _cmd_embed_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_enqueue(args: argparse.Namespace) -> int:
+    """Launch a job on the Dagster deployment at TERCUL_SYNC_DAGSTER_URL; print the run id (and its end)."""
+    from tercul_sync.trigger import (
+        SyncTrigger,
+        TriggerError,
+        enqueue_edge_sync,
+        enqueue_entity_sync,
+        enqueue_full_sync,
+        enqueue_rows,
+    )
+
+    try:
+        if args.what == "entity":
+            run_id = enqueue_entity_sync(args.collection)
+        elif args.what == "edges":
+            run_id = enqueue_edge_sync(args.batch_size, args.offset)
+        elif args.what == "full":
+            run_id = enqueue_full_sync()
+        else:
+            run_id = enqueue_rows(args.collection, args.ids)
+        print(run_id, flush=True)
+        if not args.wait:
+            return 0
+        outcome = SyncTrigger().wait(run_id, args.timeout)
+    except (TriggerError, TimeoutError) as exc:
+        print(f"tercul-sync enqueue: {exc}", file=sys.stderr)
+        return 2
+    print(outcome.status)
+    return 0 if outcome.succeeded else 1
+
+
 def _cmd_config_docs(args: argparse.Namespace) -> int:
     """Print the settings table that docs/configuration.md holds."""
     from tercul_sync.engine.settings import configuration_table
@@ -285,6 +316,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=_cmd_embed_serve)
+
+    p = sub.add_parser(
+        "enqueue",
+        help="launch a sync on the Dagster deployment at TERCUL_SYNC_DAGSTER_URL and print the run id",
+    )
+    what = p.add_subparsers(dest="what", required=True)
+    from tercul_sync.engine.registry import ENTITIES
+
+    types = [e.collection for e in ENTITIES]
+    q = what.add_parser("entity", help="one entity type over every shard (the job sync_<type>)")
+    q.add_argument("collection", choices=types)
+    q = what.add_parser("edges", help="the edges: all of them, or one window of edge rows (sync_edges)")
+    q.add_argument("--batch-size", type=int, help="edge rows in the window, in id order (default: all)")
+    q.add_argument("--offset", type=int, default=0, help="first edge row of the window, from 0")
+    what.add_parser("full", help="every entity type, then the edges and passages (full_sync)")
+    q = what.add_parser("rows", help="exactly these rows of one entity type, now")
+    q.add_argument("collection", choices=types)
+    q.add_argument("ids", type=int, nargs="+")
+    for q in what.choices.values():
+        q.add_argument("--wait", action="store_true", help="wait for the run; exit 0 only if it succeeded")
+        q.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    p.set_defaults(func=_cmd_enqueue)
 
     p = sub.add_parser("config-docs", help="print the table of every setting (docs/configuration.md)")
     p.set_defaults(func=_cmd_config_docs)

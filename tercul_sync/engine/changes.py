@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine, RowMapping
 
 from tercul_sync.engine import reading
 from tercul_sync.engine.objects import as_utc
-from tercul_sync.engine.registry import EntityType, Relation, entity, relations_from, relations_to
+from tercul_sync.engine.registry import ENTITIES, EntityType, Relation, entity, relations_from, relations_to
 
 ID_CHUNK = 5_000  # ids per IN (...) list
 
@@ -201,8 +201,9 @@ def sources_pointing_at(
     return out
 
 
-def _valid_pairs(rel: Relation) -> sa.Subquery:
-    """Distinct (source id, target id) pairs of live edges of ``rel`` between live rows."""
+def _valid_pairs(rel: Relation, low: int | None = None, high: int | None = None) -> sa.Subquery:
+    """Distinct (source id, target id) pairs of live edges of ``rel`` between live rows
+    (with sources in ``[low, high)`` when given)."""
     edges = reading.edges_table()
     src, tgt = entity(rel.source), entity(rel.target)
     s, t = reading.table_for(src).alias("s"), reading.table_for(tgt).alias("t")
@@ -215,13 +216,17 @@ def _valid_pairs(rel: Relation) -> sa.Subquery:
             reading.relation_clause(edges, rel),
             s.c[src.soft_delete_column].is_(None),
             t.c[tgt.soft_delete_column].is_(None),
+            edges.c.source_id >= low if low is not None else sa.true(),
+            edges.c.source_id < high if high is not None else sa.true(),
         )
         .distinct()
         .subquery()
     )
 
 
-def valid_reference_count(engine: Engine, collection: str) -> int:
+def valid_reference_count(
+    engine: Engine, collection: str, low: int | None = None, high: int | None = None
+) -> int:
     """Distinct (source, relation, target) pairs of live edges between live rows, for one source collection.
 
     Compared with the references Weaviate holds (the sum of ``sync_ref_count``)
@@ -230,18 +235,61 @@ def valid_reference_count(engine: Engine, collection: str) -> int:
     """
     with engine.connect() as conn:
         return sum(
-            int(conn.execute(sa.select(sa.func.count()).select_from(_valid_pairs(rel))).scalar_one())
+            int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(_valid_pairs(rel, low, high))
+                ).scalar_one()
+            )
             for rel in relations_from(collection)
         )
 
 
-def valid_reference_counts(engine: Engine, collection: str) -> dict[int, int]:
+def valid_reference_counts(
+    engine: Engine, collection: str, low: int | None = None, high: int | None = None
+) -> dict[int, int]:
     """``{source id: references it should carry}`` for the sources of ``collection`` that have any."""
     out: dict[int, int] = {}
     with engine.connect() as conn:
         for rel in relations_from(collection):
-            pairs = _valid_pairs(rel)
+            pairs = _valid_pairs(rel, low, high)
             q = sa.select(pairs.c.source_id, sa.func.count()).group_by(pairs.c.source_id)
             for source_id, n in conn.execute(q):
                 out[source_id] = out.get(source_id, 0) + int(n)
     return out
+
+
+# --- table marks: has anything changed at all? ------------------------------------------------
+
+TableMarks = dict[str, dict[str, Any]]  # table -> {"updated_at", "deleted_at", "count"}
+
+
+def table_marks(engine: Engine) -> TableMarks:
+    """Where every table stands: newest ``updated_at``, newest ``deleted_at`` and row count.
+
+    One row per entity table and one for ``edges``, as plain JSON values, for
+    the change sensor to compare from one check to the next. Three aggregates
+    per table, one connection for all: the newest ``updated_at`` walks the
+    ``(updated_at, id)`` index; the count and the newest ``deleted_at`` scan
+    the table (milliseconds at Tercul's size). An insert, an update, a soft
+    delete and a hard delete each move one of the three.
+    """
+    tables = [(reading.table_for(e), e.soft_delete_column) for e in ENTITIES]
+    tables.append((reading.edges_table(), "deleted_at"))
+    out: TableMarks = {}
+    with engine.connect() as conn:
+        for t, deleted_column in tables:
+            updated, deleted, count = conn.execute(
+                sa.select(sa.func.max(t.c.updated_at), sa.func.max(t.c[deleted_column]), sa.func.count())
+            ).one()
+            u, d = _aware(updated), _aware(deleted)
+            out[t.name] = {
+                "updated_at": u.isoformat() if u else None,
+                "deleted_at": d.isoformat() if d else None,
+                "count": int(count),
+            }
+    return out
+
+
+def changed_tables(before: TableMarks, after: TableMarks) -> list[str]:
+    """The tables whose marks differ between two checks (a table new in ``after`` counts), by name."""
+    return sorted(name for name, marks in after.items() if before.get(name) != marks)

@@ -155,6 +155,19 @@ def fetch_live_rows(engine: Engine, e: EntityType, ids: Sequence[int]) -> list[R
         return list(rows.mappings())
 
 
+def live_ids_among(engine: Engine, e: EntityType, ids: Sequence[int]) -> set[int]:
+    """The ids among ``ids`` whose row exists and is not soft-deleted."""
+    t = table_for(e)
+    ordered, out = sorted(set(ids)), set[int]()
+    with engine.connect() as conn:
+        for start in range(0, len(ordered), 5_000):
+            q = sa.select(t.c.id).where(
+                t.c.id.in_(ordered[start : start + 5_000]), t.c[e.soft_delete_column].is_(None)
+            )
+            out.update(conn.execute(q).scalars())
+    return out
+
+
 def fetch_vector_columns(
     engine: Engine, e: EntityType, ids: Sequence[int], columns: Sequence[str]
 ) -> dict[int, dict[str, Any]]:
@@ -225,6 +238,29 @@ def count_live(engine: Engine, e: EntityType) -> int:
     q = sa.select(sa.func.count()).select_from(t).where(t.c[e.soft_delete_column].is_(None))
     with engine.connect() as conn:
         return int(conn.execute(q).scalar_one())
+
+
+def live_ids_between(engine: Engine, e: EntityType, low: int, high: int) -> set[int]:
+    """Live ids in ``[low, high)``."""
+    t = table_for(e)
+    q = sa.select(t.c.id).where(t.c[e.soft_delete_column].is_(None), t.c.id >= low, t.c.id < high)
+    with engine.connect() as conn:
+        return set(conn.execute(q).scalars())
+
+
+def count_live_between(engine: Engine, e: EntityType, low: int, high: int) -> int:
+    t = table_for(e)
+    q = sa.select(sa.func.count()).where(t.c[e.soft_delete_column].is_(None), t.c.id >= low, t.c.id < high)
+    with engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
+
+
+def id_bounds(engine: Engine, e: EntityType) -> tuple[int, int] | None:
+    """The smallest and largest id in the table, deleted rows included; None when it is empty."""
+    t = table_for(e)
+    with engine.connect() as conn:
+        low, high = conn.execute(sa.select(sa.func.min(t.c.id), sa.func.max(t.c.id))).one()
+    return None if low is None else (int(low), int(high))
 
 
 def count_live_with_text(engine: Engine, e: EntityType, columns: Sequence[str]) -> int:

@@ -11,7 +11,7 @@ Each Dagster asset calls exactly one of ``run_entity``, ``run_edges`` or
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +33,7 @@ from tercul_sync.engine.changes import (
 )
 from tercul_sync.engine.embedding import EmbedStats
 from tercul_sync.engine.passages import PassageReport, PassageSyncer
+from tercul_sync.engine.reconcile import bisect_mismatches
 from tercul_sync.engine.registry import (
     EntityType,
     edge_sources,
@@ -45,6 +46,7 @@ from tercul_sync.engine.reports import MAX_SAMPLE, FailureRule, ReasonLog, add_s
 from tercul_sync.engine.writing import ObjectSyncer, ObjectSyncReport, SyncContext, sweep_orphans
 
 FULL, INCREMENTAL, SWEEP = "full", "incremental", "sweep"
+IDS = "ids"  # the mode an entity step reports when its run config chose the rows (run_entity_ids)
 ENTITY_MODES = (FULL, INCREMENTAL, SWEEP)
 EDGE_MODES = (FULL, INCREMENTAL)
 
@@ -195,10 +197,63 @@ def run_entity(
         weaviate_client.count_objects(ctx.client, e.collection),
         live,
     ):
-        sweep = sweep_orphans(ctx.db, ctx.client, e, list(shards.values()))
+        if mode == INCREMENTAL:  # a few rows removed: find them by ranges, not by walking every object
+            orphans = _orphans_by_ranges(ctx, e, list(shards.values()))
+            _delete(ctx, e, orphans, run)
+        else:
+            sweep = sweep_orphans(ctx.db, ctx.client, e, list(shards.values()))
+            run.deleted += sweep.deleted
+            add_sample(run.deleted_sample, sweep.sample_ids)
         run.swept = True
-        run.deleted += sweep.deleted
-        add_sample(run.deleted_sample, sweep.sample_ids)
+    run.object_count = weaviate_client.count_objects(ctx.client, e.collection)
+    return run
+
+
+def _id_range(ctx: SyncContext, e: EntityType) -> tuple[int, int] | None:
+    """``[low, high)`` covering every id on either side."""
+    bounds = [
+        b
+        for b in (reading.id_bounds(ctx.db, e), weaviate_client.source_id_bounds(ctx.client, e.collection))
+        if b
+    ]
+    return (min(b[0] for b in bounds), max(b[1] for b in bounds) + 1) if bounds else None
+
+
+def _orphans_by_ranges(ctx: SyncContext, e: EntityType, shards: list[reading.Shard]) -> list[int]:
+    """Ids (in ``shards``) of objects whose row is gone or soft-deleted, by bisecting id ranges on counts."""
+    span = _id_range(ctx, e)
+    if span is None:
+        return []
+
+    def leaf(low: int, high: int) -> list[int]:
+        stored = weaviate_client.objects_between(ctx.client, e.collection, low, high)
+        return sorted(set(stored) - reading.live_ids_between(ctx.db, e, low, high))
+
+    found = bisect_mismatches(
+        *span,
+        database=lambda a, b: reading.count_live_between(ctx.db, e, a, b),
+        weaviate=lambda a, b: weaviate_client.count_between(ctx.client, e.collection, a, b),
+        leaf=leaf,
+    )
+    return [i for i in found if reading.in_shards(i, shards)]
+
+
+def run_entity_ids(
+    ctx: SyncContext, e: EntityType, shards: Shards, ids: Sequence[int], previous: Mapping[str, CursorJson]
+) -> EntityRun:
+    """Sync exactly the rows ``ids`` of ``e`` (those in ``shards``), now: the old queue's row task.
+
+    Live rows are written (unchanged ones skipped by hash); the objects of ids
+    whose row is soft-deleted or gone are deleted. No cursor moves (the
+    previous ones are recorded again) and no sweep runs: the next incremental
+    run reads what it would have read.
+    """
+    chosen = sorted({i for i in ids if reading.in_shards(i, list(shards.values()))})
+    syncer = ObjectSyncer(ctx, e)
+    run = EntityRun(syncer.report, rows_changed=len(chosen), cursors=dict(previous))
+    syncer.sync_ids(chosen)
+    live = reading.live_ids_among(ctx.db, e, chosen)
+    _delete(ctx, e, [i for i in chosen if i not in live], run)
     run.object_count = weaviate_client.count_objects(ctx.client, e.collection)
     return run
 
@@ -348,17 +403,27 @@ def _sources_with_wrong_references(
     because the target was not written yet (a self-reference, a failed
     target), and references left on objects by targets or edges removed
     outright, which no cursor shows. Both change a source's count. One
-    aggregate on each side tells whether anything is off; only then are the
-    counts compared source by source (two small columns, not the objects),
-    and only the sources that differ are rewritten.
+    aggregate on each side tells whether anything is off; then ranges of ids
+    whose sums differ are halved until the counts can be compared source by
+    source (``reconcile.py``), and only the sources that differ are rewritten.
     """
-    if weaviate_client.reference_total(ctx.client, collection) == valid_reference_count(ctx.db, collection):
+    e = entity(collection)
+    span = _id_range(ctx, e)
+    if span is None:
         return []
-    expected = valid_reference_counts(ctx.db, collection)
-    stored = weaviate_client.stored_reference_counts(ctx.client, collection)
-    return sorted(
-        sid for sid, n in stored.items() if expected.get(sid, 0) != n and reading.in_shards(sid, shards)
+
+    def leaf(low: int, high: int) -> list[int]:
+        expected = valid_reference_counts(ctx.db, collection, low, high)
+        stored = weaviate_client.objects_between(ctx.client, collection, low, high)
+        return [sid for sid, n in stored.items() if expected.get(sid, 0) != n]
+
+    found = bisect_mismatches(
+        *span,
+        database=lambda a, b: valid_reference_count(ctx.db, collection, a, b),
+        weaviate=lambda a, b: weaviate_client.reference_sum_between(ctx.client, collection, a, b),
+        leaf=leaf,
     )
+    return [i for i in found if reading.in_shards(i, shards)]
 
 
 def edges_step(

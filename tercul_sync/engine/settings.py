@@ -213,8 +213,20 @@ class Settings(BaseModel):
         default="*/10 * * * *",
         description="Cron of `incremental_sync_schedule`.",
     )
+    sensor_interval_seconds: int = _env(
+        "TERCUL_SYNC_SENSOR_INTERVAL",
+        default=30,
+        ge=1,
+        description="Seconds between two checks of the `tercul_changes` sensor (newest `updated_at`, newest "
+        "`deleted_at` and row count of each table); a change launches one incremental run of what changed.",
+    )
     sweep_cron: str = _env(
         "TERCUL_SYNC_SWEEP_CRON", default="30 * * * *", description="Cron of `orphan_sweep_schedule`."
+    )
+    parity_cron: str = _env(
+        "TERCUL_SYNC_PARITY_CRON",
+        default="45 3 * * *",
+        description="Cron of `parity_schedule` (the parity job).",
     )
     schedule_timezone: str = _env(
         "TERCUL_SYNC_TIMEZONE", default="UTC", description="Time zone of the schedules."
@@ -224,6 +236,32 @@ class Settings(BaseModel):
         default=None,
         description="A weaviate-server binary for local servers (demo, tests), "
         "instead of finding or building one.",
+    )
+    dagster_url: str = _env(
+        "TERCUL_SYNC_DAGSTER_URL",
+        default="http://127.0.0.1:3000",
+        pattern=r"^https?://[^/:]+(:\d+)?(/[^?#]*)?$",
+        description="The Dagster webserver the trigger client (`tercul_sync.trigger`, `tercul-sync enqueue`) "
+        "launches runs on; a path after the host is the webserver's `--path-prefix`.",
+    )
+    dagster_token: SecretStr | None = _env(
+        "TERCUL_SYNC_DAGSTER_TOKEN",
+        default=None,
+        secret=True,
+        description="A token the trigger client sends in `TERCUL_SYNC_DAGSTER_TOKEN_HEADER`, for a webserver "
+        "behind an authenticating proxy or Dagster+; never shown.",
+    )
+    dagster_token_header: str = _env(
+        "TERCUL_SYNC_DAGSTER_TOKEN_HEADER",
+        default="Authorization",
+        description="The header that carries `TERCUL_SYNC_DAGSTER_TOKEN`: `Authorization` sends "
+        "`Bearer <token>`, any other header (e.g. `Dagster-Cloud-Api-Token`) the token as it is.",
+    )
+    dagster_location: str = _env(
+        "TERCUL_SYNC_DAGSTER_LOCATION",
+        default="tercul_sync",
+        description="The name of tercul_sync's code location in the deployment's workspace "
+        "(`workspace.yaml`).",
     )
 
     @property

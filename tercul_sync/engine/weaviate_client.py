@@ -225,6 +225,57 @@ def stored_reference_counts(client: weaviate.WeaviateClient, collection: str) ->
     return {sid: int(cast("int", n or 0)) for sid, _, n in _walk(client, collection, REF_COUNT_PROPERTY)}
 
 
+def _between(low: int, high: int) -> Any:
+    return Filter.by_property(SOURCE_ID_PROPERTY).greater_or_equal(low) & Filter.by_property(
+        SOURCE_ID_PROPERTY
+    ).less_than(high)
+
+
+@retry_transient
+def count_between(client: weaviate.WeaviateClient, collection: str, low: int, high: int) -> int:
+    """Objects whose ``source_id`` is in ``[low, high)``."""
+    res = client.collections.use(collection).aggregate.over_all(filters=_between(low, high), total_count=True)
+    return int(res.total_count or 0)
+
+
+@retry_transient
+def reference_sum_between(client: weaviate.WeaviateClient, collection: str, low: int, high: int) -> int:
+    """References carried by the objects whose ``source_id`` is in ``[low, high)``."""
+    res = client.collections.use(collection).aggregate.over_all(
+        filters=_between(low, high), return_metrics=Metrics(REF_COUNT_PROPERTY).integer(sum_=True)
+    )
+    metric = res.properties[REF_COUNT_PROPERTY]
+    return int(metric.sum_ or 0) if isinstance(metric, AggregateInteger) else 0
+
+
+@retry_transient
+def objects_between(client: weaviate.WeaviateClient, collection: str, low: int, high: int) -> dict[int, int]:
+    """``{source_id: sync_ref_count}`` of the objects whose ``source_id`` is in ``[low, high)``."""
+    found = client.collections.use(collection).query.fetch_objects(
+        filters=_between(low, high),
+        limit=ID_CHUNK,
+        return_properties=[SOURCE_ID_PROPERTY, REF_COUNT_PROPERTY],
+    )
+    return {
+        int(cast("int", o.properties.get(SOURCE_ID_PROPERTY))): int(
+            cast("int", o.properties.get(REF_COUNT_PROPERTY) or 0)
+        )
+        for o in found.objects
+    }
+
+
+@retry_transient
+def source_id_bounds(client: weaviate.WeaviateClient, collection: str) -> tuple[int, int] | None:
+    """The smallest and largest ``source_id`` stored; None when the collection is empty."""
+    res = client.collections.use(collection).aggregate.over_all(
+        return_metrics=Metrics(SOURCE_ID_PROPERTY).integer(minimum=True, maximum=True)
+    )
+    metric = res.properties[SOURCE_ID_PROPERTY]
+    if not isinstance(metric, AggregateInteger) or metric.minimum is None or metric.maximum is None:
+        return None
+    return int(metric.minimum), int(metric.maximum)
+
+
 @retry_transient
 def count_first_passages(client: weaviate.WeaviateClient, parent_collection: str) -> int:
     """Passages at position 0 whose parent is of ``parent_collection``: one per parent that has any."""

@@ -1,0 +1,98 @@
+"""Parity: the frames diff (unit) and the whole check against real PostgreSQL and Weaviate (services)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+import weaviate
+from weaviate.classes.data import DataObject
+
+from tercul_sync.devtools import demo_data
+from tercul_sync.engine import reading, runs
+from tercul_sync.engine.objects import REF_COUNT_PROPERTY
+from tercul_sync.engine.parity import ParityReport, check_parity, diff
+from tercul_sync.engine.registry import entity, object_uuid, sync_order
+from tercul_sync.engine.settings import load_settings
+from tercul_sync.engine.weaviate_schema import ensure_schema
+from tercul_sync.engine.writing import SyncContext
+
+SHARDS = {f"shard-{i}": reading.Shard(i, 3) for i in range(3)}
+
+
+def _frame(rows: dict[int, tuple[int, int]]) -> pd.DataFrame:
+    ids = list(rows)
+    data = {"updated_ns": [rows[i][0] for i in ids], "ref_count": [rows[i][1] for i in ids]}
+    return pd.DataFrame(data, index=pd.Index(ids, name="id", dtype="int64"), dtype="int64")
+
+
+@pytest.mark.unit
+def test_the_diff_names_every_kind_of_difference():
+    db = _frame({1: (10, 0), 2: (20, 2), 3: (30, 1), 4: (40, 0)})
+    wv = _frame({1: (10, 0), 2: (21, 2), 3: (30, 3), 9: (90, 0)})
+    report = ParityReport("Work")
+    diff(db, wv, report)
+    assert report.counts == {"missing": 1, "orphan": 1, "stale": 1, "wrong_references": 1}
+    assert report.samples == {"missing": [4], "orphan": [9], "stale": [2], "wrong_references": [3]}
+    assert (report.rows, report.objects, report.exact) == (4, 4, False)
+    assert "1 missing, 1 orphan, 1 stale, 1 wrong references" in report.describe()
+
+
+@pytest.mark.unit
+def test_equal_frames_are_exact():
+    frame = _frame({1: (10, 0), 2: (20, 2)})
+    report = ParityReport("Tag")
+    diff(frame, frame.copy(), report)
+    assert report.exact and report.describe() == "Tag: exact (2 live rows, 2 objects)"
+
+
+@pytest.mark.services
+def test_parity_is_exact_after_a_sync_and_finds_each_kind_of_damage(
+    pg_database: str, weaviate_client: weaviate.WeaviateClient
+) -> None:
+    engine = reading.make_engine(pg_database)
+    demo_data.generate(engine, 600, seed=11)
+    settings = load_settings(vectorizer="none")
+    ensure_schema(weaviate_client, settings)
+    ctx = SyncContext(engine, weaviate_client, settings)
+    for e in sync_order():
+        runs.run_entity(ctx, e, SHARDS, runs.FULL, {})
+    runs.run_edges(ctx, SHARDS, runs.FULL, {})
+    shards = list(SHARDS.values())
+    for e in sync_order():
+        assert check_parity(engine, weaviate_client, e, shards).exact, e.collection
+
+    work = weaviate_client.collections.use("Work")
+    with engine.connect() as conn:
+        live = list(
+            conn.execute(sa.text("SELECT id FROM works WHERE deleted_at IS NULL ORDER BY id")).scalars()
+        )
+    missing, stale, wrong = live[0], live[1], live[2]
+    work.data.delete_by_id(object_uuid("Work", missing))
+    work.data.update(
+        uuid=object_uuid("Work", stale), properties={"updated_at": datetime(1999, 1, 1, tzinfo=UTC)}
+    )
+    work.data.update(uuid=object_uuid("Work", wrong), properties={REF_COUNT_PROPERTY: 99})
+    orphan = max(live) + 1000
+    work.data.insert_many(
+        [DataObject(properties={"source_id": orphan, "title": "ghost"}, uuid=object_uuid("Work", orphan))]
+    )
+
+    report = check_parity(engine, weaviate_client, entity("Work"), shards)
+    assert report.counts == {"missing": 1, "orphan": 1, "stale": 1, "wrong_references": 1}
+    assert report.samples["missing"] == [missing] and report.samples["orphan"] == [orphan]
+    assert report.samples["stale"] == [stale] and report.samples["wrong_references"] == [wrong]
+    assert check_parity(engine, weaviate_client, entity("Author"), shards).exact  # the others are untouched
+
+    runs.run_entity(
+        ctx, entity("Work"), SHARDS, runs.FULL, {}
+    )  # a full run writes the missing, sweeps the orphan
+    after = check_parity(engine, weaviate_client, entity("Work"), shards)
+    # Objects edited behind the sync's back keep their content hash, so a full run skips them: parity is
+    # what shows them, and a forced run rewrites them.
+    assert after.counts == {"missing": 0, "orphan": 0, "stale": 1, "wrong_references": 1}
+    forced = SyncContext(engine, weaviate_client, settings, force=True)
+    runs.run_entity(forced, entity("Work"), SHARDS, runs.FULL, {})
+    assert check_parity(engine, weaviate_client, entity("Work"), shards).exact
