@@ -307,11 +307,13 @@ def build_passages_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_R
     return passages
 
 
-def build_assets(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY) -> list[dg.AssetsDefinition]:
+def build_assets(
+    shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY, passages: bool = True
+) -> list[dg.AssetsDefinition]:
     entities = [build_entity_asset(e, shard_count, retry_policy) for e in ENTITIES]
-    extra = [build_passages_asset(shard_count, retry_policy)] if passage_parents() else []
+    extra = [build_passages_asset(shard_count, retry_policy)] if passages and passage_parents() else []
     return [*entities, build_edges_asset(shard_count, retry_policy), *extra]
 
 
 # The location's assets, one partition per configured shard (TERCUL_SYNC_SHARDS).
-assets = build_assets(SETTINGS.shards)
+assets = build_assets(SETTINGS.shards, passages=SETTINGS.passages)

@@ -135,6 +135,11 @@ class Settings(BaseModel):
         description="The incremental sync re-reads rows changed this long before its cursor, "
         "for transactions that commit late.",
     )
+    passages: bool = _env(
+        "TERCUL_SYNC_PASSAGES",
+        default=True,
+        description="Split long texts into `Passage` objects (the `passages` asset); `false`: none.",
+    )
     max_concurrent_steps: int = _env(
         "TERCUL_SYNC_MAX_CONCURRENT_STEPS",
         default=4,

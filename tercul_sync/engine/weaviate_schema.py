@@ -189,7 +189,7 @@ def ensure_schema(
         changes += _ensure_collection(client, e, [r for r in relations if r.source == e.collection], settings)
     for r in relations:
         changes += _ensure_reference(client, r)
-    parents = [e.collection for e in passage_parents()]
+    parents = [e.collection for e in passage_parents()] if settings is None or settings.passages else []
     if parents and all(client.collections.exists(p) for p in parents):
         changes += _ensure_collection(client, PASSAGE, [], settings)
         changes += _ensure_passage_reference(client, parents)
