@@ -1,7 +1,8 @@
 """dlt, the peer: every Tercul entity table into Weaviate with ``sql_database``, merged on ``id``.
 
 Runs in its own virtualenv (bench_peers.py makes it: ``.tercul/bench-venv``,
-``dlt[weaviate,sql_database,sqlalchemy]``), so dlt's dependencies never touch
+``dlt[weaviate,sqlalchemy]==1.31.0``: 1.31 has no ``sql_database`` extra, its source
+needs only SQLAlchemy), so dlt's dependencies never touch
 the project's pins:
 
     .tercul/bench-venv/bin/python benchmarks/peers_dlt.py --db-url URL --pipelines-dir DIR

@@ -223,7 +223,15 @@ def write_report(
         f".venv/bin/python benchmarks/bench_peers.py --rows {args.rows}"
         + (" --skip-dlt" if args.skip_dlt else "")
         + (" --skip-dagster" if args.skip_dagster else "")
+        + (f" --code {args.code}" if getattr(args, "code", None) else "")
         + f" --out {out}"
+    )
+    limits = [r["seconds"] for r in rows if r["tool"] == "limit" and r["run"].startswith("insert_many")]
+    spread = (
+        f" In this run the limit itself took {limits[0]:.1f} s at the start and {limits[-1]:.1f} s "
+        "at the end."
+        if len(limits) > 1
+        else ""
     )
     dlt_version = details.get("dlt", {}).get("first", {}).get("dlt_version", "(not run)")
     load = ", ".join(f"{x:.2f}" for x in info["load_before"])
@@ -237,8 +245,10 @@ def write_report(
         "```",
         "",
         f"**Machine**: {info['cores']} cores ({info['cpu']}), {info['memory_gb']:.0f} GB of memory, "
-        "shared and noisy: the same script can differ by 10 to 20% from one run to the next, so compare "
-        f"figures within one run, not across runs (load average when this run started: {load}). "
+        "shared and noisy: the same measurement can differ by a third from one run to the next, and other "
+        "sessions' tests may run at the same time (the *other load* column), so compare figures within one "
+        f"run, not across runs, and read ratios to within 20 or 30%.{spread} Load average when the run "
+        f"started: {load}. "
         f"Everything ran on this one machine: PostgreSQL {info['postgres']}, Weaviate "
         f"{info['weaviate_server']} (one node, local binary), the tools, and the benchmark itself.",
         "",
@@ -258,7 +268,7 @@ def write_report(
         "## Figures",
         "",
         "*Share of the limit* is the limit's seconds (pre-built objects written with `insert_many`; the "
-        "mean of its two measurements, at the start and at the end of the run) divided by the run's: 1.0 "
+        "mean of its measurements, at the start and at the end of the run) divided by the run's: 1.0 "
         "is as fast as the server takes the same objects. *Objects/s* counts every live object "
         "a run covers, written or found unchanged. *Peak RSS* is summed over the run's process tree, "
         "sampled every 0.2 s (for the limit and the engine, each run in a process of its own, it is that "
@@ -290,7 +300,9 @@ def write_report(
         "their own collection (Category.parent) are written first without those references and again, "
         "whole, at the end, as tercul_sync's edges pass does. The limit's RSS includes every object "
         "built in advance. The `fixed_size` batcher waits up to a second for a batch to fill before "
-        "sending a partial one, which it does once per collection.",
+        "sending a partial one, which it does once per collection. The limit is measured at the start "
+        "of the run and again at the end (on the changed data), to show how much the machine drifted "
+        "in between.",
         "- **dlt**: `dlt.sources.sql_database.sql_database` over the seven entity tables (soft-deleted "
         "rows left out by a query adapter), every resource `write_disposition='merge'`, "
         "`primary_key='id'`, into the `weaviate` destination (`connection_type=local`, "
@@ -301,7 +313,9 @@ def write_report(
         "- **tercul_sync via Dagster**: `dagster job execute -m tercul_sync.definitions -j full_sync` "
         "with a fresh `DAGSTER_HOME` (SQLite storage, telemetry off), every tercul_sync setting at its "
         "default; the clock is the command's wall time. Step timings come from the run's event log "
-        "(`peers_dagster.py`).",
+        "(`peers_dagster.py`). When the job has steps the peers do not (`passages`), a second line "
+        "gives the time from the command's start to the end of the last entity or edges step, read "
+        "from the same event log.",
         "- **tercul_sync engine**: `runs.run_entity(ctx, e, shards, mode, cursors)` for each entity "
         "type of `sync_order()` over 8 shards, then `runs.run_edges`, schema check included, in one "
         "process, no Dagster; timed around the work.",
@@ -310,7 +324,9 @@ def write_report(
         "`runs.run_edges(..., runs.INCREMENTAL, ...)` from the engine re-run's cursors, then a full "
         "engine run over the same data.",
         "- Every *first* run starts from an empty Weaviate (`client.collections.delete_all()`); runs go "
-        "in the order of the table.",
+        "in the order of the table. With `--code REV` the package is measured as committed at REV "
+        "(extracted with `git archive` into `.tercul/bench-code/`, first on every child's `PYTHONPATH`), "
+        "so that edits to the work tree during the run change nothing measured.",
         "",
         "## tercul_sync engine, per step (seconds)",
         "",
