@@ -174,26 +174,46 @@ def _mode(context: dg.AssetExecutionContext, configured: str | None, allowed: tu
         raise _no_retry(exc) from exc
 
 
+def _asset(
+    name: str,
+    description: str,
+    after: list[str],
+    landed: str,
+    shard_count: int,
+    retry_policy: dg.RetryPolicy,
+) -> Callable[[Callable[..., dg.MaterializeResult]], dg.AssetsDefinition]:
+    """The decorator every tercul_sync asset shares: group, kinds, shards, single-run backfills, a pool
+    of its own, the step retry, the assets it waits for (every shard of each), and its two checks."""
+    return dg.asset(
+        name=name,
+        group_name=GROUP,
+        kinds={"weaviate", "sql"},
+        description=description,
+        partitions_def=shard_partitions(shard_count),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=f"tercul_sync/{name}",
+        retry_policy=retry_policy,
+        deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in after],
+        check_specs=[
+            dg.AssetCheckSpec(CHECK_NAME, asset=name, description=landed),
+            dg.AssetCheckSpec(VECTOR_CHECK, asset=name, description=VECTOR_CHECK_TEXT),
+        ],
+    )
+
+
 def build_entity_asset(
     e: EntityType, shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY
 ) -> dg.AssetsDefinition:
     # Targets first: a source object written after its targets carries all its references at once.
     targets = sorted({r.target for r in RELATIONS if r.source == e.collection and r.target != e.collection})
 
-    @dg.asset(
-        name=e.collection,
-        group_name=GROUP,
-        kinds={"weaviate", "sql"},
-        description=f"Live rows of `{e.table}` as objects of the Weaviate collection `{e.collection}`.",
-        partitions_def=shard_partitions(shard_count),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=f"tercul_sync/{e.collection}",
-        retry_policy=retry_policy,
-        deps=[dg.AssetDep(t, partition_mapping=dg.AllPartitionMapping()) for t in targets],
-        check_specs=[
-            dg.AssetCheckSpec(CHECK_NAME, asset=e.collection, description="Every row landed in Weaviate."),
-            dg.AssetCheckSpec(VECTOR_CHECK, asset=e.collection, description=VECTOR_CHECK_TEXT),
-        ],
+    @_asset(
+        e.collection,
+        f"Live rows of `{e.table}` as objects of the Weaviate collection `{e.collection}`.",
+        targets,
+        "Every row landed in Weaviate.",
+        shard_count,
+        retry_policy,
     )
     def _entity_asset(
         context: dg.AssetExecutionContext,
@@ -221,23 +241,14 @@ def build_entity_asset(
 
 
 def build_edges_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=EDGES_ASSET,
-        group_name=GROUP,
-        kinds={"weaviate", "sql"},
-        description="Live `edges` between live rows as cross-references: "
+    @_asset(
+        EDGES_ASSET,
+        "Live `edges` between live rows as cross-references: "
         "sets each source object's reference lists exactly.",
-        partitions_def=shard_partitions(shard_count),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool="tercul_sync/edges",
-        retry_policy=retry_policy,
-        deps=[dg.AssetDep(e.collection, partition_mapping=dg.AllPartitionMapping()) for e in ENTITIES],
-        check_specs=[
-            dg.AssetCheckSpec(
-                CHECK_NAME, asset=EDGES_ASSET, description="Every source object carrying references landed."
-            ),
-            dg.AssetCheckSpec(VECTOR_CHECK, asset=EDGES_ASSET, description=VECTOR_CHECK_TEXT),
-        ],
+        [e.collection for e in ENTITIES],
+        "Every source object carrying references landed.",
+        shard_count,
+        retry_policy,
     )
     def edges(
         context: dg.AssetExecutionContext,
@@ -265,22 +276,13 @@ def build_edges_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETR
 def build_passages_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY) -> dg.AssetsDefinition:
     parents = [e.collection for e in passage_parents()]
 
-    @dg.asset(
-        name=PASSAGES_ASSET,
-        group_name=GROUP,
-        kinds={"weaviate", "sql"},
-        description=f"Long texts of {', '.join(parents)} as passages, objects of `{PASSAGE_COLLECTION}`.",
-        partitions_def=shard_partitions(shard_count),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool="tercul_sync/passages",
-        retry_policy=retry_policy,
-        deps=[dg.AssetDep(p, partition_mapping=dg.AllPartitionMapping()) for p in parents],
-        check_specs=[
-            dg.AssetCheckSpec(
-                CHECK_NAME, asset=PASSAGES_ASSET, description="Every passage landed in Weaviate."
-            ),
-            dg.AssetCheckSpec(VECTOR_CHECK, asset=PASSAGES_ASSET, description=VECTOR_CHECK_TEXT),
-        ],
+    @_asset(
+        PASSAGES_ASSET,
+        f"Long texts of {', '.join(parents)} as passages, objects of `{PASSAGE_COLLECTION}`.",
+        parents,
+        "Every passage landed in Weaviate.",
+        shard_count,
+        retry_policy,
     )
     def passages(
         context: dg.AssetExecutionContext,

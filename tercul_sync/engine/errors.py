@@ -67,7 +67,7 @@ TRANSIENT_MESSAGE_MARKERS = (
 )
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and its causes and contexts, each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -106,7 +106,7 @@ def _verdict(exc: BaseException) -> bool | None:
 
 def is_transient_error(exc: BaseException) -> bool:
     """Whether a failed call is worth retrying, judged by what the exception is."""
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         verdict = _verdict(link)
         if verdict is not None:
             return verdict

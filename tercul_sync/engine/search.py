@@ -19,7 +19,6 @@ from weaviate.classes.query import Filter, MetadataQuery, QueryReference
 from tercul_sync.engine.embedding import Embedder
 from tercul_sync.engine.registry import (
     PASSAGE,
-    PASSAGE_COLLECTION,
     SOURCE_ID_PROPERTY,
     EntityType,
     entity,
@@ -51,6 +50,34 @@ def _title(props: Mapping[str, Any]) -> str:
     return ""
 
 
+def _query(
+    client: weaviate.WeaviateClient,
+    e: EntityType,
+    query: str,
+    limit: int,
+    alpha: float,
+    query_vector: list[float] | None,
+    keyword_only: bool,
+    refs: Any,
+) -> Any:
+    """BM25 alone, or a hybrid query against every named vector of ``e`` (given ``query_vector`` or not)."""
+    col = client.collections.use(e.collection)
+    metadata = MetadataQuery(score=True)
+    if keyword_only:
+        return col.query.bm25(query=query, limit=limit, return_metadata=metadata, return_references=refs)
+    names = [v.name for v in e.vectors]
+    vector: Any = {n: query_vector for n in names} if query_vector is not None and names else None
+    return col.query.hybrid(
+        query=query,
+        alpha=alpha,
+        vector=vector,
+        target_vector=names or None,
+        limit=limit,
+        return_metadata=metadata,
+        return_references=refs,
+    )
+
+
 def search_collection(
     client: weaviate.WeaviateClient,
     e: EntityType,
@@ -64,25 +91,9 @@ def search_collection(
 
     ``keyword_only``: the collections have no vectors of ours (BM25 alone).
     """
-    names = [] if keyword_only else [v.name for v in e.vectors]
     authors = any(r.name == "authors" for r in relations_from(e.collection))
     refs = [QueryReference(link_on="authors", return_properties=["name"])] if authors else None
-    col = client.collections.use(e.collection)
-    vector: Any = {n: query_vector for n in names} if query_vector is not None and names else None
-    if keyword_only:
-        result = col.query.bm25(
-            query=query, limit=limit, return_metadata=MetadataQuery(score=True), return_references=refs
-        )
-    else:
-        result = col.query.hybrid(
-            query=query,
-            alpha=alpha,
-            vector=vector,
-            target_vector=names or None,
-            limit=limit,
-            return_metadata=MetadataQuery(score=True),
-            return_references=refs,
-        )
+    result = _query(client, e, query, limit, alpha, query_vector, keyword_only, refs)
     hits = []
     for o in result.objects:
         linked = (o.references or {}).get("authors")
@@ -133,23 +144,8 @@ def search_passages(
     keyword_only: bool = False,
 ) -> list[Hit]:
     """The passages that match best, each with its parent work or translation (one hit per parent)."""
-    names = [] if keyword_only else [v.name for v in PASSAGE.vectors]
-    vector: Any = None
-    if embedder is not None and names:
-        vector = {n: embedder.embed_query(query) for n in names}
-    col = client.collections.use(PASSAGE_COLLECTION)
-    metadata = MetadataQuery(score=True)
-    if keyword_only:
-        result = col.query.bm25(query=query, limit=limit * 3, return_metadata=metadata)
-    else:
-        result = col.query.hybrid(
-            query=query,
-            alpha=alpha,
-            vector=vector,
-            target_vector=names or None,
-            limit=limit * 3,
-            return_metadata=metadata,
-        )
+    query_vector = embedder.embed_query(query) if embedder is not None else None
+    result = _query(client, PASSAGE, query, limit * 3, alpha, query_vector, keyword_only, None)
     hits: dict[tuple[str, int], Hit] = {}
     for o in result.objects:
         props = o.properties

@@ -20,7 +20,7 @@ The webserver's address and token come from ``TERCUL_SYNC_DAGSTER_URL``,
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 from urllib.parse import urlsplit
@@ -29,6 +29,7 @@ import requests
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from gql.transport.exceptions import TransportConnectionFailed, TransportServerError
 
+from tercul_sync.engine.errors import exception_chain
 from tercul_sync.engine.registry import entity
 from tercul_sync.engine.settings import Settings, load_settings
 
@@ -46,16 +47,6 @@ UNREACHABLE = (
     ConnectionError,
     TimeoutError,
 )
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and the exceptions it was raised from or while handling, outermost first."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
 
 
 class TriggerError(RuntimeError):
@@ -130,7 +121,7 @@ class SyncTrigger:
         return RunOutcome(run_id, status)
 
     def _error(self, exc: DagsterGraphQLClientError, doing: str) -> TriggerError:
-        causes = list(_causes(exc))
+        causes = list(exception_chain(exc))
         down = [
             c
             for c in causes
