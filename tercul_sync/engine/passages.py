@@ -12,8 +12,6 @@ removed loses all its passages.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,14 +24,13 @@ from tercul_sync.engine import reading, weaviate_client
 from tercul_sync.engine.batching import BatchProcessor, WriteReport
 from tercul_sync.engine.chunking import split_text
 from tercul_sync.engine.embedding import Embedder, EmbedStats, make_embedder
-from tercul_sync.engine.objects import HASH_PROPERTY, ObjectWrite, chunk, to_weaviate_value
+from tercul_sync.engine.objects import HASH_PROPERTY, ObjectWrite, chunk, content_hash, to_weaviate_value
 from tercul_sync.engine.registry import (
     PASSAGE_COLLECTION,
     PASSAGE_PARENT_REFERENCE,
     EntityType,
     PassageSpec,
     object_uuid,
-    passage_parents,
 )
 from tercul_sync.engine.reports import MAX_SAMPLE, add_sample
 from tercul_sync.engine.writing import ObjectSyncReport, Row, SyncContext
@@ -48,17 +45,6 @@ def parent_key(collection: str, parent_id: int) -> str:
 
 def passage_uuid(collection: str, parent_id: int, prop: str, position: int) -> str:
     return str(generate_uuid5(f"{PASSAGE_COLLECTION}:{collection}:{parent_id}:{prop}:{position}"))
-
-
-def copied_columns() -> dict[str, Any]:
-    """``{property: Column}`` of every parent field copied to passages (their union over the registry)."""
-    out: dict[str, Any] = {}
-    for e in passage_parents():
-        by_name = {c.name: c for c in e.columns}
-        for spec in e.passages:
-            for name in spec.copied:
-                out[name] = by_name[name]
-    return out
 
 
 def build_passages(e: EntityType, spec: PassageSpec, row: Row) -> list[ObjectWrite]:
@@ -83,15 +69,10 @@ def build_passages(e: EntityType, spec: PassageSpec, row: Row) -> list[ObjectWri
     out = []
     for c in split_text(text, spec.max_chars, spec.overlap_chars):
         props = {**common, "position": c.position, "text": c.text}
-        props[HASH_PROPERTY] = _hash(props)
+        props[HASH_PROPERTY] = content_hash(props, {})
         uuid = passage_uuid(e.collection, row["id"], spec.property, c.position)
         out.append(ObjectWrite(row["id"], uuid, props, dict(parent), reference_collections=target))
     return out
-
-
-def _hash(props: Mapping[str, Any]) -> str:
-    doc = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in sorted(props.items())}
-    return hashlib.sha256(json.dumps(doc, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
 @dataclass

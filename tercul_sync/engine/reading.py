@@ -168,21 +168,22 @@ def live_ids_among(engine: Engine, e: EntityType, ids: Sequence[int]) -> set[int
     return out
 
 
-def fetch_vector_columns(
-    engine: Engine, e: EntityType, ids: Sequence[int], columns: Sequence[str]
-) -> dict[int, dict[str, Any]]:
-    """``{id: {column: raw value}}`` of vector columns, which are not in the registry (``column`` mode).
-
-    A column the table lacks raises ``MissingColumnError`` naming the table and the column.
-    """
-    if not ids:
-        return {}
+def require_columns(engine: Engine, e: EntityType, columns: Sequence[str]) -> None:
+    """Raise ``MissingColumnError``, naming the table and column, when a column is missing."""
     present = {c["name"] for c in sa.inspect(engine).get_columns(e.table)}
     missing = [c for c in columns if c not in present]
     if missing:
         raise MissingColumnError(
             f"table {e.table} has no column {', '.join(missing)} (TERCUL_SYNC_VECTOR_COLUMN)"
         )
+
+
+def fetch_vector_columns(
+    engine: Engine, e: EntityType, ids: Sequence[int], columns: Sequence[str]
+) -> dict[int, dict[str, Any]]:
+    """``{id: {column: raw value}}`` of vector columns, which are not in the registry (``column`` mode)."""
+    if not ids:
+        return {}
     t = sa.table(e.table, sa.column("id"), *(sa.column(c) for c in columns))
     q = sa.select(t.c.id, *(t.c[c] for c in columns)).where(t.c.id.in_(sorted(set(ids))))
     with engine.connect() as conn:

@@ -190,11 +190,12 @@ def run_entity(
             run.cursors[key] = new.to_json()
     # Rows removed outright leave no trace to follow: compare counts, sweep when they differ.
     live = reading.count_live(ctx.db, e)
+    objects = weaviate_client.count_objects(ctx.client, e.collection)
     if needs_sweep(
         mode,
         covers_all(shards),
         syncer.report.write.failed,
-        weaviate_client.count_objects(ctx.client, e.collection),
+        objects,
         live,
     ):
         if mode == INCREMENTAL:  # a few rows removed: find them by ranges, not by walking every object
@@ -205,7 +206,8 @@ def run_entity(
             run.deleted += sweep.deleted
             add_sample(run.deleted_sample, sweep.sample_ids)
         run.swept = True
-    run.object_count = weaviate_client.count_objects(ctx.client, e.collection)
+    # Counted again only when the sweep deleted something.
+    run.object_count = weaviate_client.count_objects(ctx.client, e.collection) if run.deleted else objects
     return run
 
 

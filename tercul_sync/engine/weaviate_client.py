@@ -202,27 +202,19 @@ def stored_vectors(
     return out
 
 
-def _walk(client: weaviate.WeaviateClient, collection: str, prop: str) -> Iterator[tuple[int, str, object]]:
-    """``(source_id, uuid, prop's value)`` of every object (a cursor walk, no offset limit)."""
-    for obj in client.collections.use(collection).iterator(
-        return_properties=[SOURCE_ID_PROPERTY, prop], cache_size=5_000
-    ):
+@retry_transient
+def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[int, str]:
+    """``{source_id: uuid}`` of every object in ``collection`` (a cursor walk, no offset limit)."""
+    out: dict[int, str] = {}
+    walk = client.collections.use(collection).iterator(
+        return_properties=[SOURCE_ID_PROPERTY], cache_size=5_000
+    )
+    for obj in walk:
         sid = obj.properties.get(SOURCE_ID_PROPERTY)
         if sid is not None:
             # An INT property: the client types property values as the union of every kind.
-            yield int(cast("int", sid)), str(obj.uuid), obj.properties.get(prop)
-
-
-@retry_transient
-def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[int, str]:
-    """``{source_id: uuid}`` of every object in ``collection``."""
-    return {sid: uuid for sid, uuid, _ in _walk(client, collection, SOURCE_ID_PROPERTY)}
-
-
-@retry_transient
-def stored_reference_counts(client: weaviate.WeaviateClient, collection: str) -> dict[int, int]:
-    """``{source_id: references the object carries}`` (its ``sync_ref_count``) of every object."""
-    return {sid: int(cast("int", n or 0)) for sid, _, n in _walk(client, collection, REF_COUNT_PROPERTY)}
+            out[int(cast("int", sid))] = str(obj.uuid)
+    return out
 
 
 def _between(low: int, high: int) -> Any:
@@ -284,15 +276,3 @@ def count_first_passages(client: weaviate.WeaviateClient, parent_collection: str
     ).equal(0)
     res = client.collections.use(PASSAGE_COLLECTION).aggregate.over_all(filters=where, total_count=True)
     return int(res.total_count or 0)
-
-
-@retry_transient
-def reference_total(client: weaviate.WeaviateClient, collection: str) -> int:
-    """How many references a collection's objects carry (the sum of their ``sync_ref_count``)."""
-    res = client.collections.use(collection).aggregate.over_all(
-        return_metrics=Metrics(REF_COUNT_PROPERTY).integer(sum_=True)
-    )
-    metric = res.properties[REF_COUNT_PROPERTY]
-    if not isinstance(metric, AggregateInteger):
-        raise TypeError(f"{collection}.{REF_COUNT_PROPERTY}: expected an integer aggregate, got {metric!r}")
-    return int(metric.sum_ or 0)

@@ -93,6 +93,7 @@ class ObjectSyncer:
         if self._embedder is not None:
             self.report.embeddings = self._embedder.stats
         self._rejected: list[tuple[int, str]] = []  # rows refused before writing (bad vectors)
+        self._columns_checked = False  # column mode: the vector columns were found in the table
         # Set when the collection held no object as the step began (a first sync): nothing stored to compare.
         self.collection_was_empty = False
 
@@ -171,6 +172,9 @@ class ObjectSyncer:
         if self._mode != "column":
             return {}
         names = [v.name for v in self.entity.vectors]
+        if not self._columns_checked:  # once per step, before the first page
+            reading.require_columns(self.engine, self.entity, self._columns(names))
+            self._columns_checked = True
         raw = reading.fetch_vector_columns(
             self.engine, self.entity, [r["id"] for r in rows], self._columns(names)
         )
