@@ -18,7 +18,7 @@ from tercul_sync.devtools import demo_data, weaviate_server
 from tercul_sync.engine import reading, runs, weaviate_client
 from tercul_sync.engine.registry import sync_order
 from tercul_sync.engine.settings import load_settings
-from tercul_sync.engine.weaviate_schema import ensure_schema
+from tercul_sync.engine.weaviate_schema import ensure_schema, resolve
 from tercul_sync.engine.writing import SyncContext
 
 SHARDS = {f"shard-{i}": reading.Shard(i, 4) for i in range(4)}
@@ -43,7 +43,8 @@ def main() -> None:
         entities_s = time.perf_counter() - started
 
         settings = load_settings(vectorizer=args.vectorizer)
-        client.collections.delete("Passage")
+        client.collections.delete(resolve(client, "Passage") or "Passage")
+        client.alias.delete(alias_name="Passage")
         ensure_schema(client, settings, entities=[], relations=[])  # the Passage collection alone
         rows = []
         for label in ("passages, first", "passages, re-run"):
@@ -52,13 +53,16 @@ def main() -> None:
             rows.append((label, time.perf_counter() - started, report))
         client.close()
     print(f"demo rows {args.rows:,}; passages' vectors: {args.vectorizer}")
-    print(f"{'run':<28} {'seconds':>8} {'items':>8} {'per s':>8} {'embedded':>9}")
+    print(f"{'run':<28} {'seconds':>8} {'items':>8} {'per s':>8} {'embedded':>9} {'parents skipped':>16}")
     print(
         f"{'entities, no vectors':<28} {entities_s:>8.1f} {objects:>8,} {objects / entities_s:>8.0f} {0:>9}"
     )
     for label, secs, report in rows:
         rate = report.passages / secs if secs else 0.0
-        print(f"{label:<28} {secs:>8.1f} {report.passages:>8,} {rate:>8.0f} {report.embeddings.texts:>9,}")
+        print(
+            f"{label:<28} {secs:>8.1f} {report.passages:>8,} {rate:>8.0f} {report.embeddings.texts:>9,}"
+            f" {report.parents_unchanged:>16,}"
+        )
 
 
 if __name__ == "__main__":

@@ -133,6 +133,8 @@ def weaviate_server_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[w
 def weaviate_client(weaviate_server_proc: weaviate_server.LocalWeaviate) -> Iterator[weaviate.WeaviateClient]:
     """A client on an empty Weaviate: every collection is dropped before the test."""
     client = wc.connect(weaviate_server_proc.url, weaviate_server_proc.grpc_port, None, timeout_s=60)
+    for alias in client.alias.list_all():
+        client.alias.delete(alias_name=alias)
     client.collections.delete_all()
     try:
         yield client

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import pytest
 
 from tercul_sync.engine.batching import GAVE_UP, BatchProcessor, WriteReport
+from tercul_sync.engine.errors import WritesRefusedError
 from tercul_sync.engine.objects import ObjectWrite, chunk
 from tercul_sync.engine.settings import RetrySettings
 
@@ -135,3 +136,46 @@ def test_chunk_bounds_count_and_bytes_and_keeps_oversized_items():
     assert [len(c) for c in chunk(objs, 100, 9000, lambda o: o.size)] == [2, 2, 2, 2, 2]
     with pytest.raises(ValueError, match="batch limits must be positive"):
         list(chunk(sizes, 0, 10, lambda s: s))
+
+
+class ReadOnlyStore(FlakyStore):
+    """A store whose shard turned read-only: like Weaviate 1.39, it names one refused object per batch
+    and stores none of them."""
+
+    def __init__(self, read_only_from_call: int) -> None:
+        super().__init__()
+        self.read_only_from_call = read_only_from_call
+
+    def send(self, items: list[int]) -> dict[int, str]:
+        if self.calls + 1 >= self.read_only_from_call:
+            self.calls += 1
+            self.sent.append(list(items))
+            return {0: "store is read-only due to: manually set by user"}
+        return super().send(items)
+
+
+def test_a_read_only_shard_stops_the_step_and_refuses_the_whole_batch():
+    store = ReadOnlyStore(read_only_from_call=2)
+    processor = _processor(store)
+    assert processor.write_batch([1, 2, 3]) == [1, 2, 3]
+    with pytest.raises(WritesRefusedError) as raised:
+        processor.write_batch([4, 5, 6, 7])
+    report = processor.report
+    # Not one failure among four under a threshold: every object of the batch, none taken as landed.
+    assert (report.written, report.failed, report.refused, report.gave_up) == (3, 4, 4, 0)
+    assert [f.key for f in report.failures] == [4, 5, 6, 7]
+    assert all("shard is read-only" in f.message for f in report.failures)
+    assert store.calls == 2  # not retried: it lasts until an operator acts
+    assert "4 objects refused (rows 4, 5, 6, 7)" in str(raised.value)
+
+
+def test_a_read_only_refusal_raised_by_the_client_is_a_refusal_too():
+    error = RuntimeError(
+        "Every object failed during insertion. Here is the set of all errors: "
+        "store is read-only due to: disk usage too high"
+    )
+    store = FlakyStore(raise_on_calls=[1], error=error)
+    processor = _processor(store)
+    with pytest.raises(WritesRefusedError):
+        processor.write_batch([1, 2])
+    assert processor.report.refused == 2 and store.calls == 1

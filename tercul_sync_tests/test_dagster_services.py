@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
+import dagster as dg
 import httpx
 import pytest
 import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient
 
 from tercul_sync.defs.assets import EDGES_ASSET, PASSAGES_ASSET
-from tercul_sync.devtools import demo_data
-from tercul_sync.devtools.weaviate_server import free_port
+from tercul_sync.defs.sensors import CHANGES_JOB
+from tercul_sync.devtools import dagster_deployment, demo_data
+from tercul_sync.devtools.dagster_deployment import PostgresStorage
 from tercul_sync.engine import reading
 from tercul_sync.engine import weaviate_client as wc
 from tercul_sync.engine.registry import ENTITIES, entity, object_uuid
@@ -30,12 +28,11 @@ from tercul_sync.trigger import (
     enqueue_full_sync,
     enqueue_rows,
 )
-from tercul_sync_tests.conftest import PG_PASSWORD, PG_USER, ROOT, drop_database, new_database
+from tercul_sync_tests.conftest import PG_PASSWORD, PG_USER, drop_database, new_database
 from tercul_sync_tests.helpers import expected_objects
 
 pytestmark = pytest.mark.services
 
-BIN = Path(sys.executable).parent
 ASSETS_QUERY = """
 query { assetNodes { assetKey { path } groupName isPartitioned partitionKeys kinds } }
 """
@@ -76,13 +73,6 @@ def dagster_pg(postgres: str) -> Iterator[str]:
         yield name
     finally:
         drop_database(postgres, name)
-
-
-def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [str(BIN / cmd[0]), *cmd[1:]], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
 
 
 def _finished(client: DagsterGraphQLClient, run_id: str) -> str | None:
@@ -166,7 +156,7 @@ def _enqueue_functions_launch_runs_that_sync(port: int, engine: sa.Engine, weavi
     assert trigger.wait(launched["run"]["runId"], timeout=600).succeeded
 
 
-def _sensor_syncs_a_change_with_no_manual_step(port: int, engine: sa.Engine, weaviate_client) -> None:
+def _sensor_syncs_a_change_with_no_manual_step(port: int, engine: sa.Engine, weaviate_client) -> list[str]:
     """An update to a Work reaches Weaviate through the sensor alone; then, idle, no run is launched."""
     [sensor] = _graphql(port, SENSOR_QUERY)["sensorsOrError"]["results"]
     assert (sensor["name"], sensor["minIntervalSeconds"], sensor["sensorState"]["status"]) == (
@@ -195,9 +185,9 @@ def _sensor_syncs_a_change_with_no_manual_step(port: int, engine: sa.Engine, wea
     new = [r for r in _runs(port, "tercul_changes") if r["runId"] not in before]
     assert new, "the update reached Weaviate without a run of the sensor"
     for r in new:
-        assert sorted(k["path"][0] for k in r["assetSelection"]) == sorted(
-            ["Work", EDGES_ASSET, PASSAGES_ASSET]
-        )
+        # An update only: the Work objects and their passages; no reference list changed, so no edges.
+        assert sorted(k["path"][0] for k in r["assetSelection"]) == sorted(["Work", PASSAGES_ASSET])
+        assert r["jobName"] == CHANGES_JOB
         assert {t["key"]: t["value"] for t in r["tags"]}["tercul_sync/mode"] == "incremental"
     client = SyncTrigger(load_settings({"TERCUL_SYNC_DAGSTER_URL": f"http://127.0.0.1:{port}"}))
     assert all(client.wait(r["runId"], timeout=600).succeeded for r in new)
@@ -205,6 +195,7 @@ def _sensor_syncs_a_change_with_no_manual_step(port: int, engine: sa.Engine, wea
     seen = {r["runId"] for r in _runs(port, "tercul_changes")}
     time.sleep(4 * SENSOR_INTERVAL)
     assert {r["runId"] for r in _runs(port, "tercul_changes")} == seen
+    return [r["runId"] for r in new]
 
 
 def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
@@ -212,43 +203,20 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
 ):
     engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 1_500, seed=8)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")  # the repo's own production config
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TERCUL_", "WEAVIATE_", "DAGSTER_"))}
-    env.update(
-        DAGSTER_HOME=str(home),
-        DAGSTER_PG_HOST="127.0.0.1",
-        DAGSTER_PG_PORT=os.environ.get("TERCUL_PG_PORT", "5432"),
-        DAGSTER_PG_DB=dagster_pg,
-        DAGSTER_PG_USERNAME=PG_USER,
-        DAGSTER_PG_PASSWORD=PG_PASSWORD,
-        TERCUL_DATABASE_URL=pg_database,
-        TERCUL_SYNC_HOME=str(tmp_path / "home"),
-        WEAVIATE_URL=weaviate_server_proc.url,
-        WEAVIATE_GRPC_PORT=str(weaviate_server_proc.grpc_port),
-        TERCUL_SYNC_SENSOR_INTERVAL=str(SENSOR_INTERVAL),
+    storage = PostgresStorage(
+        dagster_pg, PG_USER, PG_PASSWORD, port=int(os.environ.get("TERCUL_PG_PORT", "5432"))
     )
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    procs = [
-        _spawn(
-            ["dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            env,
-            logs / "webserver.log",
-        )
-    ]
-    procs.append(_spawn(["dagster-daemon", "run", "-w", "workspace.yaml"], env, logs / "daemon.log"))
+    settings = {
+        "TERCUL_DATABASE_URL": pg_database,
+        "TERCUL_SYNC_HOME": str(tmp_path / "home"),
+        "WEAVIATE_URL": weaviate_server_proc.url,
+        "WEAVIATE_GRPC_PORT": str(weaviate_server_proc.grpc_port),
+        "TERCUL_SYNC_SENSOR_INTERVAL": str(SENSOR_INTERVAL),
+    }
+    # The repo's own production config (dagster.yaml), in a DAGSTER_HOME of its own.
+    deployment = dagster_deployment.start(tmp_path / "dagster_home", storage, settings)
+    port, env = deployment.port, deployment.env
     try:
-
-        def up():
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _wait(up, 120, "the webserver")
         schedules = httpx.post(
             f"http://127.0.0.1:{port}/graphql", json={"query": SCHEDULE_QUERY}, timeout=30
         ).json()
@@ -287,7 +255,7 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
         )
         # The queued run coordinator holds the run until the daemon launches it.
         status = _wait(lambda: _finished(client, run_id), 600, "the run")
-        assert status == "SUCCESS", (logs / "daemon.log").read_text()[-3000:]
+        assert status == "SUCCESS", deployment.log_tail()
 
         # Two incremental syncs launched at once: the Work pool's single slot serialises their Work steps.
         twins = [
@@ -302,15 +270,9 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
         ]
 
         _enqueue_functions_launch_runs_that_sync(port, engine, weaviate_client)
-        _sensor_syncs_a_change_with_no_manual_step(port, engine, weaviate_client)
+        sensor_runs = _sensor_syncs_a_change_with_no_manual_step(port, engine, weaviate_client)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        deployment.stop()
 
     for e in ENTITIES:
         assert wc.count_objects(weaviate_client, e.collection) == len(expected_objects(engine, e)), (
@@ -347,4 +309,19 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
             spans.append((times[0][1], times[-1][1]))
         (_, end_first), (start_second, _) = sorted(spans)
         assert end_first <= start_second, f"two Work steps ran at once: {spans}"
+        # The sensor's runs ran their steps in the run's own process (sync_changes' in-process
+        # executor); full_sync's steps each in a process of their own (the multiprocess executor).
+        for run, one_process in [*((r, True) for r in sensor_runs), (run_id, False)]:
+            events = [
+                dg.deserialize_value(e, dg.EventLogEntry)
+                for e in conn.execute(
+                    sa.text(
+                        "SELECT event FROM event_logs WHERE run_id = :r "
+                        "AND dagster_event_type IN ('PIPELINE_START', 'STEP_START')"
+                    ),
+                    {"r": run},
+                ).scalars()
+            ]
+            pids = {e.dagster_event.pid for e in events if e.dagster_event is not None}
+            assert len(events) >= 3 and (len(pids) == 1) is one_process, (run, pids)
     dagster_db.dispose()

@@ -21,7 +21,15 @@ from weaviate.exceptions import (
     WeaviateTimeoutError,
 )
 
-from tercul_sync.engine.errors import describe, is_transient_error, is_transient_message
+from tercul_sync.engine.errors import (
+    READ_ONLY_CAUSE,
+    WritesRefusedError,
+    describe,
+    is_transient_error,
+    is_transient_message,
+    refusal_cause,
+    refused_by_infrastructure,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -200,7 +208,7 @@ def test_the_chain_is_followed_to_its_first_verdict_and_survives_a_cycle():
         "connection reset by peer",
         "dial tcp 10.0.0.3:7001: connect: connection refused",
         "request timed out",
-        "RESOURCE_EXHAUSTED: shard is read-only",
+        "RESOURCE_EXHAUSTED: too many concurrent requests",
     ],
 )
 def test_transient_batch_messages(message):
@@ -224,3 +232,69 @@ def test_permanent_batch_messages(message):
 
 def test_describe_names_the_type():
     assert describe(ValueError("bad row")) == "ValueError: bad row"
+
+
+# Weaviate's words for a read-only store (storagestate.ErrStatusReadOnly, ErrStatusReadOnlyWithReason),
+# as a batch message (the first is what 1.39 answers after update_shards(status="READONLY")), in
+# an HTTP 500 body (a delete by id) and behind a gRPC status.
+READ_ONLY_MESSAGES = [
+    "store is read-only due to: manually set by user",
+    "store is read-only due to: disk usage too high",
+    "put object: store is read-only due to: resource pressure",
+    "store is read-only",
+    "RESOURCE_EXHAUSTED: shard is read-only",
+]
+
+
+@pytest.mark.parametrize("message", READ_ONLY_MESSAGES)
+def test_a_read_only_store_is_a_refusal_neither_transient_nor_a_data_error(message):
+    assert refusal_cause(message) == READ_ONLY_CAUSE
+    assert not is_transient_message(message)  # retrying in the step would not mend it
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "invalid integer property 'published_year' on class 'Work': requires an integer, got string",
+        "StatusCode.UNAVAILABLE: failed to connect to all addresses",
+        "read timed out",
+        "",
+    ],
+)
+def test_other_messages_are_no_refusal(message):
+    assert refusal_cause(message) is None
+
+
+def test_a_read_only_http_500_is_not_retried_though_500_is_transient():
+    request = httpx.Request("DELETE", "http://weaviate:8080/v1/objects/Work/4b1f0a66")
+    body = {"error": [{"message": 'delete local object: shard="x": store is read-only due to: disk usage'}]}
+    exc = UnexpectedStatusCodeError(
+        "Object could not be deleted.", httpx.Response(500, json=body, request=request)
+    )
+    assert refused_by_infrastructure(exc) == READ_ONLY_CAUSE
+    assert not is_transient_error(exc)
+    assert is_transient_error(_http_error(500))  # an ordinary 500 still is
+
+
+def test_a_read_only_refusal_behind_a_grpc_status_is_found_in_the_chain():
+    exc = _raised_inside_rpc_error(grpc.StatusCode.UNAVAILABLE, WeaviateBatchError, explicit_cause=True)
+    assert refused_by_infrastructure(exc) is None
+    try:
+        try:
+            raise FakeRpcError(
+                grpc.StatusCode.FAILED_PRECONDITION, "store is read-only due to: resource pressure"
+            )
+        except grpc.RpcError as e:
+            raise WeaviateBatchError(str(e.details())) from e
+    except WeaviateBatchError as outer:
+        assert refused_by_infrastructure(outer) == READ_ONLY_CAUSE
+        assert not is_transient_error(outer)
+
+
+def test_the_refusal_error_names_the_cause_the_rows_and_the_remedy():
+    exc = WritesRefusedError(READ_ONLY_CAUSE, "store is read-only due to: manually set by user", 7, [3, 5, 8])
+    text = str(exc)
+    assert text.startswith("Weaviate refused writes: shard is read-only (disk full or set by an operator)")
+    assert "7 objects refused (rows 3, 5, 8, ...)" in text
+    assert "manually set by user" in text and 'update_shards(status="READY")' in text
+    assert not is_transient_error(exc)

@@ -18,7 +18,7 @@ from tercul_sync.engine.passages import passage_uuid
 from tercul_sync.engine.registry import PASSAGE_COLLECTION, entity, object_uuid, passage_parents
 from tercul_sync.engine.search import search_passages
 from tercul_sync.engine.settings import load_settings
-from tercul_sync.engine.weaviate_schema import ensure_schema
+from tercul_sync.engine.weaviate_schema import ensure_schema, resolve
 from tercul_sync.engine.writing import SyncContext
 
 pytestmark = pytest.mark.services
@@ -108,7 +108,10 @@ def stored_passages(client: weaviate.WeaviateClient) -> dict[str, tuple[int, int
     found = col.query.fetch_objects(
         limit=10_000,
         include_vector=True,
-        return_references=QueryReference.MultiTarget(link_on="parent", target_collection="Work"),
+        # A multi-target reference is read by the versioned collection's name, never the alias's.
+        return_references=QueryReference.MultiTarget(
+            link_on="parent", target_collection=resolve(client, "Work")
+        ),
     ).objects
     out = {}
     for o in found:
@@ -155,6 +158,8 @@ def test_an_edit_rewrites_only_its_passages_a_shrink_deletes_the_tail_a_delete_r
     report, cursors = _run(ctx, runs.FULL, {})
     assert report.write.written == len(expected_passages(catalog.live_bodies())) > 6
     assert stored_passages(ctx.client).keys() == expected_passages(catalog.live_bodies()).keys()
+    again, _ = _run(ctx, runs.FULL, {})  # nothing changed: each parent is skipped whole, by its mark
+    assert (again.write.written, again.parents_unchanged, again.passages) == (0, 2, 0)
 
     before = expected_passages({1: body})
     middle = len(body) // 2
@@ -163,8 +168,10 @@ def test_an_edit_rewrites_only_its_passages_a_shrink_deletes_the_tail_a_delete_r
     report, cursors = _run(ctx, runs.INCREMENTAL, cursors)
     after = expected_passages({1: edited})
     changed = {u for u, v in after.items() if before.get(u) != v}
-    assert 0 < report.write.written == len(changed) < len(after)  # only the passages whose text changed
+    # The passages whose text changed, and the first, which carries the parent's mark (its vector kept).
+    assert 0 < report.write.written == len(changed | {passage_uuid("Work", 1, "body", 0)}) < len(after)
     assert report.embeddings.texts == len(changed)
+    assert report.parents_unchanged == 0
     assert stored_passages(ctx.client).keys() == expected_passages(catalog.live_bodies()).keys()
 
     catalog.update(1, body=edited[:1500])

@@ -21,7 +21,14 @@ from tercul_sync.defs import jobs
 from tercul_sync.defs.assets import EDGES_ASSET, MODE_TAG, PASSAGES_ASSET
 from tercul_sync.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from tercul_sync.defs.resources import TerculDatabase
-from tercul_sync.defs.sensors import CHANGED_TAG, SENSOR_NAME, assets_for, tercul_changes
+from tercul_sync.defs.sensors import (
+    CHANGED_TAG,
+    CHANGES_JOB,
+    SENSOR_NAME,
+    assets_between,
+    assets_for,
+    tercul_changes,
+)
 from tercul_sync.devtools import cli, demo_data
 from tercul_sync.engine import reading
 from tercul_sync.engine.changes import changed_tables
@@ -121,6 +128,54 @@ def test_what_each_changed_table_sends_to_the_run():
     assert assets_for(["tags", "authors"]) == ["Author", "Tag", EDGES_ASSET]
     assert assets_for(["edges"]) == [EDGES_ASSET]
     assert assets_for([]) == []
+    # Rows only updated: each object is rewritten whole by its asset; the edges are not needed...
+    assert assets_for(["works"], updates_only=["works"]) == ["Work", PASSAGES_ASSET]
+    assert assets_for(["tags", "authors"], updates_only=["tags", "authors"]) == ["Author", "Tag"]
+    # ...unless another table asks for them.
+    assert assets_for(["tags", "authors"], updates_only=["tags"]) == ["Author", "Tag", EDGES_ASSET]
+    assert assets_for(["works", "edges"], updates_only=["works"]) == ["Work", EDGES_ASSET, PASSAGES_ASSET]
+
+
+_MARKS = {
+    "works": {"updated_at": "2024-01-01T00:00:00+00:00", "deleted_at": None, "count": 3},
+    "authors": {"updated_at": "2024-01-01T00:00:00+00:00", "deleted_at": None, "count": 3},
+    "edges": {"updated_at": "2024-01-01T00:00:00+00:00", "deleted_at": None, "count": 3},
+}
+
+
+def _moved(table: str, **marks: Any) -> dict[str, dict[str, Any]]:
+    return {**_MARKS, table: {**_MARKS[table], **marks}}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("after", "assets"),
+    [
+        (_MARKS, []),
+        # an update: only the newest updated_at moves
+        (_moved("works", updated_at="2024-02-01T00:00:00+00:00"), ["Work", PASSAGES_ASSET]),
+        (_moved("authors", updated_at="2024-02-01T00:00:00+00:00"), ["Author"]),
+        # an insert: the count moves too, and new targets need reference lists
+        (
+            _moved("authors", updated_at="2024-02-01T00:00:00+00:00", count=4),
+            ["Author", EDGES_ASSET],
+        ),
+        # a soft delete: the newest deleted_at
+        (_moved("works", deleted_at="2024-02-01T00:00:00+00:00"), ["Work", EDGES_ASSET, PASSAGES_ASSET]),
+        # an undelete of the newest soft-deleted row: the newest deleted_at goes back
+        (_moved("authors", updated_at="2024-02-01T00:00:00+00:00", deleted_at=None), ["Author"]),
+        # a hard delete: the count alone
+        (_moved("authors", count=2), ["Author", EDGES_ASSET]),
+        # a changed edge, updates only: still the edges
+        (_moved("edges", updated_at="2024-02-01T00:00:00+00:00"), [EDGES_ASSET]),
+        # a table the previous check did not know
+        ({**_MARKS, "tags": _MARKS["authors"]}, ["Tag", EDGES_ASSET]),
+    ],
+)
+def test_the_run_leaves_out_the_edges_when_rows_were_only_updated(after, assets):
+    changed, selected = assets_between(_MARKS, after)
+    assert changed == changed_tables(_MARKS, after)
+    assert selected == sorted(assets)
 
 
 @pytest.mark.unit
@@ -138,11 +193,19 @@ def test_changed_tables_compares_every_mark():
 
 
 @pytest.mark.unit
-def test_the_sensor_is_on_every_30_seconds_and_runs_incremental_sync():
+def test_the_sensor_is_on_every_30_seconds_and_runs_incremental_sync_in_one_process():
     sensor = defs.resolve_sensor_def(SENSOR_NAME)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.minimum_interval_seconds == 30
-    assert sensor.job_name == "incremental_sync"
+    assert sensor.job_name == CHANGES_JOB
+    # incremental_sync's assets and tags, but its small runs in the run's own process.
+    changes, incremental = defs.resolve_job_def(CHANGES_JOB), defs.resolve_job_def("incremental_sync")
+    assert changes.executor_def is dg.in_process_executor
+    assert incremental.executor_def is not dg.in_process_executor
+    assert changes.tags == incremental.tags
+    assert set(changes.asset_layer.executable_asset_keys) == set(
+        incremental.asset_layer.executable_asset_keys
+    )
     # The ten-minute schedule stays, as the safety net.
     assert defs.resolve_schedule_def("incremental_sync_schedule").cron_schedule == "*/10 * * * *"
 
@@ -207,8 +270,8 @@ def test_the_sensor_requests_nothing_while_idle_and_the_changed_types_after_chan
         assert idle.cursor == cursor
 
     changes = [
-        # an update
-        ("UPDATE authors SET name = 'Renamed', updated_at = now() WHERE id = 2", ["Author", EDGES_ASSET]),
+        # an update: the Author objects are rewritten whole, no reference list changes
+        ("UPDATE authors SET name = 'Renamed', updated_at = now() WHERE id = 2", ["Author"]),
         # a GORM soft delete (updated_at untouched) of a passage parent
         (
             "UPDATE translations SET deleted_at = now() WHERE id = 3",
@@ -261,7 +324,7 @@ def test_a_burst_of_1000_updates_between_two_checks_is_one_run(tercul_pg, tick):
             f"UPDATE works SET title = 'burst {n}', updated_at = now() WHERE id = {ids[n % len(ids)]}",
         )
     result = tick(cursor)
-    assert _selection(result) == [["Work", EDGES_ASSET, PASSAGES_ASSET]]
+    assert _selection(result) == [["Work", PASSAGES_ASSET]]  # updates only: no edges
     # The same check evaluated again asks for the same run key: Dagster launches it once.
     again = tick(cursor)
     assert [r.run_key for r in again.run_requests or []] == [r.run_key for r in result.run_requests or []]

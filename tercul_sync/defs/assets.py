@@ -14,10 +14,11 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from tercul_sync.defs.partitions import shard_from_key, shard_partitions
+from tercul_sync.defs.partitions import backfill_policy, shard_from_key, shard_partitions
 from tercul_sync.defs.resources import SETTINGS, SyncSettings, TerculDatabase, WeaviateResource
-from tercul_sync.engine import runs
+from tercul_sync.engine import reading, runs, weaviate_client
 from tercul_sync.engine.edges import EdgeWindow
+from tercul_sync.engine.errors import WritesRefusedError
 from tercul_sync.engine.passages import passages_metadata
 from tercul_sync.engine.registry import ENTITIES, PASSAGE_COLLECTION, RELATIONS, EntityType, passage_parents
 from tercul_sync.engine.reports import FailureRule
@@ -78,6 +79,14 @@ def _no_retry(exc: Exception) -> dg.Failure:
     return dg.Failure(description=str(exc), allow_retries=False)
 
 
+def _refused(exc: Exception) -> None:
+    """Raise Weaviate's refusal for lack of a permission as a Failure that is not retried (it would
+    fail again); return for any other error, which the caller re-raises."""
+    denied = weaviate_client.as_access_denied(exc)
+    if denied is not None:
+        raise _no_retry(denied) from exc
+
+
 def _previous_cursors(context: dg.AssetExecutionContext, asset: str) -> dict[str, Any]:
     """Each shard's cursor, from the latest materialization of that shard (Dagster's own records)."""
     out: dict[str, Any] = {}
@@ -121,17 +130,28 @@ def _step(
     started = time.perf_counter()
     settings = sync_settings.settings()
     try:
+        # Before anything is written: the tables match the registry and may be read.
+        reading.check_source(tercul_db.engine, reading.tables_read_by(name))
         for change in ensure_schema(weaviate.client, settings):
             context.log.info(change)
-    except SchemaMismatchError as exc:
+    except (SchemaMismatchError, reading.SourceSchemaError, reading.SourceAccessError) as exc:
         raise _no_retry(exc) from exc
+    except Exception as exc:
+        _refused(exc)
+        raise
     ctx = SyncContext(tercul_db.engine, weaviate.client, settings, force=force, send=weaviate.send_objects)
     # The asset's own shard count (build_assets' shard_count), not TERCUL_SYNC_SHARDS read again here.
     partitions = context.assets_def.partitions_def
     assert partitions is not None  # every asset of this location is sharded
     count = len(partitions.get_partition_keys())
     shards = {k: shard_from_key(k, count) for k in context.partition_keys}
-    reports, extra = work(ctx, shards)
+    try:
+        reports, extra = work(ctx, shards)
+    except WritesRefusedError as exc:  # a read-only shard: lasts until an operator acts, so no retry
+        raise dg.Failure(description=f"{name}: {exc}", allow_retries=False) from exc
+    except Exception as exc:
+        _refused(exc)
+        raise
     vector_meta = runs.check_vectors(ctx, reports)
     extra = {
         **vector_meta,
@@ -190,7 +210,7 @@ def _asset(
         kinds={"weaviate", "sql"},
         description=description,
         partitions_def=shard_partitions(shard_count),
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=backfill_policy(SETTINGS.backfill_policy),
         pool=f"tercul_sync/{name}",
         retry_policy=retry_policy,
         deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in after],

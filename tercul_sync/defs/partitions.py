@@ -39,3 +39,12 @@ def all_shards_tags(count: int) -> dict[str, str]:
     """Run tags that select every shard: with single-run backfill policies, one step per asset."""
     keys = shard_keys(count)
     return {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
+
+
+def backfill_policy(kind: str) -> dg.BackfillPolicy:
+    """``TERCUL_SYNC_BACKFILL_POLICY``: ``single_run``, a range of shards is one run whose step walks
+    them in turn (few runs, one step process); ``multi_run``, one run per shard (runs spread over
+    run workers or Kubernetes pods, and a failed shard is retried alone)."""
+    if kind == "multi_run":
+        return dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
+    return dg.BackfillPolicy.single_run()

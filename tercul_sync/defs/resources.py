@@ -19,6 +19,7 @@ from weaviate.exceptions import UnexpectedStatusCodeError
 
 from tercul_sync.engine import reading, weaviate_client
 from tercul_sync.engine.objects import ObjectWrite
+from tercul_sync.engine.replication import with_consistency
 from tercul_sync.engine.settings import Settings, env_name, load_settings
 
 
@@ -40,6 +41,12 @@ class WeaviateResource(dg.ConfigurableResource):
     grpc_port: int = _setting("weaviate_grpc_port")
     api_key: str | None = _setting("weaviate_api_key")
     timeout_seconds: float = _setting("weaviate_timeout_seconds")
+    ca_bundle: str | None = _setting("weaviate_ca_bundle")
+    consistency: str | None = Field(
+        default=None,
+        description="Consistency level of every request of a step (TERCUL_SYNC_WRITE_CONSISTENCY, or by "
+        "TERCUL_SYNC_REPLICATION_FACTOR); unset: the server's default (QUORUM).",
+    )
 
     _client: weaviate.WeaviateClient | None = PrivateAttr(default=None)
     _refused: str | None = PrivateAttr(default=None)
@@ -63,7 +70,10 @@ class WeaviateResource(dg.ConfigurableResource):
             self._client = None
 
     def _connect(self) -> weaviate.WeaviateClient:
-        return weaviate_client.connect(self.url, self.grpc_port, self.api_key, self.timeout_seconds)
+        client = weaviate_client.connect(
+            self.url, self.grpc_port, self.api_key, self.timeout_seconds, ca_bundle=self.ca_bundle
+        )
+        return client if self.consistency is None else with_consistency(client, self.consistency)
 
     @property
     def client(self) -> weaviate.WeaviateClient:
@@ -138,6 +148,8 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             grpc_port=settings.weaviate_grpc_port,
             api_key=api_key,
             timeout_seconds=settings.weaviate_timeout_seconds,
+            ca_bundle=str(settings.weaviate_ca_bundle) if settings.weaviate_ca_bundle else None,
+            consistency=settings.consistency_level,
         ),
         "tercul_db": TerculDatabase(url=database_url),
         "sync_settings": SyncSettings(
@@ -150,16 +162,75 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 # The location's settings, read once when it loads.
 SETTINGS = load_settings()
 
+DEFAULT_CELERY_BROKER = "redis://127.0.0.1:6390/0"  # the Redis scripts/redis-up starts
 
-@dg.definitions
-def location_resources() -> dg.Definitions:
-    """The resources, and the executor: steps in their own processes (one Weaviate client each,
-    nothing crosses a fork), started by a forkserver that has already imported the code location,
-    so each step starts in well under a second."""
-    executor = dg.multiprocess_executor.configured(
+
+def _env_or(settings: Settings, name: str, default: str) -> str | dict[str, str]:
+    """A secret setting as Dagster config: ``{"env": VAR}`` when it is set (resolved on use, never
+    shown), else ``default``."""
+    return {"env": env_name(name)} if getattr(settings, name) is not None else default
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery executor's config, which the workers must be started with too
+    (``tercul-sync celery-config`` prints it as the YAML ``dagster-celery worker start -y`` takes).
+
+    Tasks are acknowledged late, when their step has ended: a worker lost mid-step leaves its task
+    unacknowledged, and Redis hands it to another worker once ``TERCUL_SYNC_CELERY_VISIBILITY_TIMEOUT``
+    has passed. The steps are idempotent (objects are replaced whole), so running one again is safe.
+    """
+    broker = _env_or(settings, "celery_broker", DEFAULT_CELERY_BROKER)
+    backend = _env_or(settings, "celery_backend", "") or broker
+    timeout = settings.celery_visibility_timeout
+    transport = {
+        "visibility_timeout": timeout,
+        # kombu looks for unacknowledged tasks every interval * throttle seconds
+        "unacked_restore_interval": max(1, min(10, timeout // 10)),
+        "unacked_restore_throttle": 1,
+        # dagster-celery's defaults for reaching the broker
+        "max_retries": 3,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.5,
+    }
+    return {
+        "broker": broker,
+        "backend": backend,
+        "config_source": {
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "worker_prefetch_multiplier": 1,
+            "broker_transport_options": transport,
+            "result_backend_transport_options": {"visibility_timeout": timeout},
+        },
+    }
+
+
+def executor_from(settings: Settings) -> dg.ExecutorDefinition:
+    """The executor ``TERCUL_SYNC_EXECUTOR`` names (docs/deployment.md).
+
+    ``multiprocess``: steps in their own processes (one Weaviate client each, nothing crosses a fork),
+    started by a forkserver that has already imported the code location, so each step starts in well
+    under a second. ``celery``: steps as Celery tasks on ``dagster-celery`` workers. ``k8s``: one
+    Kubernetes Job per step, with the image and environment of the run launcher that started the run.
+    """
+    if settings.executor == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(celery_config(settings))
+    if settings.executor == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor.configured({"max_concurrent": settings.max_concurrent_steps})
+    return dg.multiprocess_executor.configured(
         {
-            "max_concurrent": SETTINGS.max_concurrent_steps,
+            "max_concurrent": settings.max_concurrent_steps,
             "start_method": {"forkserver": {"preload_modules": ["tercul_sync.definitions"]}},
         }
     )
-    return dg.Definitions(resources=resources_from(SETTINGS), executor=executor)
+
+
+@dg.definitions
+def location_resources() -> dg.Definitions:
+    """The resources, and the executor ``TERCUL_SYNC_EXECUTOR`` chooses."""
+    return dg.Definitions(resources=resources_from(SETTINGS), executor=executor_from(SETTINGS))

@@ -191,7 +191,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
     entities = [entity(args.type)] if args.type else list(ENTITIES)
     key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
     client = weaviate_client.connect(
-        settings.weaviate_url, settings.weaviate_grpc_port, key, settings.weaviate_timeout_seconds
+        settings.weaviate_url,
+        settings.weaviate_grpc_port,
+        key,
+        settings.weaviate_timeout_seconds,
+        ca_bundle=settings.weaviate_ca_bundle,
     )
     try:
         embedder = make_embedder(settings) if settings.vectorizer == "client" else None
@@ -225,6 +229,35 @@ def _cmd_embed_serve(args: argparse.Namespace) -> int:
         server.httpd.serve_forever()
     except KeyboardInterrupt:
         server.stop()
+    return 0
+
+
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    """Rebuild collections behind their aliases, here and now (the rebuild_collections job's work)."""
+    from tercul_sync.engine import reading, weaviate_client
+    from tercul_sync.engine.rebuild import RebuildError, rebuild
+    from tercul_sync.engine.registry import sync_order
+    from tercul_sync.engine.writing import SyncContext
+
+    settings = load_settings()
+    names = [e.collection for e in sync_order()] if args.all else args.collections
+    key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
+    client = weaviate_client.connect(
+        settings.weaviate_url,
+        settings.weaviate_grpc_port,
+        key,
+        settings.weaviate_timeout_seconds,
+        ca_bundle=settings.weaviate_ca_bundle,
+    )
+    try:
+        ctx = SyncContext(reading.make_engine(settings.effective_database_url), client, settings)
+        report = rebuild(ctx, names, keep_old=args.keep_old)
+    except RebuildError as exc:
+        print(f"rebuild stopped: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(report.summary())
     return 0
 
 
@@ -264,6 +297,25 @@ def _cmd_config_docs(args: argparse.Namespace) -> int:
     from tercul_sync.engine.settings import configuration_table
 
     print(configuration_table(), end="")
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    """Create (or drop) the PostgreSQL expression indexes on ``(id % n, id)`` (docs/deployment.md)."""
+    from tercul_sync.engine import reading, shard_index
+
+    settings = load_settings()
+    shards = args.shards or settings.shards
+    url = args.url or settings.effective_database_url
+    engine = reading.make_engine(url)
+    try:
+        for statement in shard_index.create_shard_indexes(engine, shards, drop=args.drop):
+            print(statement)
+    except ValueError as exc:
+        print(f"tercul-sync index: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
     return 0
 
 
@@ -339,8 +391,21 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     p.set_defaults(func=_cmd_enqueue)
 
+    p = sub.add_parser("rebuild", help="rebuild collections behind their aliases (a new vector definition)")
+    p.add_argument("collections", nargs="*", help="e.g. Work; the collections that reference them come along")
+    p.add_argument("--all", action="store_true", help="every collection")
+    p.add_argument("--keep-old", action="store_true", help="keep the old versions instead of dropping them")
+    p.set_defaults(func=_cmd_rebuild)
+
     p = sub.add_parser("config-docs", help="print the table of every setting (docs/configuration.md)")
     p.set_defaults(func=_cmd_config_docs)
+    p = sub.add_parser(
+        "index", help="create PostgreSQL indexes on (id % shards, id), so each shard reads only its rows"
+    )
+    p.add_argument("--shards", type=int, help="the shard count (default: TERCUL_SYNC_SHARDS)")
+    p.add_argument("--url", help="the database (default: TERCUL_DATABASE_URL)")
+    p.add_argument("--drop", action="store_true", help="drop that shard count's indexes instead")
+    p.set_defaults(func=_cmd_index)
 
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func

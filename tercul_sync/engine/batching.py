@@ -11,6 +11,14 @@ gRPC UNAVAILABLE, timeouts; see ``errors``) are retried with exponential backoff
 only for the items that failed; permanent ones are reported at once with the
 item's key (the row id) and the server's message. A batch that fails does
 not stop the others.
+
+Except when the infrastructure refuses: a read-only shard (disk full, or set
+by an operator; see ``errors.refusal_cause``) is no row's fault and no
+number of rows' worth of threshold. The whole batch counts as refused (the
+server's attribution cannot be trusted: Weaviate 1.39 reports the refusal on
+one object of a shard's batch and stores none of it), the items go to the
+report, and ``write_batch`` raises ``WritesRefusedError``: the step stops at
+once, fails with the cause, and moves no cursor.
 """
 
 from __future__ import annotations
@@ -27,7 +35,14 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from tercul_sync.engine.errors import describe, is_transient_error, is_transient_message
+from tercul_sync.engine.errors import (
+    WritesRefusedError,
+    describe,
+    is_transient_error,
+    is_transient_message,
+    refusal_cause,
+    refused_by_infrastructure,
+)
 from tercul_sync.engine.reports import MAX_SAMPLE, ItemFailure, add_counts
 from tercul_sync.engine.settings import RetrySettings
 
@@ -44,6 +59,7 @@ class WriteReport:
     written: int = 0
     failed: int = 0
     gave_up: int = 0  # the failed items that were still failing transiently when the retries ran out
+    refused: int = 0  # the failed items the infrastructure refused (a read-only shard)
     batches: int = 0
     failed_batches: int = 0
     retried_batches: int = 0
@@ -77,25 +93,44 @@ class BatchProcessor(Generic[T]):
         r.failures.append(ItemFailure(key, message, r.batches + 1))
 
     def write_batch(self, items: list[T]) -> list[T]:
-        """Write one batch; return the items that landed. Never raises for a server error."""
+        """Write one batch; return the items that landed.
+
+        Raises only when no further batch can land: ``WritesRefusedError`` (a read-only shard) or an
+        access denial; any other server error is recorded and the next batch goes on.
+        """
         number = self.report.batches + 1
         pending = list(items)
         last_transient: dict[int, str] = {}
         permanent: list[tuple[T, str]] = []
         attempts = 0
+        refusal: tuple[str, str] | None = None  # (cause, the server's message): the infrastructure refused
 
         def attempt() -> None:
-            nonlocal pending, last_transient, attempts
+            nonlocal pending, last_transient, attempts, refusal
             attempts += 1
             try:
                 errors = self._send(pending)
+            except PermissionError:  # weaviate_client.AccessDenied: no batch can land; stop the step now
+                raise
             except Exception as exc:  # a whole-call failure: classify it, keep going
                 message = describe(exc)
+                cause = refused_by_infrastructure(exc)
+                if cause:
+                    refusal = (cause, message)
+                    permanent.extend((item, f"{cause}: {message}") for item in pending)
+                    pending = []
+                    return
                 if not is_transient_error(exc):
                     permanent.extend((item, message) for item in pending)
                     pending = []
                     return
                 errors = dict.fromkeys(range(len(pending)), message)
+            refused = next(((c, m) for m in errors.values() if (c := refusal_cause(m))), None)
+            if refused:  # none of what was sent can be trusted to have landed
+                refusal = refused
+                permanent.extend((item, f"{refused[0]}: {refused[1]}") for item in pending)
+                pending = []
+                return
             transient = {i: m for i, m in errors.items() if is_transient_message(m)}
             permanent.extend((pending[i], m) for i, m in errors.items() if i not in transient)
             pending = [pending[i] for i in sorted(transient)]
@@ -132,4 +167,8 @@ class BatchProcessor(Generic[T]):
         r.failed_batches += bool(permanent)
         r.retried_batches += attempts > 1
         r.failures.extend(ItemFailure(self._key_of(item), message, number) for item, message in permanent)
+        if refusal is not None:
+            refused_keys = [self._key_of(item) for item, m in permanent if m.startswith(refusal[0])]
+            r.refused += len(refused_keys)
+            raise WritesRefusedError(refusal[0], refusal[1], len(refused_keys), refused_keys[:5])
         return landed

@@ -10,6 +10,17 @@ Transient: connection refused or reset, timeouts, HTTP 429 and 5xx, gRPC
 UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED, a database
 connection that dropped. Permanent: everything else, notably HTTP 401, 403
 and 422 and gRPC PERMISSION_DENIED, UNAUTHENTICATED and INVALID_ARGUMENT.
+
+A third kind is neither: a **refusal by the infrastructure**. A Weaviate
+shard whose disk filled up (``DISK_USE_READONLY_PERCENTAGE``) or that an
+operator set ``READONLY`` refuses every changed write with "store is
+read-only due to: ...", and stays so until someone frees space and sets it
+``READY`` again. Retrying in the step would not mend it, and counting it as
+a per-row failure would let a few refused rows pass under the failure rule
+as a data problem. ``refusal_cause`` recognises it (by the server's words:
+whether it arrives as a batch message, an HTTP 500 body or a gRPC
+FAILED_PRECONDITION, the text is the only thing that says it), and the batch
+processor stops the step with ``WritesRefusedError``.
 """
 
 from __future__ import annotations
@@ -64,7 +75,43 @@ TRANSIENT_MESSAGE_MARKERS = (
     "status code: 502",
     "status code: 503",
     "status code: 504",
+    # A cluster whose replica just went down: QUORUM is met again once the others stop waiting for it.
+    "cannot reach enough replicas",
 )
+
+
+# The server's words for a store that refuses writes (storagestate.ErrStatusReadOnly in Weaviate).
+READ_ONLY_MARKERS = ("store is read-only", "shard is read-only", "read-only due to")
+READ_ONLY_CAUSE = "shard is read-only (disk full or set by an operator)"
+
+
+class WritesRefusedError(RuntimeError):
+    """Weaviate refused writes for a reason of its own (a read-only shard), not because of the data.
+
+    Not retried within the step nor by Dagster: it lasts until an operator acts.
+    """
+
+    def __init__(
+        self, cause: str, server_message: str, refused: int, sample: list[object], what: str = "objects"
+    ) -> None:
+        self.cause, self.server_message, self.refused, self.sample = cause, server_message, refused, sample
+        ids = ", ".join(str(k) for k in sample)
+        rows = f" (rows {ids}{', ...' if refused > len(sample) else ''})" if sample else ""
+        super().__init__(
+            f"Weaviate refused writes: {cause}. {refused} {what if refused != 1 else what.rstrip('s')} "
+            f"refused{rows}; the server said: "
+            f"{server_message!r}. The step stopped there and moved no cursor. Free disk space below "
+            "DISK_USE_READONLY_PERCENTAGE (or ask whoever set it), set the shards READY "
+            '(collection.config.update_shards(status="READY")) and run again.'
+        )
+
+
+def refusal_cause(message: str) -> str | None:
+    """The cause, when a server message says the infrastructure refuses writes; else None."""
+    text = message.lower()
+    if any(marker in text for marker in READ_ONLY_MARKERS):
+        return READ_ONLY_CAUSE
+    return None
 
 
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -104,8 +151,23 @@ def _verdict(exc: BaseException) -> bool | None:
     return None
 
 
+def refused_by_infrastructure(exc: BaseException) -> str | None:
+    """The refusal's cause when a failed call's chain says the store is read-only; else None."""
+    for link in exception_chain(exc):
+        cause = refusal_cause(str(link))
+        if cause:
+            return cause
+    return None
+
+
 def is_transient_error(exc: BaseException) -> bool:
-    """Whether a failed call is worth retrying, judged by what the exception is."""
+    """Whether a failed call is worth retrying, judged by what the exception is.
+
+    A refusal by the infrastructure (a read-only shard) is not, even when it
+    comes as an HTTP 500: it lasts until an operator acts.
+    """
+    if refused_by_infrastructure(exc):
+        return False
     for link in exception_chain(exc):
         verdict = _verdict(link)
         if verdict is not None:
@@ -115,6 +177,8 @@ def is_transient_error(exc: BaseException) -> bool:
 
 def is_transient_message(message: str) -> bool:
     """Whether a batch result's per-object message describes a condition worth retrying."""
+    if refusal_cause(message):
+        return False
     text = message.lower()
     return any(marker in text for marker in TRANSIENT_MESSAGE_MARKERS)
 

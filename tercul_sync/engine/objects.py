@@ -14,7 +14,10 @@ from tercul_sync.engine.vectors import VECTOR_HASH_PROPERTY, encode_hashes
 
 HASH_PROPERTY = "sync_hash"  # content hash of what we store; lets unchanged objects be skipped
 REF_COUNT_PROPERTY = "sync_ref_count"  # references the object carries; their sum is checked against SQL
-BOOKKEEPING_PROPERTIES = (HASH_PROPERTY, REF_COUNT_PROPERTY, VECTOR_HASH_PROPERTY)
+# On a parent's first passage only: a hash of everything its passages are cut from, so that a
+# parent whose text did not change is skipped whole, without reading each passage's hash.
+PARENT_HASH_PROPERTY = "sync_parent_hash"
+BOOKKEEPING_PROPERTIES = (HASH_PROPERTY, REF_COUNT_PROPERTY, VECTOR_HASH_PROPERTY, PARENT_HASH_PROPERTY)
 
 T = TypeVar("T")
 
@@ -82,7 +85,11 @@ def _canonical(value: Any) -> Any:
 def content_hash(properties: Mapping[str, Any], references: Mapping[str, Sequence[str]]) -> str:
     """A stable digest of an object's properties and reference lists."""
     doc = {
-        "p": {k: _canonical(v) for k, v in sorted(properties.items()) if k != HASH_PROPERTY},
+        "p": {
+            k: _canonical(v)
+            for k, v in sorted(properties.items())
+            if k not in (HASH_PROPERTY, PARENT_HASH_PROPERTY)
+        },
         "r": {k: sorted(v) for k, v in sorted(references.items()) if v},
     }
     return hashlib.sha256(
@@ -127,3 +134,43 @@ def chunk(
         current_bytes += size
     if current:
         yield current
+
+
+# Weaviate's gRPC batch carries numbers as IEEE doubles: beyond 2**53 an integer lands rounded
+# (9007199254740993 is stored as 9007199254740992) or is refused; such a row is reported instead.
+MAX_EXACT_INT = 2**53
+
+
+def row_problem(e: EntityType, row: Mapping[str, Any]) -> str | None:
+    """Why a row cannot be stored as it is, or None: the reason goes to the failure report.
+
+    Text that is not valid Unicode (a lone surrogate, from bytes no UTF-8 encoder
+    wrote), an integer Weaviate would round, a timestamp Python cannot hold
+    (``reading.OutOfRange``, e.g. year 1 at +05:00 is year 0 in UTC).
+    """
+    values = [("id", Kind.BIGINT, row["id"])]
+    values += [(c.name, c.kind, row[c.name]) for c in e.property_columns]
+    for name, kind, value in values:
+        if value is None:
+            continue
+        if isinstance(value, str) and kind in (Kind.TEXT, Kind.VARCHAR, Kind.CHAR):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = value[exc.start]
+                return (
+                    f"column {name} is not valid Unicode text: U+{ord(bad):04X} (a lone surrogate) at "
+                    f"character {exc.start}; Weaviate stores only text that encodes as UTF-8"
+                )
+        elif kind in (Kind.INT, Kind.BIGINT) and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_EXACT_INT:
+                return (
+                    f"column {name} is {value}, beyond ±2^53: Weaviate's batch API carries numbers as "
+                    f"doubles and would store it rounded"
+                )
+        elif kind is Kind.TIMESTAMP and not isinstance(value, datetime):
+            return (
+                f"column {name} holds {value!s}, not a timestamp Python can represent "
+                "(years 1 to 9999 in UTC)"
+            )
+    return None

@@ -124,11 +124,15 @@ def diff(db: pd.DataFrame, wv: pd.DataFrame, report: ParityReport) -> None:
 
 
 def check_parity(
-    engine: Engine, client: weaviate.WeaviateClient, e: EntityType, shards: Sequence[reading.Shard]
+    engine: Engine,
+    client: weaviate.WeaviateClient,
+    e: EntityType,
+    shards: Sequence[reading.Shard],
+    collection: str | None = None,
 ) -> ParityReport:
-    """Compare one collection with its table over ``shards``."""
-    report = ParityReport(e.collection)
-    wv = weaviate_side(client, e.collection)
+    """Compare one collection (by default the entity's alias) with its table over ``shards``."""
+    report = ParityReport(collection or e.collection)
+    wv = weaviate_side(client, collection or e.collection)
     expected_refs = valid_reference_counts(engine, e.collection) if relations_from(e.collection) else {}
     for shard in shards:
         mine = wv if shard.count == 1 else wv[(wv.index % shard.count) == shard.index]

@@ -24,19 +24,49 @@ from tercul_sync.engine import reading, weaviate_client
 from tercul_sync.engine.batching import BatchProcessor, WriteReport
 from tercul_sync.engine.chunking import split_text
 from tercul_sync.engine.embedding import Embedder, EmbedStats, make_embedder
-from tercul_sync.engine.objects import HASH_PROPERTY, ObjectWrite, chunk, content_hash, to_weaviate_value
+from tercul_sync.engine.objects import (
+    HASH_PROPERTY,
+    PARENT_HASH_PROPERTY,
+    ObjectWrite,
+    chunk,
+    content_hash,
+    row_problem,
+    to_weaviate_value,
+)
 from tercul_sync.engine.registry import (
     PASSAGE_COLLECTION,
     PASSAGE_PARENT_REFERENCE,
     EntityType,
     PassageSpec,
     object_uuid,
+    passage_parents,
 )
 from tercul_sync.engine.reports import MAX_SAMPLE, add_sample
+from tercul_sync.engine.weaviate_schema import resolve
 from tercul_sync.engine.writing import ObjectSyncReport, Row, SyncContext
 
 PARENT_KEY = "parent_key"  # "<collection>:<id>", the filter every per-parent operation uses
 PASSAGE_VECTOR = "text"
+
+
+def parent_mark(e: EntityType, row: Row, target: str | None) -> str:
+    """A hash of everything a row's passages are cut from: texts, languages, copied values, the
+    splitter's limits and the parent reference's collection."""
+    doc = {
+        spec.property: {
+            "text": row[spec.property] or "",
+            "language": row[spec.language],
+            "copied": {name: row[name] for name in spec.copied},
+            "limits": [spec.max_chars, spec.overlap_chars],
+        }
+        for spec in e.passages
+    }
+    return content_hash({"passages": doc, "target": target or e.collection}, {})
+
+
+def _marker_uuid(e: EntityType, parent_id: int) -> str:
+    """The passage that carries a parent's mark: the first of its first passage property."""
+    return passage_uuid(e.collection, parent_id, e.passages[0].property, 0)
 
 
 def parent_key(collection: str, parent_id: int) -> str:
@@ -47,8 +77,14 @@ def passage_uuid(collection: str, parent_id: int, prop: str, position: int) -> s
     return str(generate_uuid5(f"{PASSAGE_COLLECTION}:{collection}:{parent_id}:{prop}:{position}"))
 
 
-def build_passages(e: EntityType, spec: PassageSpec, row: Row) -> list[ObjectWrite]:
-    """The passages of one row's long text, in order; none when the text is empty or blank."""
+def build_passages(
+    e: EntityType, spec: PassageSpec, row: Row, parent_collection: str | None = None
+) -> list[ObjectWrite]:
+    """The passages of one row's long text, in order; none when the text is empty or blank.
+
+    ``parent_collection`` is the collection the parent reference points at (by default the
+    registry's name; behind an alias, the versioned collection, since Weaviate wants that there).
+    """
     text = row[spec.property] or ""
     if not text.strip():
         return []
@@ -65,7 +101,7 @@ def build_passages(e: EntityType, spec: PassageSpec, row: Row) -> list[ObjectWri
         if row[name] is not None:
             common[name] = to_weaviate_value(by_name[name].kind, row[name])
     parent = {PASSAGE_PARENT_REFERENCE: [object_uuid(e.collection, row["id"])]}
-    target = {PASSAGE_PARENT_REFERENCE: e.collection}
+    target = {PASSAGE_PARENT_REFERENCE: parent_collection or e.collection}
     out = []
     for c in split_text(text, spec.max_chars, spec.overlap_chars):
         props = {**common, "position": c.position, "text": c.text}
@@ -84,6 +120,8 @@ class PassageReport:
     deleted_sample: list[Any] = field(default_factory=list)
     write: WriteReport = field(default_factory=WriteReport)
     embeddings: EmbedStats = field(default_factory=EmbedStats)
+    embeddings_reused: int = 0  # vectors copied: a rebuild's old version, or a first passage rewritten
+    parents_unchanged: int = 0  # parents skipped whole: their stored mark matched
 
     def as_sync_report(self) -> ObjectSyncReport:
         """The same figures in the shape every step summarizes."""
@@ -103,7 +141,7 @@ class PassageSyncer:
         self.ctx = ctx
         self.report = PassageReport()
         self._processor: BatchProcessor[ObjectWrite] = BatchProcessor(
-            lambda items: ctx.send(ctx.client, PASSAGE_COLLECTION, items),
+            lambda items: ctx.send(ctx.client, ctx.collection(PASSAGE_COLLECTION), items),
             key_of=lambda o: f"{o.properties[PARENT_KEY]}#{o.properties['position']}",
             retry=ctx.settings.retry,
         )
@@ -112,7 +150,12 @@ class PassageSyncer:
         if ctx.settings.vectorizer == "client":
             self._embedder = ctx.embedder or make_embedder(ctx.settings)
             self.report.embeddings = self._embedder.stats
-        self._collection = ctx.client.collections.use(PASSAGE_COLLECTION)
+        self._collection = ctx.client.collections.use(ctx.collection(PASSAGE_COLLECTION))
+        self._reuse_from = ctx.reuse_vectors_from.get(PASSAGE_COLLECTION)  # a rebuild's old version
+        self._parents = {  # what a parent reference names: a versioned collection, never its alias
+            p.collection: ctx.names.get(p.collection) or resolve(ctx.client, p.collection) or p.collection
+            for p in passage_parents()
+        }
 
     def sync_rows(self, e: EntityType, rows: Sequence[Row]) -> None:
         """Bring the passages of live ``rows`` in step: write what changed, delete past each new end."""
@@ -121,30 +164,93 @@ class PassageSyncer:
             if rows and e.soft_delete_column in rows[0]
             else rows
         )
-        self.delete_parents(e, [r["id"] for r in rows if r not in live])
+        live_ids = {r["id"] for r in live}  # by id: comparing rows themselves is slow (and quadratic here)
+        self.delete_parents(e, [r["id"] for r in rows if r["id"] not in live_ids])
         if not live:
             return
         self.report.parents_read += len(live)
+        target = self._parents.get(e.collection)
+        marks = {row["id"]: parent_mark(e, row, target) for row in live}
+        stored_marks = {} if self.ctx.force else self._stored_marks(e, [r["id"] for r in live])
+        changed = [r for r in live if stored_marks.get(r["id"]) != marks[r["id"]]]
+        self.report.parents_unchanged += len(live) - len(changed)
+        if not changed:
+            return
         objects: list[ObjectWrite] = []
         counts: dict[str, int] = {}
-        for row in live:
-            mine = [p for spec in e.passages for p in build_passages(e, spec, row)]
+        parents = weaviate_client.existing_uuids(  # a parent Weaviate refused: its passages would be too
+            self.ctx.client,
+            self.ctx.collection(e.collection),
+            [object_uuid(e.collection, r["id"]) for r in changed],
+        )
+        markers: set[str] = set()
+        for row in changed:
+            problem = row_problem(e, row)
+            if problem:  # reported once, with the parent's key; its passages are left as they were
+                self._processor.reject(parent_key(e.collection, row["id"]), problem)
+                continue
+            mine = [p for spec in e.passages for p in build_passages(e, spec, row, target)]
+            if mine and object_uuid(e.collection, row["id"]) not in parents:
+                message = f"{e.collection} {row['id']} has no object in Weaviate (see its own failure report)"
+                self._processor.reject(parent_key(e.collection, row["id"]), message)
+                continue
+            marker = _marker_uuid(e, row["id"])
+            for p in mine:
+                if p.uuid == marker:  # the parent's mark rides on its first passage, outside its hash
+                    p.properties[PARENT_HASH_PROPERTY] = marks[row["id"]]
+                    markers.add(p.uuid)
             counts[parent_key(e.collection, row["id"])] = len(mine)
             objects += mine
         self.report.passages += len(objects)
         self._delete_tails(counts)
-        stored = weaviate_client.stored_hashes(self.ctx.client, PASSAGE_COLLECTION, [o.uuid for o in objects])
+        stored = weaviate_client.stored_hashes(
+            self.ctx.client, self.ctx.collection(PASSAGE_COLLECTION), [o.uuid for o in objects]
+        )
         fresh = [
-            o for o in objects if self.ctx.force or stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]
+            o
+            for o in objects
+            if self.ctx.force or stored.get(o.uuid, "") != o.properties[HASH_PROPERTY] or o.uuid in markers
         ]
         self.report.unchanged += len(objects) - len(fresh)
         if self._embedder is not None and fresh:
-            vectors = self._embedder.embed_passages([str(o.properties["text"]) for o in fresh])
-            for o, vector in zip(fresh, vectors, strict=True):
+            # A first passage rewritten only for its parent's new mark keeps its stored vector.
+            same = [o for o in fresh if stored.get(o.uuid, "") == o.properties[HASH_PROPERTY]]
+            todo = [o for o in fresh if o not in same]
+            todo += self._reuse_vectors(same, self.ctx.collection(PASSAGE_COLLECTION))
+            if self._reuse_from:
+                todo = self._reuse_vectors(todo, self._reuse_from)
+            vectors = self._embedder.embed_passages([str(o.properties["text"]) for o in todo])
+            for o, vector in zip(todo, vectors, strict=True):
                 o.vectors[PASSAGE_VECTOR] = vector
         settings = self.ctx.settings
         for batch in chunk(fresh, settings.batch_size, settings.max_batch_bytes, lambda o: o.size):
             self._processor.write_batch(batch)
+
+    def _stored_marks(self, e: EntityType, ids: list[int]) -> dict[int, str | None]:
+        """``{parent id: mark}`` stored on the first passages of the parents ``ids`` that have any."""
+        by_uuid = {_marker_uuid(e, i): i for i in ids}
+        stored = weaviate_client.stored_hashes(
+            self.ctx.client, self.ctx.collection(PASSAGE_COLLECTION), list(by_uuid), PARENT_HASH_PROPERTY
+        )
+        return {by_uuid[u]: mark for u, mark in stored.items()}
+
+    def _reuse_vectors(self, fresh: list[ObjectWrite], source: str) -> list[ObjectWrite]:
+        """Copy the vector of each passage whose content is the same in ``source`` (one query per
+        page; a rebuild's old version, or the collection itself); return those still to embed."""
+        if not fresh:
+            return []
+        old = weaviate_client.stored_vectors(
+            self.ctx.client, source, [o.uuid for o in fresh], [PASSAGE_VECTOR], HASH_PROPERTY
+        )
+        todo = []
+        for o in fresh:
+            stored_hash, vectors = old.get(o.uuid, (None, {}))
+            if stored_hash == o.properties[HASH_PROPERTY] and PASSAGE_VECTOR in vectors:
+                o.vectors[PASSAGE_VECTOR] = vectors[PASSAGE_VECTOR]
+                self.report.embeddings_reused += 1
+            else:
+                todo.append(o)
+        return todo
 
     def _delete_tails(self, counts: Mapping[str, int]) -> None:
         """Delete the passages at or past each parent's new count (its text got shorter or empty)."""
@@ -182,6 +288,7 @@ class PassageSyncer:
     def _delete(self, where: Any, sample: str) -> None:
         while True:  # delete_many removes at most QUERY_MAXIMUM_RESULTS per call
             res = self._collection.data.delete_many(where=where)
+            weaviate_client.check_deleted(self._collection, res)
             self.report.deleted += res.successful
             if res.successful:
                 add_sample(self.report.deleted_sample, [sample])
@@ -204,6 +311,7 @@ class PassageSyncer:
 def passages_metadata(report: PassageReport) -> dict[str, Any]:
     return {
         "parents_read": report.parents_read,
+        "parents_unchanged": report.parents_unchanged,
         "passages": report.passages,
         "passages_unchanged": report.unchanged,
         "passages_deleted": report.deleted,

@@ -18,7 +18,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, RowMapping
 
-from tercul_sync.engine.registry import EDGES_TABLE, ENTITIES, Column, EntityType, Kind, Relation, entity
+from tercul_sync.engine.registry import (
+    EDGES_TABLE,
+    ENTITIES,
+    Column,
+    EntityType,
+    Kind,
+    Relation,
+    entity,
+    passage_parents,
+    relations_from,
+)
 
 _SQL_TYPES: dict[Kind, Callable[[Column], sa.types.TypeEngine[Any]]] = {
     Kind.TEXT: lambda c: sa.Text(),
@@ -97,7 +107,9 @@ class Shard:
         """The same membership in SQL."""
         if self.count == 1:
             return sa.true()
-        return (id_column % self.count) == self.index
+        # The modulus as a literal, so that the WHERE is the expression `tercul-sync index` builds
+        # (`id % n`) and PostgreSQL can use that index whatever the driver binds.
+        return (id_column % sa.literal_column(str(int(self.count)))) == self.index
 
 
 def in_shards(row_id: int, shards: Sequence[Shard]) -> bool:
@@ -194,6 +206,95 @@ class MissingColumnError(RuntimeError):
     """A table lacks a column the settings or the registry need; the message names both."""
 
 
+class SourceSchemaError(MissingColumnError):
+    """Tercul's database does not match the registry: a table or column is missing, or of another type."""
+
+
+class SourceAccessError(PermissionError):
+    """The database role may not read a table the sync needs (a missing SELECT grant)."""
+
+
+# The type family each registry column must have in the database, as words for errors.
+_FAMILY_NAMES = {
+    sa.String: "text",
+    sa.Integer: "an integer",
+    sa.Boolean: "a boolean",
+    sa.DateTime: "a timestamp",
+}
+
+
+def _expected_columns(table: sa.Table) -> dict[str, type[sa.types.TypeEngine[Any]]]:
+    """Each column of a registry table with the type family it must have in the database."""
+    out: dict[str, type[sa.types.TypeEngine[Any]]] = {}
+    for col in table.columns:
+        family = next(f for f in (sa.DateTime, sa.Boolean, sa.Integer, sa.String) if isinstance(col.type, f))
+        out[col.name] = family
+    return out
+
+
+def check_source(engine: Engine, tables: Sequence[str] | None = None) -> None:
+    """Check, before anything is read or written, that each table matches the registry and may be read.
+
+    Raises ``SourceSchemaError`` naming the table and column (missing, or of
+    another type than the registry's) and ``SourceAccessError`` naming the
+    table the role has no SELECT grant on. ``tables``: all registry tables
+    and ``edges`` when None.
+    """
+    inspector = sa.inspect(engine)
+    problems: list[str] = []
+    for name in tables or list(METADATA.tables):
+        t = METADATA.tables[name]
+        try:
+            reflected = {c["name"]: c["type"] for c in inspector.get_columns(name)}
+        except sa.exc.NoSuchTableError:
+            problems.append(f"table {name} does not exist")
+            continue
+        for column, family in _expected_columns(t).items():
+            if column not in reflected:
+                problems.append(
+                    f"table {name} has no column {column} (the registry needs {_FAMILY_NAMES[family]})"
+                )
+            elif not isinstance(reflected[column], family):
+                problems.append(
+                    f"table {name}, column {column} is {reflected[column]} in the database, "
+                    f"the registry needs {_FAMILY_NAMES[family]}"
+                )
+    if problems:
+        raise SourceSchemaError("Tercul's database does not match the registry: " + "; ".join(problems))
+    with engine.connect() as conn:
+        for name in tables or list(METADATA.tables):
+            t = METADATA.tables[name]
+            try:
+                conn.execute(sa.select(*t.columns).where(sa.false()))
+            except sa.exc.DBAPIError as exc:
+                if not _permission_denied(exc):
+                    raise
+                conn.rollback()
+                user = conn.execute(sa.text("SELECT current_user")).scalar_one()
+                raise SourceAccessError(
+                    f"the database role {user} may not read table {name}: a SELECT grant is missing "
+                    f"(GRANT SELECT ON {name} TO {user})"
+                ) from None
+
+
+def tables_read_by(step: str) -> list[str]:
+    """The tables a step reads: an entity's table (and ``edges`` and its targets' tables when it has
+    relations), every table for the edges step, the parents' tables for the passages step."""
+    by_collection = {e.collection: e for e in ENTITIES}
+    if step in by_collection:
+        e = by_collection[step]
+        targets = [entity(r.target).table for r in relations_from(e.collection)]
+        return sorted({e.table, *targets, *([EDGES_TABLE] if targets else [])})
+    if step == EDGES_TABLE:
+        return list(METADATA.tables)
+    return sorted({e.table for e in passage_parents()})
+
+
+def _permission_denied(exc: sa.exc.DBAPIError) -> bool:
+    code = getattr(exc.orig, "pgcode", None)  # PostgreSQL's insufficient_privilege
+    return code == "42501" or "permission denied" in str(exc.orig).lower()
+
+
 def relation_clause(edges: sa.Table, rel: Relation) -> sa.ColumnElement[bool]:
     """The ``edges`` rows that stand for ``rel`` (whatever their endpoints' state)."""
     return sa.and_(
@@ -278,9 +379,65 @@ def safe_url(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
+class OutOfRange(str):
+    """A timestamp the database holds but Python cannot (year 0 or 10000 once in UTC); the raw text.
+
+    ``objects.row_problem`` reports the row with it, instead of the whole page failing to read.
+    """
+
+
+def _decode_sqlite_text(raw: bytes) -> str:
+    """SQLite text as Python text. SQLite stores whatever bytes it was given: UTF-8-encoded lone
+    surrogates come back as such (``surrogatepass``), other invalid bytes as escapes; either way the
+    row is reported by ``objects.row_problem`` instead of the page failing to read."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        try:
+            return raw.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return raw.decode("utf-8", "surrogateescape")
+
+
+def _register_pg_timestamps(dbapi_connection: Any) -> None:
+    """psycopg2 raises for a timestamptz outside Python's years 1-9999 once converted to the session's
+    zone, failing the whole page; on this connection such a value reads as ``OutOfRange``."""
+    import psycopg2.extensions as ext  # type: ignore[import-untyped]
+
+    def caster(base: Any) -> Any:
+        def cast(value: str | None, cursor: Any) -> Any:
+            try:
+                return base(value, cursor)
+            except ValueError:
+                return OutOfRange(value)
+
+        return cast
+
+    for base in (ext.PYDATETIMETZ, ext.PYDATETIME):
+        oids = base.values
+        ext.register_type(ext.new_type(oids, f"TERCUL_{base.name}", caster(base)), dbapi_connection)
+
+
 def make_engine(url: str) -> Engine:
-    """An engine that checks a pooled connection before use (steps can idle while Weaviate retries)."""
-    return sa.create_engine(url, pool_pre_ping=True)
+    """An engine that checks a pooled connection before use (steps can idle while Weaviate retries).
+
+    Values that would fail a whole page come back so that their row can be reported: invalid UTF-8
+    in SQLite text, PostgreSQL timestamps outside Python's range.
+    """
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_text(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.text_factory = _decode_sqlite_text
+
+    elif engine.dialect.driver == "psycopg2":
+
+        @sa.event.listens_for(engine, "connect")
+        def _pg_timestamps(dbapi_connection: Any, _record: Any) -> None:
+            _register_pg_timestamps(dbapi_connection)
+
+    return engine
 
 
 def live_id_set(engine: Engine, e: EntityType, shards: Sequence[Shard]) -> set[int]:

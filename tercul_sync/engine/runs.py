@@ -35,6 +35,7 @@ from tercul_sync.engine.embedding import EmbedStats
 from tercul_sync.engine.passages import PassageReport, PassageSyncer
 from tercul_sync.engine.reconcile import bisect_mismatches
 from tercul_sync.engine.registry import (
+    PASSAGE_COLLECTION,
     EntityType,
     edge_sources,
     edge_targets,
@@ -119,7 +120,7 @@ def check_vectors(ctx: SyncContext, reports: list[ObjectSyncReport]) -> dict[str
             continue
         names = sorted({n for _, expected in r.vector_sample for n in expected})
         stored = weaviate_client.stored_vectors(
-            ctx.client, r.collection, [u for u, _ in r.vector_sample], names
+            ctx.client, ctx.collection(r.collection), [u for u, _ in r.vector_sample], names
         )
         for uuid, expected in r.vector_sample:
             checked += 1
@@ -174,7 +175,7 @@ def run_entity(
     run = EntityRun(syncer.report, cursors=dict(previous))
     overlap = timedelta(seconds=ctx.settings.overlap_seconds)
     table = reading.table_for(e)
-    if mode == FULL and weaviate_client.count_objects(ctx.client, e.collection) == 0:
+    if mode == FULL and weaviate_client.count_objects(ctx.client, ctx.collection(e.collection)) == 0:
         syncer.collection_was_empty = True  # a first sync: no stored hash to read
     for key, shard in shards.items():
         if mode == SWEEP:
@@ -190,7 +191,7 @@ def run_entity(
             run.cursors[key] = new.to_json()
     # Rows removed outright leave no trace to follow: compare counts, sweep when they differ.
     live = reading.count_live(ctx.db, e)
-    objects = weaviate_client.count_objects(ctx.client, e.collection)
+    objects = weaviate_client.count_objects(ctx.client, ctx.collection(e.collection))
     if needs_sweep(
         mode,
         covers_all(shards),
@@ -202,12 +203,14 @@ def run_entity(
             orphans = _orphans_by_ranges(ctx, e, list(shards.values()))
             _delete(ctx, e, orphans, run)
         else:
-            sweep = sweep_orphans(ctx.db, ctx.client, e, list(shards.values()))
+            sweep = sweep_orphans(ctx.db, ctx.client, e, list(shards.values()), ctx.collection(e.collection))
             run.deleted += sweep.deleted
             add_sample(run.deleted_sample, sweep.sample_ids)
         run.swept = True
     # Counted again only when the sweep deleted something.
-    run.object_count = weaviate_client.count_objects(ctx.client, e.collection) if run.deleted else objects
+    if run.deleted:
+        objects = weaviate_client.count_objects(ctx.client, ctx.collection(e.collection))
+    run.object_count = objects
     return run
 
 
@@ -215,7 +218,10 @@ def _id_range(ctx: SyncContext, e: EntityType) -> tuple[int, int] | None:
     """``[low, high)`` covering every id on either side."""
     bounds = [
         b
-        for b in (reading.id_bounds(ctx.db, e), weaviate_client.source_id_bounds(ctx.client, e.collection))
+        for b in (
+            reading.id_bounds(ctx.db, e),
+            weaviate_client.source_id_bounds(ctx.client, ctx.collection(e.collection)),
+        )
         if b
     ]
     return (min(b[0] for b in bounds), max(b[1] for b in bounds) + 1) if bounds else None
@@ -228,13 +234,13 @@ def _orphans_by_ranges(ctx: SyncContext, e: EntityType, shards: list[reading.Sha
         return []
 
     def leaf(low: int, high: int) -> list[int]:
-        stored = weaviate_client.objects_between(ctx.client, e.collection, low, high)
+        stored = weaviate_client.objects_between(ctx.client, ctx.collection(e.collection), low, high)
         return sorted(set(stored) - reading.live_ids_between(ctx.db, e, low, high))
 
     found = bisect_mismatches(
         *span,
         database=lambda a, b: reading.count_live_between(ctx.db, e, a, b),
-        weaviate=lambda a, b: weaviate_client.count_between(ctx.client, e.collection, a, b),
+        weaviate=lambda a, b: weaviate_client.count_between(ctx.client, ctx.collection(e.collection), a, b),
         leaf=leaf,
     )
     return [i for i in found if reading.in_shards(i, shards)]
@@ -256,7 +262,7 @@ def run_entity_ids(
     syncer.sync_ids(chosen)
     live = reading.live_ids_among(ctx.db, e, chosen)
     _delete(ctx, e, [i for i in chosen if i not in live], run)
-    run.object_count = weaviate_client.count_objects(ctx.client, e.collection)
+    run.object_count = weaviate_client.count_objects(ctx.client, ctx.collection(e.collection))
     return run
 
 
@@ -312,7 +318,7 @@ def _delete(ctx: SyncContext, e: EntityType, ids: list[int], run: EntityRun) -> 
     if ids:
         add_sample(run.deleted_sample, ids)
         run.deleted += weaviate_client.delete_uuids(
-            ctx.client, e.collection, [object_uuid(e.collection, i) for i in ids]
+            ctx.client, ctx.collection(e.collection), [object_uuid(e.collection, i) for i in ids]
         )
 
 
@@ -409,20 +415,20 @@ def _sources_with_wrong_references(
     whose sums differ are halved until the counts can be compared source by
     source (``reconcile.py``), and only the sources that differ are rewritten.
     """
-    e = entity(collection)
+    e, stored_in = entity(collection), ctx.collection(collection)
     span = _id_range(ctx, e)
     if span is None:
         return []
 
     def leaf(low: int, high: int) -> list[int]:
         expected = valid_reference_counts(ctx.db, collection, low, high)
-        stored = weaviate_client.objects_between(ctx.client, collection, low, high)
+        stored = weaviate_client.objects_between(ctx.client, stored_in, low, high)
         return [sid for sid, n in stored.items() if expected.get(sid, 0) != n]
 
     found = bisect_mismatches(
         *span,
         database=lambda a, b: valid_reference_count(ctx.db, collection, a, b),
-        weaviate=lambda a, b: weaviate_client.reference_sum_between(ctx.client, collection, a, b),
+        weaviate=lambda a, b: weaviate_client.reference_sum_between(ctx.client, stored_in, a, b),
         leaf=leaf,
     )
     return [i for i in found if reading.in_shards(i, shards)]
@@ -520,7 +526,8 @@ def run_passages(
 def _passage_parents_differ(ctx: SyncContext, e: EntityType) -> bool:
     """Whether the parents holding passage 0 and the live rows with text differ in number."""
     with_text = reading.count_live_with_text(ctx.db, e, [spec.property for spec in e.passages])
-    return weaviate_client.count_first_passages(ctx.client, e.collection) != with_text
+    passages = ctx.collection(PASSAGE_COLLECTION)
+    return weaviate_client.count_first_passages(ctx.client, e.collection, passages) != with_text
 
 
 def resolve_mode(configured: str | None, tagged: str | None, allowed: tuple[str, ...]) -> str:

@@ -72,6 +72,12 @@ class Settings(BaseModel):
         secret=True,
         description="API key for servers that require one; never shown.",
     )
+    weaviate_ca_bundle: Path | None = _env(
+        "WEAVIATE_CA_BUNDLE",
+        default=None,
+        description="A PEM file of the CA certificates that signed Weaviate's TLS certificate (with an "
+        "`https://` `WEAVIATE_URL`), used for HTTP and gRPC instead of the public roots.",
+    )
     weaviate_timeout_seconds: float = _env(
         "TERCUL_SYNC_WEAVIATE_TIMEOUT",
         default=120.0,
@@ -145,6 +151,56 @@ class Settings(BaseModel):
         default=4,
         ge=1,
         description="Steps of one run that execute at once (multiprocess executor).",
+    )
+    executor: Literal["multiprocess", "celery", "k8s"] = _env(
+        "TERCUL_SYNC_EXECUTOR",
+        default="multiprocess",
+        description="Where a run's steps execute. `multiprocess`: processes on the run's machine, started "
+        "by a forkserver. `celery`: Celery tasks on `dagster-celery` workers, through the broker "
+        "`TERCUL_SYNC_CELERY_BROKER`. `k8s`: one Kubernetes Job per step (dagster-k8s `k8s_job_executor`, "
+        "under the Helm chart's `K8sRunLauncher`). See docs/deployment.md.",
+    )
+    celery_broker: SecretStr | None = _env(
+        "TERCUL_SYNC_CELERY_BROKER",
+        default=None,
+        secret=True,
+        description="The Celery broker's URL, e.g. `redis://:password@redis:6379/0`. Unset: "
+        "`redis://127.0.0.1:6390/0` (the Redis `scripts/redis-up` starts). Never shown.",
+    )
+    celery_backend: SecretStr | None = _env(
+        "TERCUL_SYNC_CELERY_BACKEND",
+        default=None,
+        secret=True,
+        description="Where Celery keeps step results. Unset: the broker's URL. Never shown.",
+    )
+    celery_visibility_timeout: int = _env(
+        "TERCUL_SYNC_CELERY_VISIBILITY_TIMEOUT",
+        default=7200,
+        ge=1,
+        description="Seconds after which Redis hands a task that no worker acknowledged to another worker "
+        "(tasks are acknowledged late, when their step ends, so a lost worker's step runs again). Keep it "
+        "above the longest step, or a slow step is started twice.",
+    )
+    replication_factor: int = _env(
+        "TERCUL_SYNC_REPLICATION_FACTOR",
+        default=1,
+        ge=1,
+        le=15,
+        description="Copies of each collection's shards in a Weaviate cluster, set when a collection is "
+        "created (with async replication); an existing collection with another factor stops the sync.",
+    )
+    write_consistency: Literal["ONE", "QUORUM", "ALL"] | None = _env(
+        "TERCUL_SYNC_WRITE_CONSISTENCY",
+        default=None,
+        description="How many replicas must acknowledge a write (and answer the sync's own reads: hashes, "
+        "existence, deletes). Unset: `QUORUM` when `TERCUL_SYNC_REPLICATION_FACTOR` is above 1, else `ONE`. "
+        "`QUORUM` goes on with one node of three down; `ALL` stops then.",
+    )
+    backfill_policy: Literal["single_run", "multi_run"] = _env(
+        "TERCUL_SYNC_BACKFILL_POLICY",
+        default="single_run",
+        description="How a backfill over a range of shards runs: `single_run`, one run whose step walks "
+        "the shards in turn; `multi_run`, one run per shard (they spread over workers and retry alone).",
     )
     vectorizer: Literal["none", "weaviate", "client", "column"] | None = _env(
         "TERCUL_SYNC_VECTORIZER",
@@ -281,6 +337,13 @@ class Settings(BaseModel):
     @property
     def report_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def consistency_level(self) -> str:
+        """The consistency level in force: ``TERCUL_SYNC_WRITE_CONSISTENCY``, else by the factor."""
+        if self.write_consistency is not None:
+            return self.write_consistency
+        return "QUORUM" if self.replication_factor > 1 else "ONE"
 
     @property
     def retry(self) -> RetrySettings:

@@ -11,11 +11,16 @@ for every kind of write.
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlparse
 
+import grpc
 import weaviate
 from tenacity import (
     retry,
@@ -27,16 +32,23 @@ from tenacity import (
 )
 from weaviate.classes.aggregate import Metrics
 from weaviate.classes.data import DataObject, ReferenceToMulti
-from weaviate.classes.init import AdditionalConfig, Auth, Timeout
+from weaviate.classes.init import AdditionalConfig, Auth, GrpcConfig, Timeout
 from weaviate.classes.query import Filter
 from weaviate.collections.classes.aggregate import AggregateInteger
 from weaviate.exceptions import (
+    UnexpectedStatusCodeError,
+    WeaviateBatchError,
     WeaviateConnectionError,
     WeaviateGRPCUnavailableError,
     WeaviateInsertManyAllFailedError,
 )
 
-from tercul_sync.engine.errors import is_transient_error
+from tercul_sync.engine.errors import (
+    READ_ONLY_CAUSE,
+    WritesRefusedError,
+    exception_chain,
+    is_transient_error,
+)
 from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, ObjectWrite
 from tercul_sync.engine.registry import PASSAGE_COLLECTION, SOURCE_ID_PROPERTY
 from tercul_sync.engine.settings import Settings
@@ -58,16 +70,104 @@ retry_transient = retry(
 )
 
 
+class AccessDenied(PermissionError):
+    """Weaviate refused a request for lack of a permission: no batch can land, so the step stops at once.
+
+    The message names the permission, the collection and the user, never the key.
+    """
+
+
+# Weaviate's RBAC refusal: "... user 'syncer' has insufficient permissions to update_data
+# [[Domain: data, Collection: Work, Tenant: *, Object: *]]"
+_RBAC_REFUSAL = re.compile(
+    r"user '(?P<user>[^']*)' has insufficient permissions to (?P<action>\w+)\s*\[\[(?P<scope>[^\]]*)\]\]"
+)
+
+
+def access_denied_message(text: str) -> str | None:
+    """A clear sentence for Weaviate's RBAC refusal in ``text`` (its exact form only), else None."""
+    m = _RBAC_REFUSAL.search(text)
+    if m is None:
+        return None
+    scope = {k.strip(): v.strip() for k, _, v in (part.partition(":") for part in m["scope"].split(","))}
+    where = f"collection {scope['Collection']}" if scope.get("Collection") else m["scope"].strip()
+    return (
+        f"Weaviate refused: user {m['user']!r} lacks the permission {m['action']} on {where} "
+        f"(RBAC domain {scope.get('Domain', '?')}); grant it to the user's role (see docs/security.md)"
+    )
+
+
+def _grpc_code(exc: BaseException) -> Any:
+    code = getattr(exc, "code", None)
+    return code() if isinstance(exc, grpc.RpcError) and callable(code) else None
+
+
+def as_access_denied(exc: BaseException) -> AccessDenied | None:
+    """``exc`` (or a cause of it) as an ``AccessDenied`` when it is Weaviate's 403 / PERMISSION_DENIED."""
+    for link in exception_chain(exc):
+        if isinstance(link, AccessDenied):
+            return link
+        status = link.status_code if isinstance(link, UnexpectedStatusCodeError) else None
+        denied = status in (403, grpc.StatusCode.PERMISSION_DENIED)
+        if denied or _grpc_code(link) == grpc.StatusCode.PERMISSION_DENIED:
+            text = str(link)
+            return AccessDenied(access_denied_message(text) or f"Weaviate refused (forbidden): {text[:300]}")
+    return None
+
+
+_ENV_LOCK = threading.Lock()
+
+
+@contextmanager
+def _ssl_cert_file(path: str | None) -> Iterator[None]:
+    """``SSL_CERT_FILE`` set to ``path`` while a client opens its HTTP connections.
+
+    weaviate-client 4.24 takes no CA for REST; with ``trust_env`` its httpx
+    transports read ``SSL_CERT_FILE`` when they are made, which is only while
+    connecting. The variable is restored right after.
+    """
+    if path is None:
+        yield
+        return
+    with _ENV_LOCK:
+        before = os.environ.get("SSL_CERT_FILE")
+        os.environ["SSL_CERT_FILE"] = path
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("SSL_CERT_FILE", None)
+            else:
+                os.environ["SSL_CERT_FILE"] = before
+
+
 def connect(
-    url: str, grpc_port: int, api_key: str | None, timeout_s: float, connect_within_s: float = 30.0
+    url: str,
+    grpc_port: int,
+    api_key: str | None,
+    timeout_s: float,
+    connect_within_s: float = 30.0,
+    ca_bundle: str | Path | None = None,
 ) -> weaviate.WeaviateClient:
-    """Open a client, retrying while the server is starting or briefly away."""
+    """Open a client, retrying while the server is starting or briefly away.
+
+    With an ``https`` URL, HTTP and gRPC both use TLS; ``ca_bundle`` (a PEM
+    file, ``WEAVIATE_CA_BUNDLE``) then replaces the public roots for both.
+    """
     parsed = urlparse(url)
     host = parsed.hostname
     if not host:
         raise ValueError(f"WEAVIATE_URL must look like http://host:port, got {url!r}")
     secure = parsed.scheme == "https"
     port = parsed.port or (443 if secure else 80)
+    bundle = str(ca_bundle) if ca_bundle and secure else None
+    grpc_config = None
+    if bundle is not None:
+        try:
+            roots = Path(bundle).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"WEAVIATE_CA_BUNDLE {bundle} cannot be read: {exc.strerror}") from None
+        grpc_config = GrpcConfig(credentials=grpc.ssl_channel_credentials(root_certificates=roots))
 
     @retry(
         retry=retry_if_exception_type((WeaviateConnectionError, WeaviateGRPCUnavailableError, OSError)),
@@ -76,16 +176,21 @@ def connect(
         reraise=True,
     )
     def _open() -> weaviate.WeaviateClient:
-        return weaviate.connect_to_custom(
-            http_host=host,
-            http_port=port,
-            http_secure=secure,
-            grpc_host=host,
-            grpc_port=grpc_port,
-            grpc_secure=secure,
-            auth_credentials=Auth.api_key(api_key) if api_key else None,
-            additional_config=AdditionalConfig(timeout=Timeout(init=10, query=timeout_s, insert=timeout_s)),
-        )
+        with _ssl_cert_file(bundle):
+            return weaviate.connect_to_custom(
+                http_host=host,
+                http_port=port,
+                http_secure=secure,
+                grpc_host=host,
+                grpc_port=grpc_port,
+                grpc_secure=secure,
+                auth_credentials=Auth.api_key(api_key) if api_key else None,
+                additional_config=AdditionalConfig(
+                    timeout=Timeout(init=10, query=timeout_s, insert=timeout_s),
+                    trust_env=bundle is not None,
+                    grpc_config=grpc_config,
+                ),
+            )
 
     return _open()
 
@@ -103,6 +208,8 @@ def _references(o: ObjectWrite) -> dict[str, Any] | None:
 
 
 _ALL_FAILED = re.compile(r"Here is the set of all errors: (.*)", re.S)
+# gRPC's refusal of a request over the maximum message size, on the client's side or the server's.
+_TOO_LARGE = re.compile(r"(?:sent|received) message larger than max \((\d+) vs\. (\d+)\)", re.I)
 
 
 def send_objects(
@@ -113,6 +220,9 @@ def send_objects(
     ``insert_many`` raises when every object of a batch failed, with only the
     set of messages. One distinct message belongs to every object; several
     are attributed exactly by splitting the batch in two and sending again.
+    A batch over gRPC's maximum message size is split in two as well, down to
+    one object, which is then refused with its size and the limit. A refusal
+    for lack of a permission raises ``AccessDenied``: no other batch would land.
     """
     col = client.collections.use(collection)
     objs = [
@@ -124,13 +234,33 @@ def send_objects(
     except WeaviateInsertManyAllFailedError as exc:
         match = _ALL_FAILED.search(str(exc))
         messages = set(match.group(1).split("\n")) if match else {str(exc)}
+        denied = next((m for m in map(access_denied_message, messages) if m), None)
+        if denied:
+            raise AccessDenied(denied) from None
         if len(messages) == 1 or len(items) == 1:
             return dict.fromkeys(range(len(items)), "; ".join(sorted(messages)))
-        half = len(items) // 2
-        left = send_objects(client, collection, items[:half])
-        right = send_objects(client, collection, items[half:])
-        return left | {half + i: m for i, m in right.items()}
+        return _split(client, collection, items)
+    except WeaviateBatchError as exc:
+        too_large = _TOO_LARGE.search(str(exc))
+        if too_large is None:
+            raise
+        if len(items) > 1:
+            return _split(client, collection, items)
+        return {
+            0: f"object of {too_large.group(1)} bytes is larger than Weaviate's gRPC maximum message size "
+            f"({too_large.group(2)} bytes, the server's GRPC_MAX_MESSAGE_SIZE)"
+        }
+    denied = next((m for m in (access_denied_message(e.message) for e in result.errors.values()) if m), None)
+    if denied:
+        raise AccessDenied(denied)
     return {i: err.message for i, err in result.errors.items()}
+
+
+def _split(client: weaviate.WeaviateClient, collection: str, items: list[ObjectWrite]) -> dict[int, str]:
+    half = len(items) // 2
+    left = send_objects(client, collection, items[:half])
+    right = send_objects(client, collection, items[half:])
+    return left | {half + i: m for i, m in right.items()}
 
 
 def _fetch_by_ids(
@@ -173,32 +303,50 @@ def delete_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Sequen
         part = list(uuids[start : start + ID_CHUNK])
         while True:  # delete_many removes at most QUERY_MAXIMUM_RESULTS per call
             res = col.data.delete_many(where=Filter.by_id().contains_any(part))
+            check_deleted(col, res)
             deleted += res.successful
             if res.matches == 0 or res.successful == 0:
                 break
     return deleted
 
 
+def check_deleted(col: Any, res: Any) -> None:
+    """Raise when ``delete_many`` matched objects it could not delete (it does not raise by itself).
+
+    Its per-object messages cannot be had here (weaviate-client 4.24 fails to parse the verbose
+    reply of a refused delete), so the shards' status says why: a read-only shard (disk full, or
+    set by an operator) is ``WritesRefusedError``; anything else a ``RuntimeError``.
+    """
+    if not res.failed:
+        return
+    statuses = sorted({s.status for s in col.config.get_shards()})
+    message = f"{res.failed} of {res.matches} deletes failed; shard status {', '.join(statuses)}"
+    if "READONLY" in statuses:
+        raise WritesRefusedError(READ_ONLY_CAUSE, message, res.failed, [], what="deletes")
+    raise RuntimeError(f"{col.name}: Weaviate failed to delete: {message}")
+
+
 @retry_transient
 def stored_hashes(
-    client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str]
+    client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str], prop: str = HASH_PROPERTY
 ) -> dict[str, str | None]:
-    """``{uuid: content hash}`` for the objects among ``uuids`` that exist."""
-    return {
-        str(o.uuid): o.properties.get(HASH_PROPERTY)
-        for o in _fetch_by_ids(client, collection, uuids, [HASH_PROPERTY])
-    }
+    """``{uuid: content hash}`` (or another property, ``prop``) for the objects among ``uuids`` that exist."""
+    return {str(o.uuid): o.properties.get(prop) for o in _fetch_by_ids(client, collection, uuids, [prop])}
 
 
 @retry_transient
 def stored_vectors(
-    client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str], names: list[str]
+    client: weaviate.WeaviateClient,
+    collection: str,
+    uuids: Iterable[str],
+    names: list[str],
+    hash_property: str = VECTOR_HASH_PROPERTY,
 ) -> dict[str, tuple[str | None, dict[str, list[float]]]]:
-    """``{uuid: (vector hashes as stored, {name: vector})}`` for the objects among ``uuids`` that exist."""
+    """``{uuid: (hash_property as stored, {name: vector})}`` for the objects among ``uuids`` that exist."""
     out: dict[str, tuple[str | None, dict[str, list[float]]]] = {}
-    for o in _fetch_by_ids(client, collection, uuids, [VECTOR_HASH_PROPERTY], names):
+    for o in _fetch_by_ids(client, collection, uuids, [hash_property], names):
         vectors = {k: list(v) for k, v in (o.vector or {}).items() if k in names and v}
-        out[str(o.uuid)] = (o.properties.get(VECTOR_HASH_PROPERTY), vectors)
+        out[str(o.uuid)] = (o.properties.get(hash_property), vectors)
     return out
 
 
@@ -269,10 +417,12 @@ def source_id_bounds(client: weaviate.WeaviateClient, collection: str) -> tuple[
 
 
 @retry_transient
-def count_first_passages(client: weaviate.WeaviateClient, parent_collection: str) -> int:
+def count_first_passages(
+    client: weaviate.WeaviateClient, parent_collection: str, passages: str = PASSAGE_COLLECTION
+) -> int:
     """Passages at position 0 whose parent is of ``parent_collection``: one per parent that has any."""
     where = Filter.by_property("parent_collection").equal(parent_collection) & Filter.by_property(
         "position"
     ).equal(0)
-    res = client.collections.use(PASSAGE_COLLECTION).aggregate.over_all(filters=where, total_count=True)
+    res = client.collections.use(passages).aggregate.over_all(filters=where, total_count=True)
     return int(res.total_count or 0)

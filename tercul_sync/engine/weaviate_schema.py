@@ -1,13 +1,20 @@
-"""Weaviate collections generated from the registry.
+"""Weaviate collections generated from the registry, each behind an alias.
+
+Readers and writers use the registry's names (``Work``); each is an alias of
+a versioned collection (``Work_v1``) so that a collection can be rebuilt
+behind it (``engine/rebuild.py``). A reference property must name the
+versioned collection it points at: Weaviate refuses an alias there.
 
 Missing collections are created; an existing one with a compatible schema is
 reused (missing properties are added); an incompatible one stops the sync
-with an error that names the collection and the property.
+with an error that names the collection and the property. A collection made
+before aliases existed here (a plain ``Work``) is used as it is, until a
+rebuild moves it behind an alias.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import weaviate
@@ -22,7 +29,7 @@ from weaviate.classes.config import (
 from weaviate.collections.classes.config_vectors import _VectorConfigCreate
 from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateInvalidInputError
 
-from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY
+from tercul_sync.engine.objects import HASH_PROPERTY, PARENT_HASH_PROPERTY, REF_COUNT_PROPERTY
 from tercul_sync.engine.registry import (
     ENTITIES,
     PASSAGE,
@@ -35,6 +42,7 @@ from tercul_sync.engine.registry import (
     Relation,
     passage_parents,
 )
+from tercul_sync.engine.replication import existing_replication_problems, replication_config
 from tercul_sync.engine.settings import Settings
 from tercul_sync.engine.vectors import VECTOR_HASH_PROPERTY
 
@@ -65,7 +73,11 @@ def property_specs(e: EntityType) -> list[PropertySpec]:
     if e is PASSAGE:
         keys = ("parent_collection", "parent_key", "property", "language")
         specs = [PropertySpec(c.name, WEAVIATE_TYPES[c.kind], c.name in keys) for c in e.columns]
-        return [*specs, PropertySpec(HASH_PROPERTY, DataType.TEXT)]
+        return [
+            *specs,
+            PropertySpec(HASH_PROPERTY, DataType.TEXT),
+            PropertySpec(PARENT_HASH_PROPERTY, DataType.TEXT),
+        ]
     specs = [PropertySpec(SOURCE_ID_PROPERTY, DataType.INT)]
     specs += [PropertySpec(c.name, WEAVIATE_TYPES[c.kind]) for c in e.property_columns]
     specs.append(PropertySpec(HASH_PROPERTY, DataType.TEXT))
@@ -75,7 +87,11 @@ def property_specs(e: EntityType) -> list[PropertySpec]:
 
 
 def _create_property(spec: PropertySpec) -> Property:
-    if spec.name in (HASH_PROPERTY, VECTOR_HASH_PROPERTY):  # bookkeeping, never searched
+    if spec.name in (
+        HASH_PROPERTY,
+        VECTOR_HASH_PROPERTY,
+        PARENT_HASH_PROPERTY,
+    ):  # bookkeeping, never searched
         return Property(
             name=spec.name,
             data_type=spec.data_type,
@@ -131,7 +147,8 @@ def vector_problems(e: EntityType, existing: set[str], settings: Settings | None
         return []
     return [
         f"{e.collection} has vectors {sorted(existing) or 'none'} in Weaviate, TERCUL_SYNC_VECTORIZER="
-        f"{settings.vectorizer} needs {missing}: delete the collection (or rebuild it) to change its vectors"
+        f"{settings.vectorizer} needs {missing}: run `tercul-sync rebuild {e.collection}` (or the "
+        f"rebuild_collections job) to rebuild it behind its alias"
     ]
 
 
@@ -140,11 +157,14 @@ def schema_problems(
     existing_props: dict[str, str],
     existing_refs: dict[str, list[str]],
     relations: Iterable[Relation],
+    targets: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Why an existing collection is incompatible; empty when it can be reused.
 
     ``existing_props`` maps property name to Weaviate data type name;
-    ``existing_refs`` maps reference property name to its target collections.
+    ``existing_refs`` maps reference property name to its target collections;
+    ``targets`` maps a relation to the collection its references must point at
+    (by default the relation's target, by name).
     """
     problems = []
     for spec in property_specs(e):
@@ -164,12 +184,33 @@ def schema_problems(
                 f"{e.collection}.{r.name} is a {existing_props[r.name]} property in Weaviate, "
                 f"the registry needs a reference to {r.target}"
             )
-        targets = existing_refs.get(r.name)
-        if targets is not None and [t.lower() for t in targets] != [r.target.lower()]:
+        refs_to = existing_refs.get(r.name)
+        need = (targets or {}).get(r.name, r.target)
+        if refs_to is not None and [t.lower() for t in refs_to] != [need.lower()]:
             problems.append(
-                f"{e.collection}.{r.name} references {targets} in Weaviate, the registry needs [{r.target}]"
+                f"{e.collection}.{r.name} references {refs_to} in Weaviate, the registry needs [{need}]"
             )
     return problems
+
+
+def versioned(collection: str, version: int) -> str:
+    """The name of version ``version`` of a collection: ``Work_v2``."""
+    return f"{collection}_v{version}"
+
+
+def version_of(collection: str, physical: str) -> int:
+    """The version number of ``physical`` (0 for a plain collection made before aliases)."""
+    prefix = f"{collection}_v"
+    return int(physical[len(prefix) :]) if physical.startswith(prefix) else 0
+
+
+def resolve(client: weaviate.WeaviateClient, collection: str) -> str | None:
+    """The collection that ``collection`` names now: its alias's target, itself if it is a plain
+    collection, None if neither exists."""
+    alias = client.alias.get(alias_name=collection)
+    if alias is not None:
+        return alias.collection
+    return collection if client.collections.exists(collection) else None
 
 
 def ensure_schema(
@@ -177,23 +218,55 @@ def ensure_schema(
     settings: Settings | None = None,
     entities: Iterable[EntityType] = ENTITIES,
     relations: Iterable[Relation] = RELATIONS,
+    names: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Create or check every collection and reference property; return what was changed.
 
     ``settings`` choose the vectors (``TERCUL_SYNC_VECTORIZER``); None leaves them to the server.
+    Each collection is the one its alias names, or a new ``<name>_v1`` behind a new alias.
+    ``names`` maps registry names to other collections to ensure instead (a rebuild's new
+    versions); those get no alias here (the rebuild swaps it when they are full).
     """
     entities, relations = list(entities), list(relations)
+    given = dict(names or {})
+    physical: dict[str, str] = {}
+
+    def name_of(collection: str) -> str:
+        if collection not in physical:
+            found = given.get(collection) or resolve(client, collection)
+            physical[collection] = found or versioned(collection, 1)
+        return physical[collection]
+
     changes: list[str] = []
     # Properties first, references second: a reference needs its target collection to exist.
     for e in entities:
-        changes += _ensure_collection(client, e, [r for r in relations if r.source == e.collection], settings)
+        mine = [r for r in relations if r.source == e.collection]
+        changes += _ensure_collection(client, e, name_of(e.collection), mine, name_of, settings)
+        if e.collection not in given:
+            changes += _ensure_alias(client, e.collection, name_of(e.collection))
     for r in relations:
-        changes += _ensure_reference(client, r)
+        changes += _ensure_reference(client, r, name_of(r.source), name_of(r.target))
     parents = [e.collection for e in passage_parents()] if settings is None or settings.passages else []
-    if parents and all(client.collections.exists(p) for p in parents):
-        changes += _ensure_collection(client, PASSAGE, [], settings)
-        changes += _ensure_passage_reference(client, parents)
+    if parents and all(resolve(client, p) or p in given for p in parents):
+        passage = name_of(PASSAGE_COLLECTION)
+        changes += _ensure_collection(client, PASSAGE, passage, [], name_of, settings)
+        if PASSAGE_COLLECTION not in given:
+            changes += _ensure_alias(client, PASSAGE_COLLECTION, passage)
+        changes += _ensure_passage_reference(client, passage, [name_of(p) for p in parents])
     return changes
+
+
+def _ensure_alias(client: weaviate.WeaviateClient, alias: str, physical: str) -> list[str]:
+    """Point ``alias`` at ``physical`` if no alias has that name yet (a plain collection needs none)."""
+    if alias == physical or client.alias.get(alias_name=alias) is not None:
+        return []
+    try:
+        client.alias.create(alias_name=alias, target_collection=physical)
+    except SchemaRace as exc:
+        if not _lost_race(exc):
+            raise
+        return []
+    return [f"created alias {alias} -> {physical}"]
 
 
 # Steps run in parallel and each ensures the schema: a 422, or the client's own check of a reference
@@ -218,67 +291,76 @@ def _existing(
 
 
 def _ensure_collection(
-    client: weaviate.WeaviateClient, e: EntityType, relations: list[Relation], settings: Settings | None
+    client: weaviate.WeaviateClient,
+    e: EntityType,
+    physical: str,
+    relations: list[Relation],
+    name_of: Callable[[str], str],
+    settings: Settings | None,
 ) -> list[str]:
-    if not client.collections.exists(e.collection):
+    if not client.collections.exists(physical):
         try:
             client.collections.create(
-                e.collection,
+                physical,
                 properties=[_create_property(s) for s in property_specs(e)],
                 vector_config=vector_config(e, settings),
+                replication_config=replication_config(settings),
             )
-            return [f"created collection {e.collection}"]
+            return [f"created collection {physical}"]
         except SchemaRace as exc:
             if not _lost_race(exc):
                 raise
-    props, refs, vectors = _existing(client, e.collection)
-    problems = schema_problems(e, props, refs, relations) + vector_problems(e, vectors, settings)
+    props, refs, vectors = _existing(client, physical)
+    targets = {r.name: name_of(r.target) for r in relations}
+    problems = schema_problems(e, props, refs, relations, targets) + vector_problems(e, vectors, settings)
+    problems += existing_replication_problems(client, physical, settings)
     if problems:
         raise SchemaMismatchError("incompatible Weaviate schema: " + "; ".join(problems))
     changes = []
-    collection = client.collections.use(e.collection)
+    collection = client.collections.use(physical)
     for spec in property_specs(e):
         if spec.name not in props:
             try:
                 collection.config.add_property(_create_property(spec))
-                changes.append(f"added property {e.collection}.{spec.name}")
+                changes.append(f"added property {physical}.{spec.name}")
             except SchemaRace as exc:
                 if not _lost_race(exc):
                     raise
     return changes
 
 
-def _ensure_passage_reference(client: weaviate.WeaviateClient, parents: list[str]) -> list[str]:
+def _ensure_passage_reference(client: weaviate.WeaviateClient, passage: str, parents: list[str]) -> list[str]:
     """``Passage.parent``: one reference property that may point at any parent type."""
-    _, refs, _ = _existing(client, PASSAGE_COLLECTION)
+    _, refs, _ = _existing(client, passage)
     have = refs.get(PASSAGE_PARENT_REFERENCE)
     if have is not None:
         if sorted(t.lower() for t in have) != sorted(p.lower() for p in parents):
             raise SchemaMismatchError(
-                f"{PASSAGE_COLLECTION}.{PASSAGE_PARENT_REFERENCE} references {have}, needs {parents}"
+                f"{passage}.{PASSAGE_PARENT_REFERENCE} references {have}, needs {parents}"
             )
         return []
     try:
-        client.collections.use(PASSAGE_COLLECTION).config.add_reference(
+        client.collections.use(passage).config.add_reference(
             ReferencePropertyMultiTarget(name=PASSAGE_PARENT_REFERENCE, target_collections=parents)
         )
     except SchemaRace as exc:
         if not _lost_race(exc):
             raise
         return []
-    return [f"added reference {PASSAGE_COLLECTION}.{PASSAGE_PARENT_REFERENCE} -> {', '.join(parents)}"]
+    return [f"added reference {passage}.{PASSAGE_PARENT_REFERENCE} -> {', '.join(parents)}"]
 
 
-def _ensure_reference(client: weaviate.WeaviateClient, r: Relation) -> list[str]:
-    _, refs, _ = _existing(client, r.source)
+def _ensure_reference(client: weaviate.WeaviateClient, r: Relation, source: str, target: str) -> list[str]:
+    """``source.<r.name>``, pointing at the collection ``target`` (never an alias: Weaviate refuses one)."""
+    _, refs, _ = _existing(client, source)
     if r.name in refs:
         return []
     try:
-        client.collections.use(r.source).config.add_reference(
-            ReferenceProperty(name=r.name, target_collection=r.target)
+        client.collections.use(source).config.add_reference(
+            ReferenceProperty(name=r.name, target_collection=target)
         )
     except SchemaRace as exc:
         if not _lost_race(exc):
             raise
         return []
-    return [f"added reference {r.source}.{r.name} -> {r.target}"]
+    return [f"added reference {source}.{r.name} -> {target}"]

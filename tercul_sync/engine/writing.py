@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from tercul_sync.engine import reading, weaviate_client
 from tercul_sync.engine.batching import BatchProcessor, WriteReport
 from tercul_sync.engine.embedding import Embedder, EmbedStats, make_embedder
-from tercul_sync.engine.objects import HASH_PROPERTY, ObjectWrite, build_object, chunk
+from tercul_sync.engine.objects import HASH_PROPERTY, ObjectWrite, build_object, chunk, row_problem
 from tercul_sync.engine.registry import EntityType, object_uuid, relations_from
 from tercul_sync.engine.reports import MAX_SAMPLE, ReasonLog
 from tercul_sync.engine.settings import Settings
@@ -51,6 +51,14 @@ class SyncContext:
     force: bool = False  # rewrite objects even when their content hash is unchanged
     send: SendObjects = weaviate_client.send_objects
     embedder: Embedder | None = None  # client mode: one per step (made from the settings when None)
+    # Registry name -> the collection to read and write instead of the alias (a rebuild's new versions).
+    names: Mapping[str, str] = field(default_factory=dict)
+    # Registry name -> a collection whose stored vectors may be reused (a rebuild's old versions).
+    reuse_vectors_from: Mapping[str, str] = field(default_factory=dict)
+
+    def collection(self, name: str) -> str:
+        """The collection this context reads and writes for registry name ``name``."""
+        return self.names.get(name, name)
 
 
 VECTOR_CHECK_SAMPLE = 1_000  # written objects per step whose vectors are read back and checked
@@ -80,7 +88,7 @@ class ObjectSyncer:
         self.engine, self.client = ctx.db, ctx.client
         self.report = ObjectSyncReport(e.collection)
         self._processor: BatchProcessor[ObjectWrite] = BatchProcessor(
-            lambda items: ctx.send(ctx.client, e.collection, items),
+            lambda items: ctx.send(ctx.client, ctx.collection(e.collection), items),
             key_of=lambda o: o.row_id,
             retry=ctx.settings.retry,
         )
@@ -140,6 +148,10 @@ class ObjectSyncer:
         if not rows:
             return []
         self.report.rows_read += len(rows)
+        # Rows Weaviate cannot hold as they are (objects.row_problem) are reported, not sent.
+        problems = {r["id"]: p for r in rows if (p := row_problem(self.entity, r))}
+        self._rejected.extend((i, f"{self.entity.collection} row {i}: {p}") for i, p in problems.items())
+        rows = [r for r in rows if r["id"] not in problems]
         references = self._references([r["id"] for r in rows])
         inputs = self._vector_inputs(rows)
         objects = [
@@ -153,7 +165,7 @@ class ObjectSyncer:
             existing = set()
         elif not self.ctx.force:
             stored = weaviate_client.stored_hashes(
-                self.client, self.entity.collection, [o.uuid for o in objects]
+                self.client, self.ctx.collection(self.entity.collection), [o.uuid for o in objects]
             )
             fresh = [o for o in objects if stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]]
             existing = set(stored)
@@ -208,10 +220,13 @@ class ObjectSyncer:
         else a new embedding."""
         assert self._embedder is not None
         names = [v.name for v in self.entity.vectors]
-        known = [o.uuid for o in objects if existing is None or o.uuid in existing]
-        stored = (
-            weaviate_client.stored_vectors(self.client, self.entity.collection, known, names) if known else {}
-        )
+        source = self.ctx.reuse_vectors_from.get(self.entity.collection)
+        if source is None:
+            source = self.ctx.collection(self.entity.collection)
+            known = [o.uuid for o in objects if existing is None or o.uuid in existing]
+        else:  # a rebuild: the old version holds the vectors, whatever the new one holds
+            known = [o.uuid for o in objects]
+        stored = weaviate_client.stored_vectors(self.client, source, known, names) if known else {}
         todo: list[tuple[ObjectWrite, str, str]] = []
         for o in objects:
             hashes = decode_hashes(o.properties.get(VECTOR_HASH_PROPERTY))
@@ -262,7 +277,7 @@ class ObjectSyncer:
             edges = reading.live_edges_from(self.engine, rel, ids)
             present = self._present.setdefault(rel.target, set())
             unknown = {object_uuid(rel.target, t) for pairs in edges.values() for _, t in pairs} - present
-            present |= weaviate_client.existing_uuids(self.client, rel.target, unknown)
+            present |= weaviate_client.existing_uuids(self.client, self.ctx.collection(rel.target), unknown)
             for source_id, pairs in edges.items():
                 for edge_id, target_id in pairs:
                     target = object_uuid(rel.target, target_id)
@@ -280,20 +295,24 @@ class SweepReport:
 
 
 def sweep_orphans(
-    engine: Engine, client: weaviate.WeaviateClient, e: EntityType, shards: Sequence[reading.Shard]
+    engine: Engine,
+    client: weaviate.WeaviateClient,
+    e: EntityType,
+    shards: Sequence[reading.Shard],
+    collection: str | None = None,
 ) -> SweepReport:
-    """Delete the objects of ``shards`` whose row is gone or soft-deleted.
+    """Delete the objects of ``shards`` whose row is gone or soft-deleted (from ``collection``,
+    by default the entity's alias).
 
     The ids stored in Weaviate (``source_id``) are compared with the live ids
     in the database; the difference is deleted in chunks.
     """
-    stored = weaviate_client.stored_source_ids(client, e.collection)
+    collection = collection or e.collection
+    stored = weaviate_client.stored_source_ids(client, collection)
     in_scope = {sid: uid for sid, uid in stored.items() if reading.in_shards(sid, shards)}
     live = reading.live_id_set(engine, e, shards)
     orphans = sorted(sid for sid in in_scope if sid not in live)
     report = SweepReport(sample_ids=orphans[:MAX_SAMPLE])
     if orphans:
-        report.deleted = weaviate_client.delete_uuids(
-            client, e.collection, [in_scope[sid] for sid in orphans]
-        )
+        report.deleted = weaviate_client.delete_uuids(client, collection, [in_scope[sid] for sid in orphans])
     return report

@@ -1,0 +1,600 @@
+"""Faults, each against real services, each ending with the parity check exact (docs/reliability.md).
+
+- a read-only Weaviate (the disk-full case): the step fails naming the cause; once READY, the next
+  run converges;
+- Weaviate SIGKILLed in the middle of a full sync, restarted on the same data folder;
+- PostgreSQL backends of the sync terminated in the middle of an incremental run;
+- Weaviate frozen (SIGSTOP) for longer than the client's timeout;
+- the step process SIGKILLed on the real daemon, then eight concurrent runs of mixed jobs.
+
+The kills and the freeze use a Weaviate of their own (``start_weaviate`` on a tmp folder), never the
+session's. Each prints ``FAULT <name>: ...`` with what it measured (``pytest -s`` shows them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+import weaviate
+from dagster_graphql import DagsterGraphQLClient
+from weaviate.classes.query import Filter
+
+from tercul_sync.defs.resources import WeaviateResource
+from tercul_sync.devtools import dagster_deployment, demo_data
+from tercul_sync.devtools.dagster_deployment import PostgresStorage
+from tercul_sync.devtools.weaviate_server import LocalWeaviate
+from tercul_sync.engine import reading
+from tercul_sync.engine import weaviate_client as wc
+from tercul_sync.engine.objects import ObjectWrite
+from tercul_sync.engine.parity import check_parity
+from tercul_sync.engine.registry import ENTITIES
+from tercul_sync_tests.conftest import PG_PASSWORD, PG_USER, start_weaviate
+from tercul_sync_tests.helpers import PausingWeaviate, metadata, run_sync, weaviate_resource
+from tercul_sync_tests.test_dagster_services import (  # noqa: F401 (dagster_pg is a fixture)
+    _finished,
+    _wait,
+    dagster_pg,
+)
+
+pytestmark = pytest.mark.services
+
+READ_ONLY = "Weaviate refused writes: shard is read-only (disk full or set by an operator)"
+
+
+def fault(name: str, **figures: Any) -> None:
+    """One line of measured figures, for docs/reliability.md."""
+    print(f"FAULT {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+
+
+def connect(server: LocalWeaviate) -> weaviate.WeaviateClient:
+    return wc.connect(server.url, server.grpc_port, None, timeout_s=60)
+
+
+def assert_parity_exact(engine: sa.Engine, client: weaviate.WeaviateClient) -> None:
+    """Every collection holds exactly the live rows: nothing missing, orphan, stale, no wrong reference."""
+    shards = [reading.Shard(0, 1)]
+    reports = [check_parity(engine, client, e, shards) for e in ENTITIES]
+    off = [r.describe() for r in reports if not r.exact]
+    assert not off, off
+    assert sum(r.rows for r in reports) > 0
+
+
+def parity_counts(engine: sa.Engine, client: weaviate.WeaviateClient, collection: str) -> dict[str, int]:
+    [e] = [e for e in ENTITIES if e.collection == collection]
+    return check_parity(engine, client, e, [reading.Shard(0, 1)]).counts
+
+
+def failure_descriptions(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    """``{step: description or error}`` of every failed step of an in-process run."""
+    out = {}
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        text = data.user_failure_data.description if data.user_failure_data else None
+        out[event.step_key] = text or (data.error.message if data.error else "")
+    return out
+
+
+def materialization_count(instance: dg.DagsterInstance, asset: str) -> int:
+    return len(instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records)
+
+
+@pytest.fixture
+def own_weaviate(tmp_path: Path) -> Iterator[LocalWeaviate]:
+    """A Weaviate for one test, on a tmp folder: it may be frozen, made read-only or killed."""
+    holder = {"server": start_weaviate(tmp_path / "weaviate")}
+    try:
+        yield holder["server"]
+    finally:
+        server = holder["server"]
+        if server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+def _set_shards(client: weaviate.WeaviateClient, status: str) -> None:
+    for name in client.collections.list_all(simple=True):
+        client.collections.use(name).config.update_shards(status=status)
+
+
+# --- 1. the disk-full case: shards READONLY --------------------------------------------------------
+
+
+def test_read_only_shards_fail_the_step_with_the_cause_and_the_next_run_converges(pg_database, own_weaviate):
+    engine = reading.make_engine(pg_database)
+    demo_data.generate(engine, 600, seed=21)
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_sync(pg_database, own_weaviate, instance=instance).success
+    client = connect(own_weaviate)
+    try:
+        assert_parity_exact(engine, client)
+        with engine.begin() as conn:
+            works = list(
+                conn.execute(
+                    sa.text("SELECT id FROM works WHERE deleted_at IS NULL ORDER BY id LIMIT 3")
+                ).scalars()
+            )
+            publisher = conn.execute(  # Publisher waits for no other asset: its step runs
+                sa.text("SELECT id FROM publishers WHERE deleted_at IS NULL ORDER BY id LIMIT 1")
+            ).scalar_one()
+            conn.execute(
+                sa.text(
+                    "UPDATE works SET title = 'after the disk filled ' || id, updated_at = now() + "
+                    "interval '1 second' WHERE id = ANY(:ids)"
+                ),
+                {"ids": works},
+            )
+            conn.execute(
+                sa.text("UPDATE publishers SET deleted_at = now(), updated_at = now() WHERE id = :i"),
+                {"i": publisher},
+            )
+        before = {a: materialization_count(instance, a) for a in ("Work", "Publisher")}
+        _set_shards(client, "READONLY")  # what Weaviate does by itself above DISK_USE_READONLY_PERCENTAGE
+
+        refused = run_sync(
+            pg_database,
+            own_weaviate,
+            instance=instance,
+            mode="incremental",
+            raise_on_error=False,
+            overlap_seconds=0,
+        )
+        assert not refused.success  # three changed rows and a delete: no threshold lets them pass as green
+        failures = failure_descriptions(refused)
+        assert set(failures) >= {"Work", "Publisher"}, failures  # a batch refused, a delete refused
+        for step in ("Work", "Publisher"):
+            assert failures[step].startswith(f"{step}: {READ_ONLY}"), failures[step]
+            assert 'update_shards(status="READY")' in failures[step]
+        # Failed once, not retried: it lasts until an operator acts.
+        assert [e.step_key for e in refused.get_step_failure_events()].count("Work") == 1
+        # No cursor moved: the failed steps recorded no materialization.
+        assert {a: materialization_count(instance, a) for a in before} == before
+        assert parity_counts(engine, client, "Work")["stale"] == 3
+        assert parity_counts(engine, client, "Publisher")["orphan"] == 1
+
+        _set_shards(client, "READY")  # space freed, shards set back
+        started = time.monotonic()
+        again = run_sync(pg_database, own_weaviate, instance=instance, mode="incremental", overlap_seconds=0)
+        assert again.success
+        assert metadata(again, "Work")["objects_written"] >= 3
+        assert_parity_exact(engine, client)
+        fault(
+            "read_only", converge_s=round(time.monotonic() - started, 1), first_message=failures["Work"][:160]
+        )
+    finally:
+        client.close()
+
+
+# --- 2. Weaviate SIGKILLed mid full sync -------------------------------------------------------------
+
+
+class KillingWeaviate(WeaviateResource):
+    """The real resource, whose batch sender SIGKILLs the server while one chosen batch is in flight."""
+
+    server_pid: int
+    kill_at_batch: int = 5
+
+    def send_objects(
+        self, client: weaviate.WeaviateClient, collection: str, items: list[ObjectWrite]
+    ) -> dict[int, str]:
+        count = _KILL_COUNTER.setdefault(self.server_pid, 0) + 1
+        _KILL_COUNTER[self.server_pid] = count
+        if count == self.kill_at_batch:
+            threading.Timer(0.005, os.kill, (self.server_pid, signal.SIGKILL)).start()
+        return super().send_objects(client, collection, items)
+
+
+_KILL_COUNTER: dict[int, int] = {}
+
+
+def test_weaviate_killed_mid_full_sync_then_restarted_on_its_data_converges(
+    tmp_path, pg_database, own_weaviate
+):
+    """SIGKILL while a batch is in flight; a supervisor restarts the server on its data folder and ports
+    three seconds later (left dead, each step takes minutes to give up: docs/reliability.md)."""
+    engine = reading.make_engine(pg_database)
+    demo_data.generate(engine, 3_000, seed=22)
+    killer = KillingWeaviate(
+        url=own_weaviate.url,
+        grpc_port=own_weaviate.grpc_port,
+        timeout_seconds=30,
+        server_pid=own_weaviate.process.pid,
+        kill_at_batch=6,
+    )
+    restarted: dict[str, Any] = {}
+
+    def supervisor() -> None:
+        own_weaviate.process.wait()
+        restarted["killed_at"] = time.monotonic()
+        time.sleep(3)
+        restarted["server"] = start_weaviate(
+            own_weaviate.data_dir, http_port=own_weaviate.http_port, grpc_port=own_weaviate.grpc_port
+        )
+        restarted["up_at"] = time.monotonic()
+
+    watcher = threading.Thread(target=supervisor, daemon=True)
+    watcher.start()
+    first = run_sync(
+        pg_database,
+        own_weaviate,
+        weaviate=killer,
+        raise_on_error=False,
+        retries=0,
+        retry_attempts=3,
+        retry_initial_wait=0.5,
+        retry_max_wait=2.0,
+    )
+    watcher.join(120)
+    assert own_weaviate.process.returncode == -signal.SIGKILL  # it was killed, mid-run
+    server = restarted["server"]
+    own_weaviate.process = server.process  # the fixture stops the new process
+    first_s = round(time.monotonic() - restarted["killed_at"], 1)
+    failed = failure_descriptions(first)
+    client = connect(server)
+    try:
+        # What the first run left, before the second mends it (a success that lost acknowledged writes
+        # would show here as missing objects).
+        after_first = {
+            e.collection: {k: n for k, n in parity_counts(engine, client, e.collection).items() if n}
+            for e in ENTITIES
+        }
+        again = run_sync(pg_database, server)
+        assert again.success
+        assert_parity_exact(engine, client)
+        fault(
+            "weaviate_sigkill",
+            restart_s=round(restarted["up_at"] - restarted["killed_at"], 1),
+            first_run_success=first.success,
+            failed_steps=sorted(failed),
+            retried_batches=sum(
+                metadata(first, e.collection)["retried_batches"]
+                for e in ENTITIES
+                if list(first.asset_materializations_for_node(e.collection))
+            ),
+            first_run_end_after_kill_s=first_s,
+            parity_after_first_run={k: v for k, v in after_first.items() if v} or "exact",
+            converge_s=round(time.monotonic() - restarted["killed_at"], 1),
+        )
+    finally:
+        client.close()
+
+
+# --- 3. PostgreSQL: the sync's backends terminated mid run -------------------------------------------
+
+
+class BackendKiller(threading.Thread):
+    """Terminates the active PostgreSQL backends of one database (the sync's queries), ``kills`` times."""
+
+    def __init__(self, admin_url: str, database: str, kills: int) -> None:
+        super().__init__(daemon=True)
+        self.admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self.database, self.kills = database, kills
+        self.killed: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        q = sa.text(
+            "SELECT pid, left(query, 60) FROM pg_stat_activity WHERE datname = :db AND state = 'active' "
+            "AND pid <> pg_backend_pid()"
+        )
+        with self.admin.connect() as conn:
+            while not self.stop.is_set() and len(self.killed) < self.kills:
+                for pid, query in conn.execute(q, {"db": self.database}).all():
+                    if conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar():
+                        self.killed.append(query)
+                        time.sleep(1.0)  # let the step see it before the next one
+                        break
+                time.sleep(0.01)
+        self.admin.dispose()
+
+
+def test_postgres_backends_killed_mid_run_fail_or_retry_cleanly_and_no_cursor_skips_rows(
+    postgres, pg_database, own_weaviate
+):
+    engine = reading.make_engine(pg_database)
+    demo_data.generate(engine, 2_000, seed=23)
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_sync(pg_database, own_weaviate, instance=instance, overlap_seconds=0).success
+    with engine.begin() as conn:  # many updates: the incremental run reads and writes for a while
+        for table in ("works", "authors", "translations"):
+            conn.execute(
+                sa.text(f"UPDATE {table} SET updated_at = now() + interval '1 second' WHERE id % 3 = 0")
+            )
+        conn.execute(sa.text("UPDATE works SET title = 'while postgres died ' || id WHERE id % 3 = 0"))
+
+    database = pg_database.rsplit("/", 1)[-1]
+    killer = BackendKiller(postgres, database, kills=2)
+    started = time.monotonic()
+    killer.start()
+    try:
+        first = run_sync(
+            pg_database,
+            own_weaviate,
+            instance=instance,
+            mode="incremental",
+            raise_on_error=False,
+            overlap_seconds=0,
+        )
+    finally:
+        killer.stop.set()
+        killer.join(30)
+    first_s = round(time.monotonic() - started, 1)
+    assert killer.killed, "no backend of the sync was caught active"
+    failures = failure_descriptions(first)
+    # Every failure is the dropped connection (retried by the step's policy, or failing the run).
+    for step, text in failures.items():
+        assert "OperationalError" in text or "terminat" in text or "closed the connection" in text, (
+            step,
+            text,
+        )
+
+    started = time.monotonic()
+    again = run_sync(pg_database, own_weaviate, instance=instance, mode="incremental", overlap_seconds=0)
+    assert again.success
+    client = connect(own_weaviate)
+    try:
+        # With no overlap window, a cursor that had moved past an unwritten row would leave it stale.
+        assert_parity_exact(engine, client)
+    finally:
+        client.close()
+    fault(
+        "postgres_backend_terminated",
+        kills=len(killer.killed),
+        queries=killer.killed,
+        first_run_success=first.success,
+        step_failures=sorted(failures),
+        first_run_s=first_s,
+        converge_s=round(time.monotonic() - started, 1),
+    )
+
+
+# --- 5. Weaviate frozen longer than the client's timeout ----------------------------------------------
+
+# The issue's figure is a 90 s freeze; the test freezes for longer than a client timeout shortened
+# through the settings (TERCUL_SYNC_WEAVIATE_TIMEOUT), to keep the suite short. Set both to measure
+# the long case: TERCUL_FAULT_FREEZE_S=90 TERCUL_FAULT_TIMEOUT_S=60.
+FREEZE_S = float(os.environ.get("TERCUL_FAULT_FREEZE_S", "20"))
+TIMEOUT_S = float(os.environ.get("TERCUL_FAULT_TIMEOUT_S", "8"))
+
+
+def test_weaviate_frozen_longer_than_the_client_timeout_then_resumed_converges(pg_database, own_weaviate):
+    assert FREEZE_S > TIMEOUT_S
+    engine = reading.make_engine(pg_database)
+    demo_data.generate(engine, 1_000, seed=24)
+    frozen = PausingWeaviate(
+        url=own_weaviate.url,
+        grpc_port=own_weaviate.grpc_port,
+        timeout_seconds=TIMEOUT_S,
+        server_pid=own_weaviate.process.pid,
+        pause_at_batch=3,
+        resume_after_s=FREEZE_S,
+    )
+    started = time.monotonic()
+    first = run_sync(
+        pg_database,
+        own_weaviate,
+        weaviate=frozen,
+        raise_on_error=False,
+        retries=0,
+        retry_attempts=6,
+        retry_initial_wait=1.0,
+        retry_max_wait=TIMEOUT_S,
+    )
+    first_s = round(time.monotonic() - started, 1)
+    os.kill(own_weaviate.process.pid, signal.SIGCONT)  # in case the run ended before the timer
+    failures = failure_descriptions(first)
+    retried = 0
+    if first.success:
+        retried = sum(metadata(first, e.collection)["retried_batches"] for e in ENTITIES)
+        assert retried >= 1  # the timed-out batch was sent again once the server answered
+    else:
+        for text in failures.values():  # a clear message: the timeout or the unreachable server
+            assert re.search(r"timed? ?out|Timeout|DEADLINE|UNAVAILABLE|gave up", text, re.I), text
+    started = time.monotonic()
+    again = run_sync(pg_database, own_weaviate, weaviate=weaviate_resource(own_weaviate))
+    assert again.success
+    client = connect(own_weaviate)
+    try:
+        assert_parity_exact(engine, client)
+    finally:
+        client.close()
+    fault(
+        "weaviate_frozen",
+        freeze_s=FREEZE_S,
+        client_timeout_s=TIMEOUT_S,
+        first_run_success=first.success,
+        retried_batches=retried,
+        step_failures=failures,
+        first_run_s=first_s,
+        next_run_s=round(time.monotonic() - started, 1),
+    )
+
+
+# --- 4 and 6. the real daemon: a step process SIGKILLed; eight concurrent runs -------------------------
+
+REEXECUTE = """
+mutation ($parent: String!) {
+  launchRunReexecution(reexecutionParams: {parentRunId: $parent, strategy: FROM_FAILURE}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}
+"""
+MIXED_JOBS = [
+    "full_sync",
+    "incremental_sync",
+    "sync_work",
+    "sync_author",
+    "sync_edges",
+    "orphan_sweep",
+    "incremental_sync",
+    "sync_tag",
+]
+
+
+def _events(db: sa.Engine, run_id: str, kinds: tuple[str, ...]) -> list[tuple[str, str, Any, str]]:
+    with db.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT step_key, dagster_event_type, timestamp, event FROM event_logs "
+                    "WHERE run_id = :r AND dagster_event_type = ANY(:k) ORDER BY id"
+                ),
+                {"r": run_id, "k": list(kinds)},
+            )
+        ]
+
+
+def _submit(client: DagsterGraphQLClient, job: str) -> str:
+    return client.submit_job_execution(
+        job, repository_location_name="tercul_sync", repository_name="__repository__"
+    )
+
+
+def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
+    tmp_path,
+    dagster_pg,  # noqa: F811 (the fixture imported above)
+    pg_database,
+    weaviate_server_proc,
+    weaviate_client,
+):
+    engine = reading.make_engine(pg_database)
+    demo_data.generate(engine, 2_000, seed=25)
+    storage = PostgresStorage(
+        dagster_pg, PG_USER, PG_PASSWORD, port=int(os.environ.get("TERCUL_PG_PORT", "5432"))
+    )
+    settings = {
+        "TERCUL_DATABASE_URL": pg_database,
+        "TERCUL_SYNC_HOME": str(tmp_path / "home"),
+        "WEAVIATE_URL": weaviate_server_proc.url,
+        "WEAVIATE_GRPC_PORT": str(weaviate_server_proc.grpc_port),
+        "TERCUL_SYNC_VECTORIZER": "none",
+        "TERCUL_SYNC_PASSAGES": "false",  # parity covers the entity collections; passages would add minutes
+        "TERCUL_SYNC_BATCH_SIZE": "50",  # many batches: the kill lands inside the Work step's writes
+        "TERCUL_SYNC_OVERLAP_SECONDS": "0",  # a cursor that moved too far would show as stale rows
+        "TERCUL_SYNC_SENSOR_INTERVAL": "3600",  # no sensor run in the middle of the test's own
+    }
+    # The repo's own dagster.yaml (run monitoring on, one slot per pool), in a DAGSTER_HOME of its own.
+    deployment = dagster_deployment.start(tmp_path / "dagster_home", storage, settings)
+    port = deployment.port
+    dagster_db = sa.create_engine(
+        f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{storage.port}/{dagster_pg}"
+    )
+    try:
+        client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+        first = _submit(client, "full_sync")
+        assert _wait(lambda: _finished(client, first), 900, "the full sync") == "SUCCESS"
+        assert_parity_exact(engine, weaviate_client)
+
+        # --- the step process, SIGKILLed while it writes ---
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE works SET title = 'step killed ' || id, updated_at = now() + interval '1 second'"
+                )
+            )
+        run_id = _submit(client, "incremental_sync")
+        works = weaviate_client.collections.use("Work")
+
+        def step_pid() -> int | None:
+            for step, _, _, event in _events(dagster_db, run_id, ("STEP_START",)):
+                if step == "Work":  # the event is emitted by the step's own process, with its pid
+                    return int(json.loads(event)["dagster_event"]["pid"])
+            return None
+
+        pid = _wait(step_pid, 600, "the Work step to start")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert "python" in cmdline, cmdline  # the step's own process (a child of the run worker we launched)
+        deadline = time.monotonic() + 300
+        while not works.aggregate.over_all(  # the Work step's first batch has landed: it is writing
+            filters=Filter.by_property("title").like("step killed*"), total_count=True
+        ).total_count:
+            assert time.monotonic() < deadline, "the Work step wrote nothing"
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        status = _wait(lambda: _finished(client, run_id), 900, "the killed run")
+        ended_s = round(time.monotonic() - killed_at, 1)
+        kinds = (
+            "ASSET_MATERIALIZATION",
+            "STEP_START",
+            "STEP_SUCCESS",
+            "STEP_FAILURE",
+            "STEP_UP_FOR_RETRY",
+            "STEP_RESTARTED",
+        )
+        work_events = [k for step, k, _, _ in _events(dagster_db, run_id, kinds) if step == "Work"]
+        # The killed attempt recorded nothing: no materialization (no cursor) before it was failed.
+        first_end = next(i for i, k in enumerate(work_events) if k in ("STEP_FAILURE", "STEP_UP_FOR_RETRY"))
+        assert "ASSET_MATERIALIZATION" not in work_events[:first_end], work_events
+        if status == "FAILURE":  # the step's retries ran out, or the run worker gave up: re-execute
+            launched = deployment.graphql(REEXECUTE, {"parent": run_id})["launchRunReexecution"]
+            assert launched["__typename"] == "LaunchRunSuccess", launched
+            child = launched["run"]["runId"]
+            assert _wait(lambda: _finished(client, child), 900, "the re-execution") == "SUCCESS"
+        else:  # the executor saw the crash and the asset's RetryPolicy ran the step again
+            assert status == "SUCCESS" and "STEP_UP_FOR_RETRY" in work_events, (status, work_events)
+        assert_parity_exact(engine, weaviate_client)
+        fault(
+            "step_process_sigkill",
+            run_status=status,
+            run_ended_after_kill_s=ended_s,
+            converge_s=round(time.monotonic() - killed_at, 1),
+            work_events=work_events,
+        )
+
+        # --- eight concurrent runs of mixed jobs ---
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE works SET title = 'concurrent ' || id, updated_at = now() WHERE id % 5 = 0")
+            )
+            conn.execute(
+                sa.text("UPDATE authors SET deleted_at = now(), updated_at = now() WHERE id % 17 = 0")
+            )
+            conn.execute(sa.text("DELETE FROM tags WHERE id % 11 = 0"))
+            conn.execute(sa.text("UPDATE edges SET deleted_at = now(), updated_at = now() WHERE id % 13 = 0"))
+        started = time.monotonic()
+        runs = [_submit(client, job) for job in MIXED_JOBS]
+        statuses = [_wait(lambda r=r: _finished(client, r), 1500, "the concurrent runs") for r in runs]
+        all_s = round(time.monotonic() - started, 1)
+        assert statuses == ["SUCCESS"] * len(runs), list(zip(MIXED_JOBS, statuses, strict=True))
+        # The pools kept same-type writers apart: no two steps of one asset overlap in time.
+        spans: dict[str, list[tuple[float, float]]] = {}
+        for r in runs:
+            open_at: dict[str, Any] = {}
+            for step, kind, stamp, _ in _events(
+                dagster_db, r, ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE")
+            ):
+                if kind == "STEP_START":
+                    open_at[step] = stamp
+                elif step in open_at:
+                    spans.setdefault(step, []).append((open_at.pop(step), stamp))
+        for step, intervals in spans.items():
+            ordered = sorted(intervals)
+            for (_, end), (start, _) in itertools.pairwise(ordered):
+                assert end <= start, f"two {step} steps ran at once: {ordered}"
+        # Some of them did run side by side (different types), or the test proves nothing about pools.
+        assert max(len(v) for v in spans.values()) >= 3
+        assert_parity_exact(engine, weaviate_client)  # all eight read one state: together they reach it
+        fault(
+            "eight_concurrent_runs",
+            all_ended_s=all_s,
+            steps_per_asset={k: len(v) for k, v in sorted(spans.items())},
+            converge_s=round(time.monotonic() - started, 1),
+        )
+    finally:
+        deployment.stop()
+        dagster_db.dispose()
