@@ -259,6 +259,7 @@ def measure_freshness(
                 "seconds": round(seen - committed, 2),
                 "to_run_created": round(created - committed, 2),
                 "run_id": runs[0].dagster_run.run_id if runs else None,
+                "load1": os.getloadavg()[0],  # the machine's 1-minute load average (2 cores, shared)
             }
         )
         print(
@@ -322,14 +323,24 @@ mutation ($params: ExecutionParams!) { launchRun(executionParams: $params) {
 """
 
 
-def launch_small_run(dep: DagsterDeployment, job: str, assets: Sequence[str], tags: Mapping[str, str]) -> str:
+def launch_small_run(
+    dep: DagsterDeployment,
+    job: str,
+    assets: Sequence[str],
+    checks: Sequence[tuple[str, str]] | None,
+    tags: Mapping[str, str],
+) -> str:
+    """Launch ``job`` on ``assets`` (and ``checks``, (asset, name) pairs; None: every check of them)."""
+    selector: dict[str, Any] = {
+        "repositoryLocationName": "tercul_sync",
+        "repositoryName": "__repository__",
+        "jobName": job,
+        "assetSelection": [{"path": [a]} for a in assets],
+    }
+    if checks is not None:
+        selector["assetCheckSelection"] = [{"assetKey": {"path": [a]}, "name": n} for a, n in checks]
     params = {
-        "selector": {
-            "repositoryLocationName": "tercul_sync",
-            "repositoryName": "__repository__",
-            "jobName": job,
-            "assetSelection": [{"path": [a]} for a in assets],
-        },
+        "selector": selector,
         "runConfigData": {},
         "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
     }
@@ -339,10 +350,13 @@ def launch_small_run(dep: DagsterDeployment, job: str, assets: Sequence[str], ta
     return str(launched["run"]["runId"])
 
 
+Variant = tuple[str, Sequence[str], Sequence[tuple[str, str]] | None]
+
+
 def measure_runs(
-    dep: DagsterDeployment, engine: sa.Engine, variants: Mapping[str, tuple[str, Sequence[str]]], samples: int
+    dep: DagsterDeployment, engine: sa.Engine, variants: Mapping[str, Variant], samples: int
 ) -> pd.DataFrame:
-    """``samples`` runs of each variant (job, assets), alternating, each after one updated Work row."""
+    """``samples`` runs of each variant (job, assets, checks), in turn, each after one updated Work row."""
     from tercul_sync.defs import jobs
     from tercul_sync.engine.runs import INCREMENTAL
 
@@ -352,9 +366,9 @@ def measure_runs(
     per_variant: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     ids = live_work_ids(engine, samples * len(variants), seed=99)
     for i in range(samples):
-        for name, (job, assets) in variants.items():
+        for name, (job, assets, checks) in variants.items():
             commit_title(engine, ids.pop(), f"small run {name} {i}")
-            run_id = launch_small_run(dep, job, assets, tags)
+            run_id = launch_small_run(dep, job, assets, checks, tags)
             outcome = trigger.wait(run_id, timeout=600)
             if not outcome.succeeded:
                 raise RuntimeError(f"{name} run {run_id} ended {outcome.status}: {dep.log_tail()}")
@@ -433,6 +447,9 @@ def summary(rows: list[dict[str, Any]]) -> pd.DataFrame:
                 "target p95 s": 60 if name == "default" else 15,
                 "p50 commit → run created s": round(statistics.median(detect), 1) if detect else None,
                 "p50 run created → readable s": round(statistics.median(rest), 1) if rest else None,
+                "load average (1 min, median)": round(statistics.median(group["load1"]), 1)
+                if "load1" in group
+                else None,
             }
         )
     return pd.DataFrame(out)
@@ -441,6 +458,19 @@ def summary(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def breakdown_table(runs: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     """Medians per phase, one column per variant; the sync itself summed from the steps' own figures."""
     table = pd.DataFrame(runs)
+    order = [
+        "queued: created → the daemon launches it",
+        "run process up (start, imports): starting → run start",
+        "executor: run start → first step start",
+        "inside steps (STEP_START → STEP_SUCCESS, summed)",
+        "of which the sync itself (duration_s, summed)",
+        "between steps (first start → last success, minus steps)",
+        "end: last step → run success",
+        "total: created → run success",
+        "steps",
+        "events written",
+    ]
+    table = table.reindex([*order, *sorted(i for i in table.index if i not in order)]).dropna(how="all")
     sync_rows = [i for i in table.index if str(i).endswith(": its sync (duration_s)")]
     table.loc["of which the sync itself (duration_s, summed)"] = table.loc[sync_rows].sum(min_count=1)
     return table.round(2)
@@ -567,15 +597,27 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_breakdown(dep: DagsterDeployment, engine: sa.Engine, samples: int) -> dict[str, dict[str, float]]:
-    """The sensor's small run against ``incremental_sync`` with the same selection (the way it was)."""
+    """The sensor's run as it was (``incremental_sync``, multiprocess, edges, every check) and each cut."""
     from tercul_sync.defs import sensors
 
-    variants = {
-        "incremental_sync (multiprocess) Work+edges+passages": (
+    own = [(k.asset_key.to_user_string(), k.name) for k in sensors.own_checks(["Work", "passages"])]
+    variants: dict[str, Variant] = {
+        "before: incremental_sync, multiprocess, Work+edges+passages, all checks": (
             "incremental_sync",
             ["Work", "edges", "passages"],
+            None,
         ),
-        f"{sensors.CHANGES_JOB} (in process) Work+passages": (sensors.CHANGES_JOB, ["Work", "passages"]),
+        "in process (sync_changes), Work+edges+passages, all checks": (
+            sensors.CHANGES_JOB,
+            ["Work", "edges", "passages"],
+            None,
+        ),
+        "in process, no edges (Work+passages), all checks": (sensors.CHANGES_JOB, ["Work", "passages"], None),
+        "after: in process, Work+passages, own checks (no parity)": (
+            sensors.CHANGES_JOB,
+            ["Work", "passages"],
+            own,
+        ),
     }
     table = measure_runs(dep, engine, variants, samples)
     result: dict[str, dict[str, float]] = table.to_dict()

@@ -303,17 +303,18 @@ class Bench:
                 check=self.check(found, self.data["live_total"]),
             )
 
-    # 3. Dagster end to end
-    def dagster(self) -> None:
+    # 3. Dagster end to end, with each executor asked for (TERCUL_SYNC_EXECUTOR)
+    def dagster(self, executor: str) -> None:
         from peers_dagster import timeline
 
         from tercul_sync.engine.registry import sync_order
 
-        home = self.work / "dagster_home"
+        home = self.work / f"dagster_home_{executor}"
         shutil.rmtree(home, ignore_errors=True)
         home.mkdir(parents=True)
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        env = {**self.env, "DAGSTER_HOME": str(home)}
+        env = {**self.env, "DAGSTER_HOME": str(home), "TERCUL_SYNC_EXECUTOR": executor}
+        tool = f"tercul_sync via Dagster, {executor}"
         cmd = [
             str(VENV_PY.parent / "dagster"),
             "job",
@@ -323,27 +324,27 @@ class Bench:
             "-j",
             "full_sync",
         ]
-        self.details["dagster"] = {}
+        self.details.setdefault("dagster", {})[executor] = {}
         for run in ("first", "rerun"):
             if run == "first":
                 self.client.collections.delete_all()
-            say(f"dagster full_sync: {run}")
-            log = self.work / "logs" / f"dagster-{run}.log"
+            say(f"dagster full_sync, {executor}: {run}")
+            log = self.work / "logs" / f"dagster-{executor}-{run}.log"
             m = run_measured(cmd, env, log, self.code_dir, self.server.pid).check()
             tl = timeline(home, m.started_at, m.seconds, {*(e.collection for e in sync_order()), "edges"})
-            self.details["dagster"][run] = tl
+            self.details["dagster"][executor][run] = tl
             found = self.counts()
             check = self.check(found, self.data["live_total"])
             if tl["retries"]:
                 check += f", {tl['retries']} step retries"
             if tl["status"] != "SUCCESS":
                 check += f", run {tl['status']}"
-            self.record("tercul_sync via Dagster", run, m.seconds, m, self.data["live_total"], check=check)
+            self.record(tool, run, m.seconds, m, self.data["live_total"], check=check)
             if tl["extra_steps"]:
                 # The peers do entities only: the same run read up to the end of its last entity/edges step.
                 label = f"{run}, to the end of the edges step"
                 self.record(
-                    "tercul_sync via Dagster",
+                    tool,
                     label,
                     tl["to_edges_done_s"],
                     m,
@@ -462,6 +463,11 @@ def main() -> None:
         "--changed", type=float, default=0.01, help="share of every table changed before the incremental run"
     )
     ap.add_argument("--skip-dlt", action="store_true")
+    ap.add_argument(
+        "--executors",
+        default="multiprocess,in_process",
+        help="TERCUL_SYNC_EXECUTOR values to run full_sync with, comma-separated",
+    )
     ap.add_argument("--skip-dagster", action="store_true")
     ap.add_argument("--skip-limit", action="store_true")
     ap.add_argument(
@@ -508,7 +514,8 @@ def main() -> None:
         if not args.skip_dlt:
             bench.dlt()
         if not args.skip_dagster:
-            bench.dagster()
+            for executor in args.executors.split(","):
+                bench.dagster(executor)
         live = data["live_total"]
         bench.engine("first", live, live)
         bench.engine("rerun", live, live)

@@ -92,7 +92,10 @@ def timeline(
         "entity_wave_s": (max(r["ended_at"] for r in entity) - min(r["asked_at"] or 0 for r in entity))
         if entity
         else None,
-        "edges_s": (edges["ended_at"] - edges["asked_at"]) if edges and edges["ended_at"] else None,
+        # An in-process executor starts no step worker: its steps are "asked for" when they start.
+        "edges_s": (edges["ended_at"] - (edges["asked_at"] or edges["started_at"]))
+        if edges and edges["ended_at"]
+        else None,
         "after_run_end_s": (command_seconds - run_end) if run_end is not None else None,
         "retries": sum(r["retries"] for r in rows),
         "extra_steps": [r["step"] for r in rows if r["step"] not in core_steps],

@@ -74,12 +74,21 @@ def engine_counts(details: dict[str, Any], run: str) -> pd.DataFrame:
     return df
 
 
+def _dagster_runs(details: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(executor, run, timeline) of every Dagster run measured (older reports: one executor, unnamed)."""
+    runs = details.get("dagster", {})
+    if runs and all("steps" in tl for tl in runs.values()):
+        return [("multiprocess", run, tl) for run, tl in runs.items()]
+    return [(ex, run, tl) for ex, by_run in runs.items() for run, tl in by_run.items()]
+
+
 def dagster_steps(details: dict[str, Any]) -> pd.DataFrame:
     out = []
-    for run, tl in details.get("dagster", {}).items():
+    for executor, run, tl in _dagster_runs(details):
         for s in tl["steps"]:
             out.append(
                 {
+                    "executor": executor,
                     "run": run,
                     "step": s["step"],
                     "asked at, s": _r(s["asked_at"]),
@@ -95,9 +104,10 @@ def dagster_steps(details: dict[str, Any]) -> pd.DataFrame:
 
 def dagster_runs(details: dict[str, Any]) -> pd.DataFrame:
     out = []
-    for run, tl in details.get("dagster", {}).items():
+    for executor, run, tl in _dagster_runs(details):
         out.append(
             {
+                "executor": executor,
                 "run": run,
                 "command, s": _r(tl["command_s"]),
                 "start to RUN_START, s": _r(tl["to_run_start_s"]),
@@ -174,6 +184,8 @@ COLORS = {
     "limit": "#9e9e9e",
     "dlt": "#e07b39",
     "tercul_sync via Dagster": "#3b6ea8",
+    "tercul_sync via Dagster, multiprocess": "#3b6ea8",
+    "tercul_sync via Dagster, in_process": "#6f94c4",
     "tercul_sync engine": "#5aa469",
 }
 

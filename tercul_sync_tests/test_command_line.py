@@ -109,7 +109,7 @@ def test_dg_launch_one_entity_type(tmp_path, pg_database, weaviate_server_proc, 
 
 def test_demo_front_door_prints_a_summary(tmp_path, weaviate_server_proc, weaviate_client):
     env = _env(tmp_path, weaviate_server_proc)
-    proc = _run([str(BIN / "tercul-sync"), "demo", "--rows", "400"], env)
+    proc = _run([str(BIN / "tercul-sync"), "demo", "--rows", "150"], env)
     out = proc.stdout
     for e in ENTITIES:
         assert f"\n{e.collection:<12}" in out, out

@@ -209,6 +209,8 @@ def test_the_chain_is_followed_to_its_first_verdict_and_survives_a_cycle():
         "dial tcp 10.0.0.3:7001: connect: connection refused",
         "request timed out",
         "RESOURCE_EXHAUSTED: too many concurrent requests",
+        "cannot reach enough replicas: required 2 replicas, got 1: 127.0.0.12:55729: status code: 404",
+        "failed to execute query: rpc error: code = Canceled desc = grpc: the client connection is closing",
     ],
 )
 def test_transient_batch_messages(message):

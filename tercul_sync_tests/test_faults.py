@@ -472,7 +472,7 @@ def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
     weaviate_client,
 ):
     engine = reading.make_engine(pg_database)
-    demo_data.generate(engine, 2_000, seed=25)
+    demo_data.generate(engine, 800, seed=25)  # small: eight runs on two cores must stay quick
     storage = PostgresStorage(
         dagster_pg, PG_USER, PG_PASSWORD, port=int(os.environ.get("TERCUL_PG_PORT", "5432"))
     )
@@ -483,7 +483,7 @@ def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
         "WEAVIATE_GRPC_PORT": str(weaviate_server_proc.grpc_port),
         "TERCUL_SYNC_VECTORIZER": "none",
         "TERCUL_SYNC_PASSAGES": "false",  # parity covers the entity collections; passages would add minutes
-        "TERCUL_SYNC_BATCH_SIZE": "50",  # many batches: the kill lands inside the Work step's writes
+        "TERCUL_SYNC_BATCH_SIZE": "20",  # many batches: the kill lands inside the Work step's writes
         "TERCUL_SYNC_OVERLAP_SECONDS": "0",  # a cursor that moved too far would show as stale rows
         "TERCUL_SYNC_SENSOR_INTERVAL": "3600",  # no sensor run in the middle of the test's own
     }

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from tercul_sync.definitions import defs
 from tercul_sync.defs import jobs
-from tercul_sync.defs.assets import EDGES_ASSET, MODE_TAG, PASSAGES_ASSET
+from tercul_sync.defs.assets import CHECK_NAME, EDGES_ASSET, MODE_TAG, PASSAGES_ASSET, VECTOR_CHECK
 from tercul_sync.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from tercul_sync.defs.resources import TerculDatabase
 from tercul_sync.defs.sensors import (
@@ -292,6 +292,10 @@ def test_the_sensor_requests_nothing_while_idle_and_the_changed_types_after_chan
         result = tick(cursor)
         assert _selection(result) == [sorted(expected)], statement
         [request] = result.run_requests or []
+        # The checks each step reports itself; not the parity checks (whole collections).
+        assert sorted(k.to_user_string() for k in request.asset_check_keys or []) == sorted(
+            f"{a}:{c}" for a in expected for c in (CHECK_NAME, VECTOR_CHECK)
+        )
         assert request.tags[MODE_TAG] == "incremental"
         assert (request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]) == (
             jobs.ALL_SHARDS_TAGS[RANGE_START_TAG],

@@ -211,13 +211,16 @@ def executor_from(settings: Settings) -> dg.ExecutorDefinition:
 
     ``multiprocess``: steps in their own processes (one Weaviate client each, nothing crosses a fork),
     started by a forkserver that has already imported the code location, so each step starts in well
-    under a second. ``celery``: steps as Celery tasks on ``dagster-celery`` workers. ``k8s``: one
-    Kubernetes Job per step, with the image and environment of the run launcher that started the run.
+    under a second. ``in_process``: steps one after another in the run's process. ``celery``: steps
+    as Celery tasks on ``dagster-celery`` workers. ``k8s``: one Kubernetes Job per step, with the
+    image and environment of the run launcher that started the run.
     """
     if settings.executor == "celery":
         from dagster_celery import celery_executor
 
         return celery_executor.configured(celery_config(settings))
+    if settings.executor == "in_process":
+        return dg.in_process_executor
     if settings.executor == "k8s":
         from dagster_k8s import k8s_job_executor
 

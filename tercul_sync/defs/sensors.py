@@ -17,7 +17,9 @@ imports it again and a process per step; the pools apply all the same. And
 ``edges`` is left out when an entity table only had updates (its newest
 ``updated_at`` moved, not its count or its newest ``deleted_at``): the entity
 step writes each updated object whole with its references, and no reference
-to it changes; inserts, deletes and changed edges still bring ``edges``.
+to it changes; inserts, deletes and changed edges still bring ``edges``. Of
+the checks, only those each step reports itself run: the ``parity`` checks
+(whole collections against their tables) stay with the schedules' runs.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 import dagster as dg
 
 from tercul_sync.defs import jobs
-from tercul_sync.defs.assets import EDGES_ASSET, MODE_TAG, PASSAGES_ASSET
+from tercul_sync.defs.assets import CHECK_NAME, EDGES_ASSET, MODE_TAG, PASSAGES_ASSET, VECTOR_CHECK
 from tercul_sync.defs.resources import SETTINGS, TerculDatabase
 from tercul_sync.engine.changes import TableMarks, changed_tables, table_marks
 from tercul_sync.engine.registry import EDGES_TABLE, ENTITIES, RELATIONS, passage_parents
@@ -87,6 +89,13 @@ def assets_for(tables: Iterable[str], updates_only: Iterable[str] = ()) -> list[
     return sorted(out)
 
 
+def own_checks(assets: Iterable[str]) -> list[dg.AssetCheckKey]:
+    """The checks each asset's step reports itself (failed objects, vectors), and not the ``parity``
+    checks: those compare whole collections with their tables, which is the schedules' work, not the
+    work of a run that wrote a few rows."""
+    return [dg.AssetCheckKey(dg.AssetKey(a), name) for a in assets for name in (CHECK_NAME, VECTOR_CHECK)]
+
+
 def assets_between(before: TableMarks, after: TableMarks) -> tuple[list[str], list[str]]:
     """The changed tables between two checks, and the assets a run needs for them."""
     changed = changed_tables(before, after)
@@ -120,6 +129,7 @@ def tercul_changes(context: dg.SensorEvaluationContext, tercul_db: TerculDatabas
     request = dg.RunRequest(
         run_key=run_key,
         asset_selection=[dg.AssetKey(a) for a in assets],
+        asset_check_keys=own_checks(assets),
         tags={
             **jobs.ALL_SHARDS_TAGS,
             MODE_TAG: INCREMENTAL,

@@ -77,6 +77,8 @@ TRANSIENT_MESSAGE_MARKERS = (
     "status code: 504",
     # A cluster whose replica just went down: QUORUM is met again once the others stop waiting for it.
     "cannot reach enough replicas",
+    # A node's own gRPC connection to a replica that was killed while the batch was in flight.
+    "the client connection is closing",
 )
 
 

@@ -394,7 +394,7 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
             run.cursors[key] = marks
     if not (mode == FULL and (ctx.force or not covers_all(shards))):
         for collection, s in syncers.items():
-            wrong = _sources_with_wrong_references(ctx, collection, list(shards.values()))
+            wrong = _sources_with_wrong_references(ctx, collection, list(shards.values()), walk=mode == FULL)
             if wrong:
                 s.sync_ids(wrong)
                 run.reconciled.append(f"{collection} ({len(wrong)})")
@@ -402,7 +402,7 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
 
 
 def _sources_with_wrong_references(
-    ctx: SyncContext, collection: str, shards: list[reading.Shard]
+    ctx: SyncContext, collection: str, shards: list[reading.Shard], walk: bool = False
 ) -> list[int]:
     """Sources in ``shards`` whose object carries another number of references than the database says.
 

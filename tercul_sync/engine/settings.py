@@ -152,11 +152,12 @@ class Settings(BaseModel):
         ge=1,
         description="Steps of one run that execute at once (multiprocess executor).",
     )
-    executor: Literal["multiprocess", "celery", "k8s"] = _env(
+    executor: Literal["multiprocess", "in_process", "celery", "k8s"] = _env(
         "TERCUL_SYNC_EXECUTOR",
         default="multiprocess",
         description="Where a run's steps execute. `multiprocess`: processes on the run's machine, started "
-        "by a forkserver. `celery`: Celery tasks on `dagster-celery` workers, through the broker "
+        "by a forkserver. `in_process`: one after another in the run's own process (no step starts). "
+        "`celery`: Celery tasks on `dagster-celery` workers, through the broker "
         "`TERCUL_SYNC_CELERY_BROKER`. `k8s`: one Kubernetes Job per step (dagster-k8s `k8s_job_executor`, "
         "under the Helm chart's `K8sRunLauncher`). See docs/deployment.md.",
     )

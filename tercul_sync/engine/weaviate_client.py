@@ -405,6 +405,21 @@ def objects_between(client: weaviate.WeaviateClient, collection: str, low: int, 
 
 
 @retry_transient
+def reference_counts(client: weaviate.WeaviateClient, collection: str) -> dict[int, int]:
+    """``{source_id: sync_ref_count}`` of every object, from a cursor walk (no filter, no aggregate)."""
+    walk = client.collections.use(collection).iterator(
+        return_properties=[SOURCE_ID_PROPERTY, REF_COUNT_PROPERTY], cache_size=5_000
+    )
+    return {
+        int(cast("int", o.properties.get(SOURCE_ID_PROPERTY))): int(
+            cast("int", o.properties.get(REF_COUNT_PROPERTY) or 0)
+        )
+        for o in walk
+        if o.properties.get(SOURCE_ID_PROPERTY) is not None
+    }
+
+
+@retry_transient
 def source_id_bounds(client: weaviate.WeaviateClient, collection: str) -> tuple[int, int] | None:
     """The smallest and largest ``source_id`` stored; None when the collection is empty."""
     res = client.collections.use(collection).aggregate.over_all(
