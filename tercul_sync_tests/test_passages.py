@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,8 @@ from weaviate.classes.query import QueryReference
 from tercul_sync.engine import reading, runs
 from tercul_sync.engine.chunking import split_text
 from tercul_sync.engine.embedding import make_embedder
+from tercul_sync.engine.objects import HASH_PROPERTY
+from tercul_sync.engine.parity import check_passage_parity
 from tercul_sync.engine.passages import passage_uuid
 from tercul_sync.engine.registry import PASSAGE_COLLECTION, entity, object_uuid, passage_parents
 from tercul_sync.engine.search import search_passages
@@ -218,6 +221,31 @@ def test_twenty_random_rounds_keep_the_passages_exactly_in_step(catalog: Catalog
         assert stored.keys() == expected.keys(), (round_no, action)
         assert all(stored[u][:3] == expected[u] for u in expected), (round_no, action)
         assert all(v[3] for v in stored.values()), (round_no, action)  # every passage has its vector
+        assert check_passage_parity(catalog.engine, ctx.client, list(SHARDS.values())).exact, (
+            round_no,
+            action,
+        )
+
+
+def test_passage_parity_finds_missing_orphan_and_stale_passages(catalog: Catalog, ctx: SyncContext) -> None:
+    rng = random.Random(7)
+    for work_id in (1, 2, 3):
+        catalog.insert_work(work_id, _body(rng, 30))
+    _run(ctx, runs.FULL, {})
+    assert check_passage_parity(catalog.engine, ctx.client, list(SHARDS.values())).exact
+    passages = ctx.client.collections.use(PASSAGE_COLLECTION)
+    by_parent = {}
+    for uuid, (parent_id, position, _, _) in stored_passages(ctx.client).items():
+        by_parent.setdefault(parent_id, {})[position] = uuid
+    passages.data.delete_by_id(by_parent[1][1])  # missing
+    passages.data.update(uuid=by_parent[2][0], properties={HASH_PROPERTY: "edited out of band"})  # stale
+    catalog.hard_delete(3)  # its passages are orphans until a sweep
+    report = check_passage_parity(catalog.engine, ctx.client, list(SHARDS.values()))
+    assert (report.counts["missing"], report.counts["stale"]) == (1, 1)
+    assert report.counts["orphan"] == len(by_parent[3]) and report.samples["orphan"] == [3]
+    assert report.samples["missing"] == [1] and report.samples["stale"] == [2]
+    _run(replace(ctx, force=True), runs.FULL, {})  # a forced full run mends all three
+    assert check_passage_parity(catalog.engine, ctx.client, list(SHARDS.values())).exact
 
 
 def test_a_sentence_from_deep_inside_a_long_body_finds_its_work(catalog: Catalog, ctx: SyncContext) -> None:

@@ -1,6 +1,6 @@
 """Parity checks: after every run, and as the `parity` job, Weaviate is compared with the database.
 
-One asset check per entity type (``parity``, severity ERROR); the engine
+One asset check per entity type and one on ``passages`` (``parity``, severity ERROR); the engine
 (``engine/parity.py``) builds both sides as pandas frames, shard by shard,
 and counts missing, orphan and stale objects and wrong reference lists.
 Asset jobs include the checks of the assets they select, so ``full_sync``,
@@ -10,12 +10,12 @@ runs only the checks, nightly after the full sync (``TERCUL_SYNC_PARITY_CRON``).
 
 import dagster as dg
 
-from tercul_sync.defs.assets import EDGES_ASSET
+from tercul_sync.defs.assets import EDGES_ASSET, PASSAGES_ASSET
 from tercul_sync.defs.jobs import TRIGGER_TAG
 from tercul_sync.defs.resources import SETTINGS, TerculDatabase, WeaviateResource
-from tercul_sync.engine.parity import check_parity
+from tercul_sync.engine.parity import ParityReport, check_parity, check_passage_parity
 from tercul_sync.engine.reading import Shard
-from tercul_sync.engine.registry import ENTITIES, EntityType, relations_from
+from tercul_sync.engine.registry import ENTITIES, EntityType, passage_parents, relations_from
 
 PARITY_CHECK = "parity"
 
@@ -32,22 +32,40 @@ def build_parity_check(e: EntityType, shard_count: int) -> dg.AssetChecksDefinit
     )
     def _parity(weaviate: WeaviateResource, tercul_db: TerculDatabase) -> dg.AssetCheckResult:
         shards = [Shard(i, shard_count) for i in range(shard_count)]
-        report = check_parity(tercul_db.engine, weaviate.client, e, shards)
-        meta = report.as_metadata()
-        return dg.AssetCheckResult(
-            passed=report.exact,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=report.describe(),
-            metadata={
-                **{k: v for k, v in meta.items() if k != "sample_ids"},
-                "sample_ids": dg.MetadataValue.json(meta["sample_ids"]),
-            },
-        )
+        return _result(check_parity(tercul_db.engine, weaviate.client, e, shards))
 
     return _parity
 
 
+def build_passage_parity_check(shard_count: int) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=PASSAGES_ASSET,
+        name=PARITY_CHECK,
+        description="`Passage` holds exactly the passages the live texts give, each with its content.",
+    )
+    def _passage_parity(weaviate: WeaviateResource, tercul_db: TerculDatabase) -> dg.AssetCheckResult:
+        shards = [Shard(i, shard_count) for i in range(shard_count)]
+        return _result(check_passage_parity(tercul_db.engine, weaviate.client, shards))
+
+    return _passage_parity
+
+
+def _result(report: ParityReport) -> dg.AssetCheckResult:
+    meta = report.as_metadata()
+    return dg.AssetCheckResult(
+        passed=report.exact,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=report.describe(),
+        metadata={
+            **{k: v for k, v in meta.items() if k != "sample_ids"},
+            "sample_ids": dg.MetadataValue.json(meta["sample_ids"]),
+        },
+    )
+
+
 parity_checks = [build_parity_check(e, SETTINGS.shards) for e in ENTITIES]
+if SETTINGS.passages and passage_parents():
+    parity_checks.append(build_passage_parity_check(SETTINGS.shards))
 parity = dg.define_asset_job(
     "parity",
     selection=dg.AssetSelection.checks(*parity_checks),
