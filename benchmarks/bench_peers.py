@@ -384,6 +384,23 @@ class Bench:
         self.engine("full", live_after, live_after)
         self.details["rows_changed"] = sum(s.get("rows_changed", 0) for s in inc["steps"])
 
+    # 6. the parity check of every collection, after the last full run
+    def parity(self) -> None:
+        say("parity check")
+        m = self.phase("parity")
+        r = m.result
+        self.details["parity"] = r
+        check = "exact" if r["exact"] else "; ".join(d for d in r["reports"] if "exact" not in d)
+        self.record(
+            "tercul_sync parity check",
+            "every entity collection",
+            r["seconds"],
+            m,
+            r["objects"],
+            self_peak_rss=r["peak_rss"],
+            check=check,
+        )
+
 
 def machine(server_version: str, data: dict[str, Any]) -> dict[str, Any]:
     import dagster
@@ -520,6 +537,7 @@ def main() -> None:
         bench.engine("first", live, live)
         bench.engine("rerun", live, live)
         bench.incremental()
+        bench.parity()
         if not args.skip_limit:
             bench.limit(again=True)
     finally:

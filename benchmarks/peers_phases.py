@@ -33,6 +33,7 @@ from weaviate.classes.data import DataObject
 
 from tercul_sync.engine import reading, runs, weaviate_client
 from tercul_sync.engine.objects import ObjectWrite, build_object
+from tercul_sync.engine.parity import check_parity
 from tercul_sync.engine.registry import RELATIONS, entity, object_uuid, sync_order
 from tercul_sync.engine.settings import load_settings
 from tercul_sync.engine.weaviate_schema import ensure_schema
@@ -228,9 +229,31 @@ def engine(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def parity(args: argparse.Namespace) -> dict[str, Any]:
+    """The parity check of every entity collection, as the ``parity`` job runs it (8 shards)."""
+    settings = load_settings()
+    db = reading.make_engine(args.db_url)
+    client = weaviate_client.connect(
+        args.weaviate_url, args.grpc_port, None, settings.weaviate_timeout_seconds
+    )
+    reset_peak_rss()
+    started = time.perf_counter()
+    reports = [check_parity(db, client, e, list(SHARDS.values())) for e in sync_order()]
+    seconds = time.perf_counter() - started
+    client.close()
+    return {
+        "run": "parity",
+        "seconds": seconds,
+        "peak_rss": self_peak_rss(),
+        "reports": [r.describe() for r in reports],
+        "exact": all(r.exact for r in reports),
+        "objects": sum(r.objects for r in reports),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("phase", choices=["limit", "engine"])
+    ap.add_argument("phase", choices=["limit", "engine", "parity"])
     ap.add_argument("--run", choices=["first", "rerun", "incremental", "full"], default="first")
     ap.add_argument("--db-url", required=True)
     ap.add_argument("--weaviate-url", required=True)
@@ -238,7 +261,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--cursors", default="cursors.json", help="where engine runs keep their cursors")
     args = ap.parse_args()
-    emit(limit(args) if args.phase == "limit" else engine(args))
+    emit({"limit": limit, "engine": engine, "parity": parity}[args.phase](args))
 
 
 if __name__ == "__main__":

@@ -187,6 +187,7 @@ COLORS = {
     "tercul_sync via Dagster, multiprocess": "#3b6ea8",
     "tercul_sync via Dagster, in_process": "#6f94c4",
     "tercul_sync engine": "#5aa469",
+    "tercul_sync parity check": "#8e6bb8",
 }
 
 

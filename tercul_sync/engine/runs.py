@@ -353,6 +353,10 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
     target_marks: dict[str, Any] | None = None
     # Target tables are read whole, whatever the shard: each distinct cursor is read once per run.
     changed_targets: dict[tuple[str, str], list[tuple[int, Any, Any]]] = {}
+    # Incremental: the sources every shard touched, written once per type after the loop (one
+    # sync_ids per type, not one per shard and type); the shards' new marks wait for those writes.
+    touched_all: dict[str, set[int]] = {}
+    pending: dict[str, CursorJson] = {}
     for key, shard in shards.items():
         before = gave_up()
         cursors = previous.get(key)
@@ -363,41 +367,49 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
             if ctx.force or not covers_all(shards):
                 for s in syncers.values():
                     s.sync_shards([shard])
-        else:
-            marks = dict(cursors)
-            edge_cursor = Cursor.from_json(cursors.get("edges")) or Cursor()
-            rows = changed_edges(ctx.db, [shard], edge_cursor, overlap)
-            run.edges_changed += len(rows)
-            run.changed_edge_ids.extend(r["id"] for r in rows)
-            touched = edge_rules.touched_sources(
-                [(r["id"], r["source_table"], r["source_id"], r["relation"]) for r in rows], [shard]
-            )
-            for r in rows:
-                edge_cursor = edge_cursor.advanced(r["updated_at"], r["id"], r["deleted_at"])
-            marks["edges"] = edge_cursor.to_json()
-            for t in edge_targets():
-                c = Cursor.from_json(cursors.get(t.table)) or Cursor()
-                memo_key = (t.table, repr(c))
-                if memo_key not in changed_targets:
-                    changed_targets[memo_key] = changed_target_ids(ctx.db, t, c, overlap)
-                changed = changed_targets[memo_key]
-                for collection, ids in sources_pointing_at(
-                    ctx.db, t, [i for i, _, _ in changed], [shard]
-                ).items():
-                    touched.setdefault(collection, set()).update(ids)
-                for row_id, updated_at, deleted_at in changed:
-                    c = c.advanced(updated_at, row_id, deleted_at)
-                marks[t.table] = c.to_json()
-            for collection, ids in sorted(touched.items()):
-                syncers[collection].sync_ids(sorted(ids))
-        if gave_up() == before:
-            run.cursors[key] = marks
+            if gave_up() == before:
+                run.cursors[key] = marks
+            continue
+        marks = dict(cursors)
+        edge_cursor = Cursor.from_json(cursors.get("edges")) or Cursor()
+        rows = changed_edges(ctx.db, [shard], edge_cursor, overlap)
+        run.edges_changed += len(rows)
+        run.changed_edge_ids.extend(r["id"] for r in rows)
+        touched = edge_rules.touched_sources(
+            [(r["id"], r["source_table"], r["source_id"], r["relation"]) for r in rows], [shard]
+        )
+        for r in rows:
+            edge_cursor = edge_cursor.advanced(r["updated_at"], r["id"], r["deleted_at"])
+        marks["edges"] = edge_cursor.to_json()
+        for t in edge_targets():
+            c = Cursor.from_json(cursors.get(t.table)) or Cursor()
+            memo_key = (t.table, repr(c))
+            if memo_key not in changed_targets:
+                changed_targets[memo_key] = changed_target_ids(ctx.db, t, c, overlap)
+            changed = changed_targets[memo_key]
+            for collection, ids in sources_pointing_at(
+                ctx.db, t, [i for i, _, _ in changed], [shard]
+            ).items():
+                touched.setdefault(collection, set()).update(ids)
+            for row_id, updated_at, deleted_at in changed:
+                c = c.advanced(updated_at, row_id, deleted_at)
+            marks[t.table] = c.to_json()
+        for collection, ids in touched.items():
+            touched_all.setdefault(collection, set()).update(ids)
+        pending[key] = marks
+    before = gave_up()
+    for collection, ids in sorted(touched_all.items()):
+        syncers[collection].sync_ids(sorted(ids))
+    # Then what no cursor shows (deferred references, targets or edges removed outright): found on the
+    # state just written, so only the few sources still off are read.
     if not (mode == FULL and (ctx.force or not covers_all(shards))):
         for collection, s in syncers.items():
             wrong = _sources_with_wrong_references(ctx, collection, list(shards.values()), walk=mode == FULL)
             if wrong:
                 s.sync_ids(wrong)
                 run.reconciled.append(f"{collection} ({len(wrong)})")
+    if gave_up() == before:
+        run.cursors.update(pending)
     return run
 
 
