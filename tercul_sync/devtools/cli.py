@@ -11,8 +11,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tercul_sync.engine.settings import DEMO_DATABASE_FILE, load_settings
+from tercul_sync.engine.settings import DEMO_DATABASE_FILE, Settings, load_settings
+
+if TYPE_CHECKING:  # the CLI imports weaviate-client only for the commands that talk to Weaviate
+    import weaviate
 
 
 def _cmd_demo_db(args: argparse.Namespace) -> int:
@@ -178,25 +182,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             server.stop()
 
 
-def _cmd_search(args: argparse.Namespace) -> int:
-    """A hybrid query over the copy, as readers of Tercul's search would run it."""
-    import json
-
+def _connect(settings: Settings) -> weaviate.WeaviateClient:
+    """A client for the configured Weaviate (URL, gRPC port, API key, CA bundle from the settings)."""
     from tercul_sync.engine import weaviate_client
-    from tercul_sync.engine.embedding import make_embedder
-    from tercul_sync.engine.registry import ENTITIES, entity
-    from tercul_sync.engine.search import search, search_passages
 
-    settings = load_settings()
-    entities = [entity(args.type)] if args.type else list(ENTITIES)
     key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
-    client = weaviate_client.connect(
+    return weaviate_client.connect(
         settings.weaviate_url,
         settings.weaviate_grpc_port,
         key,
         settings.weaviate_timeout_seconds,
         ca_bundle=settings.weaviate_ca_bundle,
     )
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    """A hybrid query over the copy, as readers of Tercul's search would run it."""
+    import json
+
+    from tercul_sync.engine.embedding import make_embedder
+    from tercul_sync.engine.registry import ENTITIES, entity
+    from tercul_sync.engine.search import search, search_passages
+
+    settings = load_settings()
+    entities = [entity(args.type)] if args.type else list(ENTITIES)
+    client = _connect(settings)
     try:
         embedder = make_embedder(settings) if settings.vectorizer == "client" else None
         keyword_only = settings.vectorizer not in ("client", "weaviate")
@@ -234,21 +244,14 @@ def _cmd_embed_serve(args: argparse.Namespace) -> int:
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
     """Rebuild collections behind their aliases, here and now (the rebuild_collections job's work)."""
-    from tercul_sync.engine import reading, weaviate_client
+    from tercul_sync.engine import reading
     from tercul_sync.engine.rebuild import RebuildError, rebuild
     from tercul_sync.engine.registry import sync_order
     from tercul_sync.engine.writing import SyncContext
 
     settings = load_settings()
     names = [e.collection for e in sync_order()] if args.all else args.collections
-    key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
-    client = weaviate_client.connect(
-        settings.weaviate_url,
-        settings.weaviate_grpc_port,
-        key,
-        settings.weaviate_timeout_seconds,
-        ca_bundle=settings.weaviate_ca_bundle,
-    )
+    client = _connect(settings)
     try:
         ctx = SyncContext(reading.make_engine(settings.effective_database_url), client, settings)
         report = rebuild(ctx, names, keep_old=args.keep_old)
