@@ -4,11 +4,14 @@
   run converges;
 - Weaviate SIGKILLed in the middle of a full sync, restarted on the same data folder;
 - PostgreSQL backends of the sync terminated in the middle of an incremental run;
+- the PostgreSQL postmaster SIGKILLed in the middle of a full sync, on a private cluster, restarted on
+  its data folder (crash recovery);
 - Weaviate frozen (SIGSTOP) for longer than the client's timeout;
 - the step process SIGKILLed on the real daemon, then eight concurrent runs of mixed jobs.
 
 The kills and the freeze use a Weaviate of their own (``start_weaviate`` on a tmp folder), never the
-session's. Each prints ``FAULT <name>: ...`` with what it measured (``pytest -s`` shows them).
+session's; the postmaster kill, a PostgreSQL cluster of its own (``devtools.postgres_server``), never
+the shared one. Each prints ``FAULT <name>: ...`` with what it measured (``pytest -s`` shows them).
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ import weaviate
 from dagster_graphql import DagsterGraphQLClient
 from weaviate.classes.query import Filter
 
+from tercul_sync.defs.assets import build_assets
+from tercul_sync.defs.partitions import all_shards_tags
 from tercul_sync.defs.resources import WeaviateResource
-from tercul_sync.devtools import dagster_deployment, demo_data
+from tercul_sync.devtools import dagster_deployment, demo_data, postgres_server
 from tercul_sync.devtools.dagster_deployment import PostgresStorage
+from tercul_sync.devtools.postgres_server import PrivatePostgres
 from tercul_sync.devtools.weaviate_server import LocalWeaviate
 from tercul_sync.engine import reading
 from tercul_sync.engine import weaviate_client as wc
@@ -41,7 +47,14 @@ from tercul_sync.engine.objects import ObjectWrite
 from tercul_sync.engine.parity import check_parity
 from tercul_sync.engine.registry import ENTITIES
 from tercul_sync_tests.conftest import PG_PASSWORD, PG_USER, start_weaviate
-from tercul_sync_tests.helpers import PausingWeaviate, metadata, run_sync, weaviate_resource
+from tercul_sync_tests.helpers import (
+    SHARDS,
+    PausingWeaviate,
+    metadata,
+    resources,
+    run_sync,
+    weaviate_resource,
+)
 from tercul_sync_tests.test_dagster_services import (  # noqa: F401 (dagster_pg is a fixture)
     _finished,
     _wait,
@@ -101,6 +114,16 @@ def own_weaviate(tmp_path: Path) -> Iterator[LocalWeaviate]:
         if server.process.poll() is None:
             os.kill(server.process.pid, signal.SIGCONT)
         server.stop()
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster for one test, on a folder of its own: its postmaster may be SIGKILLed."""
+    server = postgres_server.start(tmp_path / "postgres")
+    try:
+        yield server
+    finally:
+        server.remove()
 
 
 def _set_shards(client: weaviate.WeaviateClient, status: str) -> None:
@@ -357,6 +380,138 @@ def test_postgres_backends_killed_mid_run_fail_or_retry_cleanly_and_no_cursor_sk
         first_run_s=first_s,
         converge_s=round(time.monotonic() - started, 1),
     )
+
+
+# --- 3. PostgreSQL: the postmaster SIGKILLed mid run, on a private cluster ----------------------------
+
+
+class SignallingWeaviate(WeaviateResource):
+    """The real resource, which sets the test's event ``event`` once the ``at_batch``-th batch of
+    ``collection`` has landed (the step is then in the middle of its shard: more pages to read)."""
+
+    event: str
+    collection: str = "Work"
+    at_batch: int = 2
+
+    def send_objects(
+        self, client: weaviate.WeaviateClient, collection: str, items: list[ObjectWrite]
+    ) -> dict[int, str]:
+        refused = super().send_objects(client, collection, items)
+        if collection == self.collection:
+            _SENT[self.event] = _SENT.get(self.event, 0) + 1
+            if _SENT[self.event] == self.at_batch:
+                _EVENTS[self.event].set()
+        return refused
+
+
+def step_errors(result: dg.ExecuteInProcessResult, kind: dg.DagsterEventType) -> list[tuple[str, str]]:
+    """``(step, error)`` for every step retry or failure of a run; the error is the first line of each link
+    of its chain, outermost first (``Exceeded max_retries of 3 <- psycopg2.OperationalError: ...``)."""
+    out = []
+    for event in result.all_events:
+        if event.event_type == kind:
+            data = event.event_specific_data
+            error, lines = getattr(data, "error", None), []
+            while error is not None:
+                lines.append((error.message.strip().splitlines() or [error.cls_name or ""])[0])
+                error = error.cause
+            desc = getattr(getattr(data, "user_failure_data", None), "description", None)
+            out.append((event.step_key, " <- ".join(([desc] if desc else []) + lines)))
+    return out
+
+
+_SENT: dict[str, int] = {}
+_EVENTS: dict[str, threading.Event] = {}
+# The assets' own RetryPolicy waits 15 s, exponential, with up to 15 s of jitter either way: its first
+# retry may come before the server is back, its second 30 to 60 s later. A fixed delay keeps the test
+# short and its timing stable; the mechanism is the same.
+PG_RETRY = dg.RetryPolicy(max_retries=3, delay=5)
+PG_DOWN_S = 3.0  # from the kill to the restart, as a service manager would
+
+
+def test_postgres_postmaster_killed_mid_full_sync_then_restarted_converges(private_postgres, own_weaviate):
+    """SIGKILL of the postmaster once the Work step's second batch has landed; a supervisor thread starts it
+    again on the same data folder three seconds later (crash recovery), and the step's retry meets it back."""
+    pg = private_postgres
+    engine = reading.make_engine(pg.url())
+    demo_data.generate(engine, 1_500, seed=26)
+    key = f"postmaster-{pg.port}"
+    _EVENTS[key] = threading.Event()
+    sender = SignallingWeaviate(
+        url=own_weaviate.url, grpc_port=own_weaviate.grpc_port, timeout_seconds=60, event=key
+    )
+    seen: dict[str, Any] = {}
+
+    def supervisor() -> None:
+        if not _EVENTS[key].wait(300):
+            return
+        with engine.begin() as conn:  # acknowledged just before the crash: in the WAL, not yet checkpointed
+            seen["committed"] = conn.execute(
+                sa.text(
+                    "UPDATE works SET title = 'committed before the crash ' || id, updated_at = now() "
+                    "WHERE id % 7 = 0"
+                )
+            ).rowcount
+        seen["pid"] = pg.kill()
+        seen["killed_at"] = time.monotonic()
+        time.sleep(PG_DOWN_S)
+        pg.restart()
+        seen["up_at"] = time.monotonic()
+
+    watcher = threading.Thread(target=supervisor, daemon=True)
+    watcher.start()
+    try:
+        first = dg.materialize(
+            build_assets(SHARDS, PG_RETRY),
+            resources=resources(pg.url(), own_weaviate, weaviate=sender, batch_size=50),
+            tags=all_shards_tags(SHARDS),
+            raise_on_error=False,
+        )
+        first_ended = time.monotonic()
+    finally:
+        _EVENTS[key].set()  # a run that never reached the batch must not leave the thread waiting
+        watcher.join(120)
+    assert "killed_at" in seen, "the postmaster was not killed"
+    assert seen["killed_at"] < first_ended, "the run had ended before the kill"
+    assert "up_at" in seen, "the postmaster did not come back"
+    assert pg.postmaster_pid() != seen["pid"]
+    log = pg.log_file.read_text(errors="replace")
+    assert "database system was not properly shut down; automatic recovery in progress" in log, log[-2000:]
+
+    retries = step_errors(first, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    failures = step_errors(first, dg.DagsterEventType.STEP_FAILURE)
+    assert retries or failures, "no step met the dead server: the kill came too late to prove anything"
+    # Every error is the lost server, in words that say so (retried by the step's policy, or failing the run).
+    lost = re.compile(r"OperationalError: (server closed the connection|connection to server|FATAL)", re.I)
+    for step, text in [*retries, *failures]:
+        assert lost.search(text), (step, text)
+
+    with engine.connect() as conn:  # the commit acknowledged before the kill survived it
+        survived = conn.execute(
+            sa.text("SELECT count(*) FROM works WHERE title LIKE 'committed before the crash %'")
+        ).scalar_one()
+    assert survived == seen["committed"] > 0
+
+    again = run_sync(pg.url(), own_weaviate)
+    assert again.success
+    client = connect(own_weaviate)
+    try:
+        assert_parity_exact(engine, client)
+    finally:
+        client.close()
+    converge_s = round(time.monotonic() - seen["killed_at"], 1)
+    fault(
+        "postgres_postmaster_sigkill",
+        first_run_success=first.success,
+        step_retries=[(step, text.rsplit(" <- ", 1)[-1]) for step, text in retries],
+        step_failures=failures,
+        first_run_end_after_kill_s=round(first_ended - seen["killed_at"], 1),
+        restart_s=round(seen["up_at"] - seen["killed_at"], 1),
+        committed_before_kill=seen["committed"],
+        converge_s=converge_s,
+    )
+    print(f"postmaster SIGKILL to parity exact: {converge_s} s", flush=True)
+    engine.dispose()
 
 
 # --- 5. Weaviate frozen longer than the client's timeout ----------------------------------------------

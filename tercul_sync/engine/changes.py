@@ -201,14 +201,21 @@ def sources_pointing_at(
     return out
 
 
-def _valid_pairs(rel: Relation, low: int | None = None, high: int | None = None) -> sa.Subquery:
-    """Distinct (source id, target id) pairs of live edges of ``rel`` between live rows
-    (with sources in ``[low, high)`` when given)."""
+def _references_per_source(rel: Relation, low: int | None = None, high: int | None = None) -> sa.Select[Any]:
+    """``(source id, distinct targets)`` of live edges of ``rel`` between live rows (with sources in
+    ``[low, high)`` when given): the references each source of ``rel`` should carry.
+
+    ``count(DISTINCT target_id) ... GROUP BY source_id``, not ``count(*)`` over a ``DISTINCT``
+    subquery: PostgreSQL estimates the edges' correlated filters (table, relation) far too low,
+    plans the ``DISTINCT`` as a hash aggregate for a few thousand pairs, and at a million edges
+    spills it into hundreds of thousands of batches (150 s for one relation, measured); a
+    per-group distinct count sorts instead (0.7 s).
+    """
     edges = reading.edges_table()
     src, tgt = entity(rel.source), entity(rel.target)
     s, t = reading.table_for(src).alias("s"), reading.table_for(tgt).alias("t")
     return (
-        sa.select(edges.c.source_id, edges.c.target_id)
+        sa.select(edges.c.source_id, sa.func.count(sa.distinct(edges.c.target_id)).label("n"))
         .join(s, s.c.id == edges.c.source_id)
         .join(t, t.c.id == edges.c.target_id)
         .where(
@@ -219,8 +226,7 @@ def _valid_pairs(rel: Relation, low: int | None = None, high: int | None = None)
             edges.c.source_id >= low if low is not None else sa.true(),
             edges.c.source_id < high if high is not None else sa.true(),
         )
-        .distinct()
-        .subquery()
+        .group_by(edges.c.source_id)
     )
 
 
@@ -234,14 +240,12 @@ def valid_reference_count(
     left behind by changes no cursor sees (hard-deleted edges or targets).
     """
     with engine.connect() as conn:
-        return sum(
-            int(
-                conn.execute(
-                    sa.select(sa.func.count()).select_from(_valid_pairs(rel, low, high))
-                ).scalar_one()
-            )
-            for rel in relations_from(collection)
-        )
+        total = 0
+        for rel in relations_from(collection):
+            per_source = _references_per_source(rel, low, high).subquery()
+            summed = sa.select(sa.func.coalesce(sa.func.sum(per_source.c.n), 0))
+            total += int(conn.execute(summed).scalar_one())
+        return total
 
 
 def valid_reference_counts(
@@ -251,9 +255,7 @@ def valid_reference_counts(
     out: dict[int, int] = {}
     with engine.connect() as conn:
         for rel in relations_from(collection):
-            pairs = _valid_pairs(rel, low, high)
-            q = sa.select(pairs.c.source_id, sa.func.count()).group_by(pairs.c.source_id)
-            for source_id, n in conn.execute(q):
+            for source_id, n in conn.execute(_references_per_source(rel, low, high)):
                 out[source_id] = out.get(source_id, 0) + int(n)
     return out
 
