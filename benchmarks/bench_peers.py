@@ -488,6 +488,9 @@ def main() -> None:
     ap.add_argument("--skip-dagster", action="store_true")
     ap.add_argument("--skip-limit", action="store_true")
     ap.add_argument(
+        "--limit-once", action="store_true", help="measure the limit at the start only, not again at the end"
+    )
+    ap.add_argument(
         "--dlt-python", help="a python with dlt[weaviate,sqlalchemy] (default: .tercul/bench-venv, made once)"
     )
     ap.add_argument("--out", help="write the Markdown report here (and a PNG chart beside it)")
@@ -538,7 +541,7 @@ def main() -> None:
         bench.engine("rerun", live, live)
         bench.incremental()
         bench.parity()
-        if not args.skip_limit:
+        if not (args.skip_limit or args.limit_once):
             bench.limit(again=True)
     finally:
         bench.close()
