@@ -179,3 +179,25 @@ def test_a_read_only_refusal_raised_by_the_client_is_a_refusal_too():
     with pytest.raises(WritesRefusedError):
         processor.write_batch([1, 2])
     assert processor.report.refused == 2 and store.calls == 1
+
+
+def test_batches_in_flight_from_several_threads_are_all_counted_with_their_own_numbers():
+    """Batches written at once (``TERCUL_SYNC_BATCHES_IN_FLIGHT``) share one report: no count is lost
+    to a race and every batch has a number of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = FlakyStore(bad=range(0, 4_000, 7), flaky=dict.fromkeys(range(1, 4_000, 11), 1))
+    processor = _processor(store)
+    batches = [list(range(start, start + 10)) for start in range(0, 4_000, 10)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(processor.write_batch, batches))
+    r = processor.report
+    bad = len(range(0, 4_000, 7))
+    assert (r.items, r.batches, r.written, r.failed) == (4_000, 400, 4_000 - bad, bad)
+    assert r.retried_batches == len({k // 10 for k in range(1, 4_000, 11) if k % 7})  # bad wins over flaky
+    batch_of = {f.key: f.batch for f in r.failures}
+    by_number: dict[int, set[int]] = {}
+    for key, number in batch_of.items():
+        by_number.setdefault(number, set()).add(key // 10)
+    assert all(len(batches) == 1 for batches in by_number.values())  # a number names one batch
+    assert len(by_number) == len({k // 10 for k in range(0, 4_000, 7)})

@@ -13,11 +13,13 @@ import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient
 
 from tercul_sync.defs.assets import EDGES_ASSET, PASSAGES_ASSET
+from tercul_sync.defs.partitions import shard_from_key
 from tercul_sync.defs.sensors import CHANGES_JOB
 from tercul_sync.devtools import dagster_deployment, demo_data
 from tercul_sync.devtools.dagster_deployment import PostgresStorage
 from tercul_sync.engine import reading
 from tercul_sync.engine import weaviate_client as wc
+from tercul_sync.engine.parity import check_parity
 from tercul_sync.engine.registry import ENTITIES, entity, object_uuid
 from tercul_sync.engine.settings import load_settings
 from tercul_sync.trigger import (
@@ -44,6 +46,18 @@ query { sensorsOrError(repositorySelector:
 RUNS_QUERY = """
 query ($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) {
   ... on Runs { results { runId jobName status tags { key value } assetSelection { path } } } } }
+"""
+BACKFILL_MUTATION = """
+mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+BACKFILL_QUERY = """
+query ($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }
 """
 # The mutation docs/triggers.md gives services in other languages (there with curl).
 LAUNCH_RUN_MUTATION = """
@@ -198,6 +212,29 @@ def _sensor_syncs_a_change_with_no_manual_step(port: int, engine: sa.Engine, wea
     return [r["runId"] for r in new]
 
 
+def _backfill_runs_one_run_per_shard(port: int, engine: sa.Engine, weaviate_client) -> None:
+    """With ``TERCUL_SYNC_BACKFILL_POLICY=multi_run``, a backfill of three Tag shards from the asset
+    graph (what the UI's "Materialize selected" over a range does) is three runs, one per shard."""
+    keys = ["shard-1", "shard-3", "shard-5"]
+    params = {"partitionNames": keys, "assetSelection": [{"path": ["Tag"]}], "fromFailure": False}
+    launched = _graphql(port, BACKFILL_MUTATION, {"params": params})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill = launched["backfillId"]
+
+    def done() -> str | None:
+        status = _graphql(port, BACKFILL_QUERY, {"id": backfill})["partitionBackfillOrError"]["status"]
+        return status if status in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED") else None
+
+    assert _wait(done, 600, "the backfill") in ("COMPLETED", "COMPLETED_SUCCESS")
+    runs = _graphql(port, RUNS_QUERY, {"tags": [{"key": "dagster/backfill", "value": backfill}]})
+    runs = runs["runsOrError"]["results"]
+    partitions = sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition")
+    assert partitions == keys, runs  # one run per shard, each tagged with its own
+    assert {r["status"] for r in runs} == {"SUCCESS"}
+    report = check_parity(engine, weaviate_client, entity("Tag"), [shard_from_key(k, 8) for k in keys])
+    assert report.exact, report.describe()
+
+
 def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
     tmp_path, dagster_pg, pg_database, weaviate_server_proc, weaviate_client
 ):
@@ -212,6 +249,7 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
         "WEAVIATE_URL": weaviate_server_proc.url,
         "WEAVIATE_GRPC_PORT": str(weaviate_server_proc.grpc_port),
         "TERCUL_SYNC_SENSOR_INTERVAL": str(SENSOR_INTERVAL),
+        "TERCUL_SYNC_BACKFILL_POLICY": "multi_run",  # jobs still run every shard in one run
     }
     # The repo's own production config (dagster.yaml), in a DAGSTER_HOME of its own.
     deployment = dagster_deployment.start(tmp_path / "dagster_home", storage, settings)
@@ -271,6 +309,7 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
 
         _enqueue_functions_launch_runs_that_sync(port, engine, weaviate_client)
         sensor_runs = _sensor_syncs_a_change_with_no_manual_step(port, engine, weaviate_client)
+        _backfill_runs_one_run_per_shard(port, engine, weaviate_client)
     finally:
         deployment.stop()
 

@@ -23,6 +23,7 @@ once, fails with the cause, and moves no cursor.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -77,20 +78,27 @@ class _TransientBatchFailure(Exception):
 
 
 class BatchProcessor(Generic[T]):
-    """Runs batches through a ``Sender`` and aggregates the outcome."""
+    """Runs batches through a ``Sender`` and aggregates the outcome.
+
+    ``write_batch`` may be called from several threads at once (batches in flight): the report is
+    updated under a lock, and each batch gets its own number.
+    """
 
     def __init__(self, send: Sender[T], key_of: Callable[[T], Hashable], retry: RetrySettings) -> None:
         self._send = send
         self._key_of = key_of
         self._retry = retry
         self.report = WriteReport()
+        self._lock = threading.Lock()
+        self._numbered = 0  # batches handed out a number
 
     def reject(self, key: Hashable, message: str) -> None:
         """Record an item refused before any send (bad input found while preparing it)."""
-        r = self.report
-        r.items += 1
-        r.failed += 1
-        r.failures.append(ItemFailure(key, message, r.batches + 1))
+        with self._lock:
+            r = self.report
+            r.items += 1
+            r.failed += 1
+            r.failures.append(ItemFailure(key, message, r.batches + 1))
 
     def write_batch(self, items: list[T]) -> list[T]:
         """Write one batch; return the items that landed.
@@ -98,7 +106,9 @@ class BatchProcessor(Generic[T]):
         Raises only when no further batch can land: ``WritesRefusedError`` (a read-only shard) or an
         access denial; any other server error is recorded and the next batch goes on.
         """
-        number = self.report.batches + 1
+        with self._lock:
+            self._numbered += 1
+            number = self._numbered
         pending = list(items)
         last_transient: dict[int, str] = {}
         permanent: list[tuple[T, str]] = []
@@ -158,17 +168,18 @@ class BatchProcessor(Generic[T]):
         failed_ids = {id(item) for item, _ in permanent}
         landed = [item for item in items if id(item) not in failed_ids]
 
-        r = self.report
-        r.items += len(items)
-        r.batches += 1
-        r.written += len(landed)
-        r.failed += len(permanent)
-        r.gave_up += gave_up
-        r.failed_batches += bool(permanent)
-        r.retried_batches += attempts > 1
-        r.failures.extend(ItemFailure(self._key_of(item), message, number) for item, message in permanent)
-        if refusal is not None:
-            refused_keys = [self._key_of(item) for item, m in permanent if m.startswith(refusal[0])]
+        refused_keys = [self._key_of(item) for item, m in permanent if refusal and m.startswith(refusal[0])]
+        with self._lock:
+            r = self.report
+            r.items += len(items)
+            r.batches += 1
+            r.written += len(landed)
+            r.failed += len(permanent)
+            r.gave_up += gave_up
+            r.failed_batches += bool(permanent)
+            r.retried_batches += attempts > 1
+            r.failures.extend(ItemFailure(self._key_of(item), message, number) for item, message in permanent)
             r.refused += len(refused_keys)
+        if refusal is not None:
             raise WritesRefusedError(refusal[0], refusal[1], len(refused_keys), refused_keys[:5])
         return landed

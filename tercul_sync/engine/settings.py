@@ -96,6 +96,14 @@ class Settings(BaseModel):
         ge=1024,
         description="Upper bound on one batch request's size; a batch of long bodies is split below it.",
     )
+    batches_in_flight: int = _env(
+        "TERCUL_SYNC_BATCHES_IN_FLIGHT",
+        default=2,
+        ge=1,
+        le=16,
+        description="Write batches one step keeps in flight at once. Weaviate works on one batch with "
+        "about one core: two in flight let it use a second while the step prepares the next pages.",
+    )
     shards: int = _env(
         "TERCUL_SYNC_SHARDS",
         default=8,

@@ -9,6 +9,8 @@ replaces and a re-run never duplicates anything, references included.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +64,7 @@ class SyncContext:
 
 
 VECTOR_CHECK_SAMPLE = 1_000  # written objects per step whose vectors are read back and checked
+PREPARE_THREADS = 2  # pages prepared at once (one computes while another waits on PostgreSQL or Weaviate)
 
 
 @dataclass
@@ -101,6 +104,7 @@ class ObjectSyncer:
         if self._embedder is not None:
             self.report.embeddings = self._embedder.stats
         self._rejected: list[tuple[int, str]] = []  # rows refused before writing (bad vectors)
+        self._counting = threading.Lock()  # pages are prepared in several threads; the report is shared
         self._columns_checked = False  # column mode: the vector columns were found in the table
         # Set when the collection held no object as the step began (a first sync): nothing stored to compare.
         self.collection_was_empty = False
@@ -127,30 +131,50 @@ class ObjectSyncer:
         self._write(self._prepare(rows))
 
     def _pipeline(self, pages: Iterable[Sequence[Row]]) -> None:
-        """Prepare page k+1 (SQL reads, references, hashes) while page k is being written.
+        """Prepare the next pages (SQL reads, references, stored hashes, content hashes) while earlier
+        ones are being written; return once every page is written.
 
-        One helper thread and at most two prepared pages in memory: the read
-        and the write overlap, and memory stays bounded by the batch size.
+        Two pools of threads. ``PREPARE_THREADS`` prepare pages ahead (one when the step embeds: the
+        model already uses every core): a re-run, which writes nothing, is bound by preparing, and
+        one page's Python work overlaps another's waits on PostgreSQL and Weaviate. Up to
+        ``batches_in_flight`` pages are written at once: Weaviate works on one batch with about one
+        core. Pages may land out of order (nothing depends on it: a reference is written only to a
+        target that already existed, and cursors move after the whole shard). Memory stays bounded:
+        at most ``PREPARE_THREADS + batches_in_flight`` pages are held.
         """
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tercul-prepare") as pool:
-            pending: Future[list[ObjectWrite]] | None = None
+        workers = 1 if self._mode == "client" else PREPARE_THREADS
+        in_flight = self.settings.batches_in_flight
+        with (
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tercul-prepare") as preparing,
+            ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="tercul-write") as writing,
+        ):
+            prepared: deque[Future[list[ObjectWrite]]] = deque()
+            written: deque[Future[None]] = deque()
+
+            def write_oldest() -> None:
+                written.append(writing.submit(self._write, prepared.popleft().result()))
+                while len(written) > in_flight:
+                    written.popleft().result()  # raises what the write raised (a refusal stops the step)
+
             for page in pages:
-                upcoming = pool.submit(self._prepare, page)
-                if pending is not None:
-                    self._write(pending.result())
-                pending = upcoming
-            if pending is not None:
-                self._write(pending.result())
+                prepared.append(preparing.submit(self._prepare, page))
+                if len(prepared) > workers:
+                    write_oldest()
+            while prepared:
+                write_oldest()
+            while written:
+                written.popleft().result()
 
     def _prepare(self, rows: Sequence[Row]) -> list[ObjectWrite]:
         """The objects of ``rows`` that need writing: references resolved, unchanged ones dropped,
         vectors attached (reused when their text is unchanged, else embedded)."""
         if not rows:
             return []
-        self.report.rows_read += len(rows)
         # Rows Weaviate cannot hold as they are (objects.row_problem) are reported, not sent.
         problems = {r["id"]: p for r in rows if (p := row_problem(self.entity, r))}
-        self._rejected.extend((i, f"{self.entity.collection} row {i}: {p}") for i, p in problems.items())
+        self._reject((i, f"{self.entity.collection} row {i}: {p}") for i, p in problems.items())
+        with self._counting:
+            self.report.rows_read += len(rows)
         rows = [r for r in rows if r["id"] not in problems]
         references = self._references([r["id"] for r in rows])
         inputs = self._vector_inputs(rows)
@@ -169,7 +193,8 @@ class ObjectSyncer:
             )
             fresh = [o for o in objects if stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]]
             existing = set(stored)
-            self.report.unchanged += len(objects) - len(fresh)
+            with self._counting:
+                self.report.unchanged += len(objects) - len(fresh)
         if self._mode == "client":
             self._embed(fresh, inputs, existing)
         elif self._mode == "column":
@@ -200,8 +225,13 @@ class ObjectSyncer:
                     for n in names
                 }
             except ValueError as exc:
-                self._rejected.append((row_id, f"{self.entity.collection} row {row_id}: {exc}"))
+                self._reject([(row_id, f"{self.entity.collection} row {row_id}: {exc}")])
         return out
+
+    def _reject(self, rows: Iterable[tuple[int, str]]) -> None:
+        """Rows refused while preparing (id, why): reported with the next write."""
+        with self._counting:
+            self._rejected.extend(rows)
 
     def _columns(self, names: list[str]) -> list[str]:
         return [self.settings.vector_column.format(vector=n) for n in names]
@@ -235,7 +265,8 @@ class ObjectSyncer:
             for name, text in texts.get(o.row_id, {}).items():
                 if old_hashes.get(name) == hashes.get(name) and name in old_vectors:
                     o.vectors[name] = old_vectors[name]
-                    self.report.embeddings_reused += 1
+                    with self._counting:
+                        self.report.embeddings_reused += 1
                 else:
                     todo.append((o, name, text))
         if todo:
@@ -245,19 +276,22 @@ class ObjectSyncer:
                 o.vectors[name] = vector
 
     def _write(self, objects: list[ObjectWrite]) -> None:
-        while self._rejected:
-            row_id, message = self._rejected.pop()
+        """Write ``objects`` in batches (and report the rows refused while preparing); thread-safe."""
+        with self._counting:
+            rejected, self._rejected = self._rejected, []
+        for row_id, message in rejected:
             self._processor.reject(row_id, message)
         for batch in chunk(
             objects, self.settings.batch_size, self.settings.max_batch_bytes, lambda o: o.size
         ):
             landed = self._processor.write_batch(batch)
-            self.report.references_written += sum(len(v) for o in landed for v in o.references.values())
-            if self._mode in ("client", "column", "weaviate"):
-                room = VECTOR_CHECK_SAMPLE - len(self.report.vector_sample)
-                self.report.vector_sample.extend(
-                    (o.uuid, self._expected_vectors(o)) for o in landed[: max(room, 0)]
-                )
+            with self._counting:
+                self.report.references_written += sum(len(v) for o in landed for v in o.references.values())
+                if self._mode in ("client", "column", "weaviate"):
+                    room = VECTOR_CHECK_SAMPLE - len(self.report.vector_sample)
+                    self.report.vector_sample.extend(
+                        (o.uuid, self._expected_vectors(o)) for o in landed[: max(room, 0)]
+                    )
 
     def _expected_vectors(self, o: ObjectWrite) -> tuple[str, ...]:
         """The named vectors an object must carry: those whose source text is not empty."""
@@ -284,7 +318,8 @@ class ObjectSyncer:
                     if target in present:
                         out.setdefault(source_id, {}).setdefault(rel.name, []).append(target)
                     else:
-                        self.report.deferred_references.add("target_not_in_weaviate", edge_id)
+                        with self._counting:
+                            self.report.deferred_references.add("target_not_in_weaviate", edge_id)
         return out
 
 
