@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient
 
 from tercul_sync.defs.assets import EDGES_ASSET, PASSAGES_ASSET
-from tercul_sync.defs.partitions import shard_from_key
+from tercul_sync.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, shard_from_key
 from tercul_sync.defs.sensors import CHANGES_JOB
 from tercul_sync.devtools import dagster_deployment, demo_data
 from tercul_sync.devtools.dagster_deployment import PostgresStorage
@@ -228,8 +228,12 @@ def _backfill_runs_one_run_per_shard(port: int, engine: sa.Engine, weaviate_clie
     assert _wait(done, 600, "the backfill") in ("COMPLETED", "COMPLETED_SUCCESS")
     runs = _graphql(port, RUNS_QUERY, {"tags": [{"key": "dagster/backfill", "value": backfill}]})
     runs = runs["runsOrError"]["results"]
-    partitions = sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition")
-    assert partitions == keys, runs  # one run per shard, each tagged with its own
+    # One run per shard, each tagged with its own (a one-partition range, or the partition itself).
+    partitions = sorted(
+        t["value"] for r in runs for t in r["tags"] if t["key"] in ("dagster/partition", RANGE_START_TAG)
+    )
+    ends = sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == RANGE_END_TAG)
+    assert partitions == keys and ends in ([], keys), [r["tags"] for r in runs]
     assert {r["status"] for r in runs} == {"SUCCESS"}
     report = check_parity(engine, weaviate_client, entity("Tag"), [shard_from_key(k, 8) for k in keys])
     assert report.exact, report.describe()

@@ -679,8 +679,15 @@ def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
         ).total_count:
             assert time.monotonic() < deadline, "the Work step wrote nothing"
             time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-        killed_at = time.monotonic()
+        # Weaviate held still for the kill: with batches in flight the step's few remaining writes
+        # could otherwise all land, and the step materialize, in the moment before the signal.
+        os.kill(weaviate_server_proc.process.pid, signal.SIGSTOP)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            time.sleep(0.5)
+        finally:
+            os.kill(weaviate_server_proc.process.pid, signal.SIGCONT)
         status = _wait(lambda: _finished(client, run_id), 900, "the killed run")
         ended_s = round(time.monotonic() - killed_at, 1)
         kinds = (
