@@ -140,7 +140,7 @@ class ObjectSyncer:
         ``batches_in_flight`` pages are written at once: Weaviate works on one batch with about one
         core. Pages may land out of order (nothing depends on it: a reference is written only to a
         target that already existed, and cursors move after the whole shard). Memory stays bounded:
-        at most ``PREPARE_THREADS + batches_in_flight`` pages are held.
+        at most ``PREPARE_THREADS + batches_in_flight + 2`` pages are held.
         """
         workers = 1 if self._mode == "client" else PREPARE_THREADS
         in_flight = self.settings.batches_in_flight
