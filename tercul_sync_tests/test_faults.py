@@ -84,6 +84,15 @@ def assert_parity_exact(engine: sa.Engine, client: weaviate.WeaviateClient) -> N
     assert sum(r.rows for r in reports) > 0
 
 
+def assert_converged(engine: sa.Engine, server: LocalWeaviate) -> None:
+    """``assert_parity_exact`` through a client of its own on ``server``."""
+    client = connect(server)
+    try:
+        assert_parity_exact(engine, client)
+    finally:
+        client.close()
+
+
 def parity_counts(engine: sa.Engine, client: weaviate.WeaviateClient, collection: str) -> dict[str, int]:
     [e] = [e for e in ENTITIES if e.collection == collection]
     return check_parity(engine, client, e, [reading.Shard(0, 1)]).counts
@@ -365,12 +374,8 @@ def test_postgres_backends_killed_mid_run_fail_or_retry_cleanly_and_no_cursor_sk
     started = time.monotonic()
     again = run_sync(pg_database, own_weaviate, instance=instance, mode="incremental", overlap_seconds=0)
     assert again.success
-    client = connect(own_weaviate)
-    try:
-        # With no overlap window, a cursor that had moved past an unwritten row would leave it stale.
-        assert_parity_exact(engine, client)
-    finally:
-        client.close()
+    # With no overlap window, a cursor that had moved past an unwritten row would leave it stale.
+    assert_converged(engine, own_weaviate)
     fault(
         "postgres_backend_terminated",
         kills=len(killer.killed),
@@ -494,11 +499,7 @@ def test_postgres_postmaster_killed_mid_full_sync_then_restarted_converges(priva
 
     again = run_sync(pg.url(), own_weaviate)
     assert again.success
-    client = connect(own_weaviate)
-    try:
-        assert_parity_exact(engine, client)
-    finally:
-        client.close()
+    assert_converged(engine, own_weaviate)
     converge_s = round(time.monotonic() - seen["killed_at"], 1)
     fault(
         "postgres_postmaster_sigkill",
@@ -559,11 +560,7 @@ def test_weaviate_frozen_longer_than_the_client_timeout_then_resumed_converges(p
     started = time.monotonic()
     again = run_sync(pg_database, own_weaviate, weaviate=weaviate_resource(own_weaviate))
     assert again.success
-    client = connect(own_weaviate)
-    try:
-        assert_parity_exact(engine, client)
-    finally:
-        client.close()
+    assert_converged(engine, own_weaviate)
     fault(
         "weaviate_frozen",
         freeze_s=FREEZE_S,
