@@ -7,7 +7,6 @@ swap its writes go to the old versions, and the catch-up pass after the swap
 writes whatever changed in the database during the rebuild.
 """
 
-
 import dagster as dg
 from pydantic import Field
 

@@ -100,6 +100,14 @@ class BatchProcessor(Generic[T]):
             r.failed += 1
             r.failures.append(ItemFailure(key, message, r.batches + 1))
 
+    def fail_landed(self, key: Hashable, message: str) -> None:
+        """Record as failed an item counted as written that turned out unusable (not findable)."""
+        with self._lock:
+            r = self.report
+            r.written -= 1
+            r.failed += 1
+            r.failures.append(ItemFailure(key, message, r.batches))
+
     def write_batch(self, items: list[T]) -> list[T]:
         """Write one batch; return the items that landed.
 

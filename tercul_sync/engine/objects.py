@@ -36,6 +36,9 @@ class ObjectWrite:
     vectors: dict[str, list[float]] = field(default_factory=dict)
     # reference properties that may point at several collections: {property: the target's collection}
     reference_collections: dict[str, str] = field(default_factory=dict)
+    # The stored-hash read found no object for this uuid in a collection that held objects: once
+    # written, the object must be found by id (writing.ObjectSyncer._make_findable).
+    not_found_before: bool = False
 
     @property
     def size(self) -> int:

@@ -91,6 +91,7 @@ def summarize(
         "objects_written": total.written,
         "objects_failed": total.failed,
         "objects_unchanged": sum(r.unchanged for r in reports),
+        "objects_reindexed": sum(r.reindexed for r in reports),
         "references_written": sum(r.references_written for r in reports),
         "batches": total.batches,
         "failed_batches": total.failed_batches,

@@ -301,13 +301,25 @@ def delete_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Sequen
     deleted = 0
     for start in range(0, len(uuids), ID_CHUNK):
         part = list(uuids[start : start + ID_CHUNK])
+        matched = 0
         while True:  # delete_many removes at most QUERY_MAXIMUM_RESULTS per call
             res = col.data.delete_many(where=Filter.by_id().contains_any(part))
             check_deleted(col, res)
             deleted += res.successful
+            matched += res.matches
             if res.matches == 0 or res.successful == 0:
                 break
+        if matched < len(part):  # gone already, or stored with its index entries lost (delete_by_uuid)
+            deleted += delete_by_uuid(client, collection, part)
     return deleted
+
+
+@retry_transient
+def delete_by_uuid(client: weaviate.WeaviateClient, collection: str, uuids: Sequence[str]) -> int:
+    """Delete objects one by one, by uuid: read from the object store, not found through the index
+    (so this reaches an object whose index entries were lost). Returns how many existed."""
+    col = client.collections.use(collection)
+    return sum(1 for u in uuids if col.data.delete_by_id(u))
 
 
 def check_deleted(col: Any, res: Any) -> None:

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
 import weaviate
@@ -81,6 +81,7 @@ class ObjectSyncReport:
     embeddings_reused: int = 0
     # (uuid, vector names it must carry) of some written objects, for the vectors_present check
     vector_sample: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    reindexed: int = 0  # objects stored but not found by id, deleted and written again (_make_findable)
 
 
 class ObjectSyncer:
@@ -191,8 +192,12 @@ class ObjectSyncer:
             stored = weaviate_client.stored_hashes(
                 self.client, self.ctx.collection(self.entity.collection), [o.uuid for o in objects]
             )
-            fresh = [o for o in objects if stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]]
             existing = set(stored)
+            fresh = [
+                replace(o, not_found_before=o.uuid not in existing)
+                for o in objects
+                if stored.get(o.uuid, "") != o.properties[HASH_PROPERTY]
+            ]
             with self._counting:
                 self.report.unchanged += len(objects) - len(fresh)
         if self._mode == "client":
@@ -285,6 +290,8 @@ class ObjectSyncer:
             objects, self.settings.batch_size, self.settings.max_batch_bytes, lambda o: o.size
         ):
             landed = self._processor.write_batch(batch)
+            if any(o.not_found_before for o in landed):
+                self._make_findable([o for o in landed if o.not_found_before])
             with self._counting:
                 self.report.references_written += sum(len(v) for o in landed for v in o.references.values())
                 if self._mode in ("client", "column", "weaviate"):
@@ -292,6 +299,32 @@ class ObjectSyncer:
                     self.report.vector_sample.extend(
                         (o.uuid, self._expected_vectors(o)) for o in landed[: max(room, 0)]
                     )
+
+    def _make_findable(self, objects: list[ObjectWrite]) -> None:
+        """Check that objects the stored-hash read did not find are found by id now they are written;
+        delete and write again those that are not.
+
+        A Weaviate killed mid-write can come back with an object in its object store whose index
+        entries were lost (weaviate/weaviate#4262: each bucket recovers its own write-ahead log). No
+        query by id or property finds it, so its hash read says "absent"; and writing it again does
+        not mend it, since Weaviate re-indexes only the properties that changed. Deleting it by
+        uuid (which reads the object store) and writing it again does. Costs one id query per batch
+        of such writes: nothing on a first sync (an empty collection) or on an unchanged re-run.
+        """
+        collection = self.ctx.collection(self.entity.collection)
+        found = weaviate_client.existing_uuids(self.client, collection, [o.uuid for o in objects])
+        lost = [o for o in objects if o.uuid not in found]
+        if not lost:
+            return
+        weaviate_client.delete_by_uuid(self.client, collection, [o.uuid for o in lost])
+        refused = self.ctx.send(self.client, collection, lost)
+        found = weaviate_client.existing_uuids(self.client, collection, [o.uuid for o in lost])
+        with self._counting:
+            self.report.reindexed += len(lost)
+        for i, o in enumerate(lost):
+            if i in refused or o.uuid not in found:
+                why = refused.get(i, "still not found by id after being deleted and written again")
+                self._processor.fail_landed(o.row_id, f"{self.entity.collection} row {o.row_id}: {why}")
 
     def _expected_vectors(self, o: ObjectWrite) -> tuple[str, ...]:
         """The named vectors an object must carry: those whose source text is not empty."""
