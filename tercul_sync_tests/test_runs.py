@@ -180,6 +180,36 @@ def test_bisection_finds_exactly_the_differing_ids_and_looks_only_where_counts_d
     assert len(calls) < 2 * 4 * 6 * 2
 
 
+def test_bisection_gives_up_for_a_walk_when_differences_are_everywhere():
+    from tercul_sync.engine import reconcile
+
+    stored = set(range(0, 100_000))
+    live = stored - set(range(0, 100_000, 1_000))  # one removed row in every leaf
+
+    def measure(ids):
+        return lambda a, b: sum(1 for i in ids if a <= i < b)
+
+    leaves = []
+
+    def leaf_against(rows):
+        def leaf(a, b):
+            leaves.append((a, b))
+            return sorted({i for i in stored if a <= i < b} - rows)
+
+        return leaf
+
+    every = reconcile.bisect_mismatches(0, 100_000, measure(live), measure(stored), leaf_against(live), 0.25)
+    assert every is None
+    assert sum(b - a for a, b in leaves) <= 0.25 * 100_000  # gave up before reading a quarter
+    # Differences in a few ranges only: found, within the share.
+    few = stored - {5, 6, 70_000}
+    found = reconcile.bisect_mismatches(0, 100_000, measure(few), measure(stored), leaf_against(few), 0.25)
+    assert found == [5, 6, 70_000]
+    # A span of a single leaf is read whatever the share.
+    one = reconcile.bisect_mismatches(0, 4_000, measure(live), measure(stored), leaf_against(live), 0.0)
+    assert one == [0, 1_000, 2_000, 3_000]
+
+
 def test_bisection_of_equal_sides_makes_one_comparison():
     from tercul_sync.engine import reconcile
 

@@ -33,7 +33,7 @@ from tercul_sync.engine.changes import (
 )
 from tercul_sync.engine.embedding import EmbedStats
 from tercul_sync.engine.passages import PassageReport, PassageSyncer
-from tercul_sync.engine.reconcile import bisect_mismatches
+from tercul_sync.engine.reconcile import WALK_SHARE, bisect_mismatches
 from tercul_sync.engine.registry import (
     PASSAGE_COLLECTION,
     EntityType,
@@ -200,8 +200,10 @@ def run_entity(
         objects,
         live,
     ):
-        if mode == INCREMENTAL:  # a few rows removed: find them by ranges, not by walking every object
-            orphans = _orphans_by_ranges(ctx, e, list(shards.values()))
+        # Incremental: a few rows removed are found by ranges, not by walking every object (unless
+        # they are everywhere: then the ranges give up and the sweep walks).
+        orphans = _orphans_by_ranges(ctx, e, list(shards.values())) if mode == INCREMENTAL else None
+        if orphans is not None:
             _delete(ctx, e, orphans, run)
         else:
             sweep = sweep_orphans(ctx.db, ctx.client, e, list(shards.values()), ctx.collection(e.collection))
@@ -228,8 +230,9 @@ def _id_range(ctx: SyncContext, e: EntityType) -> tuple[int, int] | None:
     return (min(b[0] for b in bounds), max(b[1] for b in bounds) + 1) if bounds else None
 
 
-def _orphans_by_ranges(ctx: SyncContext, e: EntityType, shards: list[reading.Shard]) -> list[int]:
-    """Ids (in ``shards``) of objects whose row is gone or soft-deleted, by bisecting id ranges on counts."""
+def _orphans_by_ranges(ctx: SyncContext, e: EntityType, shards: list[reading.Shard]) -> list[int] | None:
+    """Ids (in ``shards``) of objects whose row is gone or soft-deleted, by bisecting id ranges on counts;
+    None when they are in so many ranges that walking every id is cheaper."""
     span = _id_range(ctx, e)
     if span is None:
         return []
@@ -243,8 +246,9 @@ def _orphans_by_ranges(ctx: SyncContext, e: EntityType, shards: list[reading.Sha
         database=lambda a, b: reading.count_live_between(ctx.db, e, a, b),
         weaviate=lambda a, b: weaviate_client.count_between(ctx.client, ctx.collection(e.collection), a, b),
         leaf=leaf,
+        max_leaf_share=WALK_SHARE,
     )
-    return [i for i in found if reading.in_shards(i, shards)]
+    return None if found is None else [i for i in found if reading.in_shards(i, shards)]
 
 
 def run_entity_ids(
@@ -429,30 +433,34 @@ def _sources_with_wrong_references(
     source (``reconcile.py``), and only the sources that differ are rewritten.
 
     With ``walk`` (full runs) every object's count is read instead, by one cursor
-    walk (9 s for 300,000 objects), and compared with the database's source by source.
+    walk (9 s for 300,000 objects), and compared with the database's source by source;
+    so does an incremental run whose differences turn out to be everywhere
+    (``reconcile.WALK_SHARE``).
     """
     e, stored_in = entity(collection), ctx.collection(collection)
-    if walk:  # every object's count, from a cursor walk: no aggregate or filter is trusted
+    found: list[int] | None = None
+    span = None if walk else _id_range(ctx, e)
+    if span is not None:
+
+        def leaf(low: int, high: int) -> list[int]:
+            expected = valid_reference_counts(ctx.db, collection, low, high)
+            stored = weaviate_client.objects_between(ctx.client, stored_in, low, high)
+            return [sid for sid, n in stored.items() if expected.get(sid, 0) != n]
+
+        found = bisect_mismatches(
+            *span,
+            database=lambda a, b: valid_reference_count(ctx.db, collection, a, b),
+            weaviate=lambda a, b: weaviate_client.reference_sum_between(ctx.client, stored_in, a, b),
+            leaf=leaf,
+            max_leaf_share=WALK_SHARE,
+        )
+    elif not walk:  # nothing on either side
+        return []
+    if found is None:  # every object's count, from a cursor walk: no aggregate or filter is trusted
         expected = valid_reference_counts(ctx.db, collection)
         stored = weaviate_client.reference_counts(ctx.client, stored_in)
-        wrong = (sid for sid, n in stored.items() if expected.get(sid, 0) != n)
-        return sorted(i for i in wrong if reading.in_shards(i, shards))
-    span = _id_range(ctx, e)
-    if span is None:
-        return []
-
-    def leaf(low: int, high: int) -> list[int]:
-        expected = valid_reference_counts(ctx.db, collection, low, high)
-        stored = weaviate_client.objects_between(ctx.client, stored_in, low, high)
-        return [sid for sid, n in stored.items() if expected.get(sid, 0) != n]
-
-    found = bisect_mismatches(
-        *span,
-        database=lambda a, b: valid_reference_count(ctx.db, collection, a, b),
-        weaviate=lambda a, b: weaviate_client.reference_sum_between(ctx.client, stored_in, a, b),
-        leaf=leaf,
-    )
-    return [i for i in found if reading.in_shards(i, shards)]
+        found = [sid for sid, n in stored.items() if expected.get(sid, 0) != n]
+    return sorted(i for i in found if reading.in_shards(i, shards))
 
 
 def edges_step(
