@@ -316,10 +316,14 @@ def delete_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Sequen
 
 @retry_transient
 def delete_by_uuid(client: weaviate.WeaviateClient, collection: str, uuids: Sequence[str]) -> int:
-    """Delete objects one by one, by uuid: read from the object store, not found through the index
-    (so this reaches an object whose index entries were lost). Returns how many existed."""
+    """Delete objects one by one, by uuid: looked up in the object store, not through the index
+    (so this reaches an object whose index entries were lost). Returns how many existed (Weaviate
+    answers a delete of a missing object as a success, so each is asked about first)."""
     col = client.collections.use(collection)
-    return sum(1 for u in uuids if col.data.delete_by_id(u))
+    present = [u for u in uuids if col.data.exists(u)]
+    for u in present:
+        col.data.delete_by_id(u)
+    return len(present)
 
 
 def check_deleted(col: Any, res: Any) -> None:
