@@ -289,8 +289,13 @@ class ObjectSyncer:
         for batch in chunk(
             objects, self.settings.batch_size, self.settings.max_batch_bytes, lambda o: o.size
         ):
+            retried_before = self.report.write.retried_batches
             landed = self._processor.write_batch(batch)
-            if any(o.not_found_before for o in landed):
+            # A batch that needed a retry may have met a crash: all of it is checked (with batches in
+            # flight another's retry may count here too, which costs one query and no harm).
+            if self.report.write.retried_batches != retried_before:
+                self._make_findable(landed)
+            elif any(o.not_found_before for o in landed):
                 self._make_findable([o for o in landed if o.not_found_before])
             with self._counting:
                 self.report.references_written += sum(len(v) for o in landed for v in o.references.values())
@@ -301,8 +306,8 @@ class ObjectSyncer:
                     )
 
     def _make_findable(self, objects: list[ObjectWrite]) -> None:
-        """Check that objects the stored-hash read did not find are found by id now they are written;
-        delete and write again those that are not.
+        """Check that objects the stored-hash read did not find (or that a retried batch wrote) are
+        found by id now they are written; delete and write again those that are not.
 
         A Weaviate killed mid-write can come back with an object in its object store whose index
         entries were lost (weaviate/weaviate#4262: each bucket recovers its own write-ahead log). No
