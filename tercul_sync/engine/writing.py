@@ -97,7 +97,9 @@ class ObjectSyncer:
             retry=ctx.settings.retry,
         )
         self.report.write = self._processor.report
-        self._present: dict[str, set[str]] = {}  # target objects seen to exist during this step
+        # Row ids of target objects seen to exist during this step, by target collection (ints, not
+        # uuid strings: a third of the memory, and this grows with the catalog).
+        self._present: dict[str, set[int]] = {}
         self._mode = ctx.settings.vectorizer if e.vectors else None
         self._embedder = ctx.embedder
         if self._mode == "client" and self._embedder is None:
@@ -348,12 +350,15 @@ class ObjectSyncer:
         for rel in relations_from(self.entity.collection):
             edges = reading.live_edges_from(self.engine, rel, ids)
             present = self._present.setdefault(rel.target, set())
-            unknown = {object_uuid(rel.target, t) for pairs in edges.values() for _, t in pairs} - present
-            present |= weaviate_client.existing_uuids(self.client, self.ctx.collection(rel.target), unknown)
+            unknown = {t for pairs in edges.values() for _, t in pairs} - present
+            if unknown:
+                by_uuid = {object_uuid(rel.target, t): t for t in unknown}
+                found = weaviate_client.existing_uuids(self.client, self.ctx.collection(rel.target), by_uuid)
+                present.update(by_uuid[u] for u in found)
             for source_id, pairs in edges.items():
                 for edge_id, target_id in pairs:
-                    target = object_uuid(rel.target, target_id)
-                    if target in present:
+                    if target_id in present:
+                        target = object_uuid(rel.target, target_id)
                         out.setdefault(source_id, {}).setdefault(rel.name, []).append(target)
                     else:
                         with self._counting:
