@@ -23,6 +23,13 @@ pytestmark = pytest.mark.unit
 def test_uuid_is_the_contracts_uuid5():
     assert registry.object_uuid("Work", 42) == str(weaviate.util.generate_uuid5("Work:42"))
     assert registry.object_uuid("Work", 42) != registry.object_uuid("Author", 42)
+    # The hand-computed uuid5 against the library's, over ids of every size and every collection.
+    ids = [0, 1, -1, 2**31, 2**53, *range(0, 200_000, 1_009)]
+    for e in ENTITIES:
+        for i in ids:
+            assert registry.object_uuid(e.collection, i) == weaviate.util.generate_uuid5(
+                f"{e.collection}:{i}"
+            )
 
 
 def test_every_contract_table_and_relation_is_registered():

@@ -408,6 +408,8 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
     # Then what no cursor shows (deferred references, targets or edges removed outright): found on the
     # state just written, so only the few sources still off are read.
     if not (mode == FULL and (ctx.force or not covers_all(shards))):
+        for s in syncers.values():  # the targets known to exist, before the walks' own memory
+            s.forget_targets()
         for collection, s in syncers.items():
             wrong = _sources_with_wrong_references(ctx, collection, list(shards.values()), walk=mode == FULL)
             if wrong:
@@ -458,8 +460,7 @@ def _sources_with_wrong_references(
         return []
     if found is None:  # every object's count, from a cursor walk: no aggregate or filter is trusted
         expected = valid_reference_counts(ctx.db, collection)
-        stored = weaviate_client.reference_counts(ctx.client, stored_in)
-        found = [sid for sid, n in stored.items() if expected.get(sid, 0) != n]
+        found = weaviate_client.other_reference_counts(ctx.client, stored_in, expected)
     return sorted(i for i in found if reading.in_shards(i, shards))
 
 

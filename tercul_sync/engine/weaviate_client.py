@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -421,18 +421,22 @@ def objects_between(client: weaviate.WeaviateClient, collection: str, low: int, 
 
 
 @retry_transient
-def reference_counts(client: weaviate.WeaviateClient, collection: str) -> dict[int, int]:
-    """``{source_id: sync_ref_count}`` of every object, from a cursor walk (no filter, no aggregate)."""
+def other_reference_counts(
+    client: weaviate.WeaviateClient, collection: str, expected: Mapping[int, int]
+) -> list[int]:
+    """The ``source_id`` of every object whose ``sync_ref_count`` is not ``expected`` (0 when absent),
+    from a cursor walk (no filter, no aggregate), compared object by object: none of them is held."""
     walk = client.collections.use(collection).iterator(
         return_properties=[SOURCE_ID_PROPERTY, REF_COUNT_PROPERTY], cache_size=5_000
     )
-    return {
-        int(cast("int", o.properties.get(SOURCE_ID_PROPERTY))): int(
+    off: list[int] = []
+    for o in walk:
+        sid = o.properties.get(SOURCE_ID_PROPERTY)
+        if sid is not None and expected.get(int(cast("int", sid)), 0) != int(
             cast("int", o.properties.get(REF_COUNT_PROPERTY) or 0)
-        )
-        for o in walk
-        if o.properties.get(SOURCE_ID_PROPERTY) is not None
-    }
+        ):
+            off.append(int(cast("int", sid)))
+    return off
 
 
 @retry_transient

@@ -112,6 +112,11 @@ class ObjectSyncer:
         # Set when the collection held no object as the step began (a first sync): nothing stored to compare.
         self.collection_was_empty = False
 
+    def forget_targets(self) -> None:
+        """Drop the targets seen to exist (they are looked up again when needed): frees memory that
+        grows with the catalog."""
+        self._present.clear()
+
     def sync_shards(self, shards: Iterable[reading.Shard]) -> ObjectSyncReport:
         pages = (
             page
