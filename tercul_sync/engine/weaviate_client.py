@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -367,16 +367,19 @@ def stored_vectors(
 
 
 @retry_transient
-def stored_source_ids(client: weaviate.WeaviateClient, collection: str) -> dict[int, str]:
-    """``{source_id: uuid}`` of every object in ``collection`` (a cursor walk, no offset limit)."""
+def stored_source_ids(
+    client: weaviate.WeaviateClient, collection: str, keep: Callable[[int], bool] = lambda _: True
+) -> dict[int, str]:
+    """``{source_id: uuid}`` of the objects in ``collection`` whose ``source_id`` ``keep`` accepts
+    (a cursor walk, no offset limit; only those kept are held)."""
     out: dict[int, str] = {}
     walk = client.collections.use(collection).iterator(
         return_properties=[SOURCE_ID_PROPERTY], cache_size=5_000
     )
     for obj in walk:
         sid = obj.properties.get(SOURCE_ID_PROPERTY)
-        if sid is not None:
-            # An INT property: the client types property values as the union of every kind.
+        # An INT property: the client types property values as the union of every kind.
+        if sid is not None and keep(int(cast("int", sid))):
             out[int(cast("int", sid))] = str(obj.uuid)
     return out
 

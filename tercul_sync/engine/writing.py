@@ -387,15 +387,23 @@ def sweep_orphans(
     """Delete the objects of ``shards`` whose row is gone or soft-deleted (from ``collection``,
     by default the entity's alias).
 
-    The ids stored in Weaviate (``source_id``) are compared with the live ids
-    in the database; the difference is deleted in chunks.
+    The live ids in the database are read first; a cursor walk over the stored
+    ids (``source_id``) keeps only those not among them, and those are read
+    again from the database before anything is deleted: a row inserted during
+    the walk, whose object a concurrent run wrote, is not an orphan. Held at
+    once: the live ids (ints) and the candidates, never every object's uuid.
     """
     collection = collection or e.collection
-    stored = weaviate_client.stored_source_ids(client, collection)
-    in_scope = {sid: uid for sid, uid in stored.items() if reading.in_shards(sid, shards)}
     live = reading.live_id_set(engine, e, shards)
-    orphans = sorted(sid for sid in in_scope if sid not in live)
+    candidates = weaviate_client.stored_source_ids(
+        client, collection, keep=lambda sid: sid not in live and reading.in_shards(sid, shards)
+    )
+    live.clear()  # the walk is done with it
+    alive_since = reading.live_ids_among(engine, e, sorted(candidates))
+    orphans = sorted(sid for sid in candidates if sid not in alive_since)
     report = SweepReport(sample_ids=orphans[:MAX_SAMPLE])
     if orphans:
-        report.deleted = weaviate_client.delete_uuids(client, collection, [in_scope[sid] for sid in orphans])
+        report.deleted = weaviate_client.delete_uuids(
+            client, collection, [candidates[sid] for sid in orphans]
+        )
     return report
