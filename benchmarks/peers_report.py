@@ -70,7 +70,9 @@ def engine_counts(details: dict[str, Any], run: str) -> pd.DataFrame:
         df[c] = df[c].fillna(0).astype(int)
     if "reconciled" in r["steps"][-1] and r["steps"][-1]["reconciled"]:
         df["note"] = ""
-        df.loc[df["step"] == "edges", "note"] = "full pass for " + ", ".join(r["steps"][-1]["reconciled"])
+        df.loc[df["step"] == "edges", "note"] = "rewritten by the reference-count check: " + ", ".join(
+            r["steps"][-1]["reconciled"]
+        )
     return df
 
 
