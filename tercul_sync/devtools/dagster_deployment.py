@@ -10,8 +10,10 @@ a shorter ``dequeue_interval_seconds``). The services tests and
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -113,6 +115,10 @@ class DagsterDeployment:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+            # Each was started in a session of its own: what it started and left behind (the
+            # webserver's code server, orphaned when the webserver is killed) goes with its group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
 
 
 def deployment_env(storage: PostgresStorage, home: Path, settings: Mapping[str, str]) -> dict[str, str]:
@@ -151,7 +157,12 @@ def start(
         with (logs / f"{name}.log").open("w") as out:
             deployment.processes.append(
                 subprocess.Popen(
-                    [str(BIN / cmd[0]), *cmd[1:]], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                    [str(BIN / cmd[0]), *cmd[1:]],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # a process group to reap on stop
                 )
             )
     deadline = time.monotonic() + ready_within_s
