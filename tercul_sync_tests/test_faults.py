@@ -642,7 +642,10 @@ def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
         "WEAVIATE_GRPC_PORT": str(weaviate_server_proc.grpc_port),
         "TERCUL_SYNC_VECTORIZER": "none",
         "TERCUL_SYNC_PASSAGES": "false",  # parity covers the entity collections; passages would add minutes
-        "TERCUL_SYNC_BATCH_SIZE": "20",  # many batches: the kill lands inside the Work step's writes
+        # Many batches, one at a time: the kill lands inside the Work step's writes (with 20 a batch and
+        # two in flight, CI once saw the step finish and materialize before the signal).
+        "TERCUL_SYNC_BATCH_SIZE": "10",
+        "TERCUL_SYNC_BATCHES_IN_FLIGHT": "1",
         "TERCUL_SYNC_OVERLAP_SECONDS": "0",  # a cursor that moved too far would show as stale rows
         "TERCUL_SYNC_SENSOR_INTERVAL": "3600",  # no sensor run in the middle of the test's own
     }
