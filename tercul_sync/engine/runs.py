@@ -439,29 +439,33 @@ def _sources_with_wrong_references(
     so does an incremental run whose differences turn out to be everywhere
     (``reconcile.WALK_SHARE``).
     """
-    e, stored_in = entity(collection), ctx.collection(collection)
-    found: list[int] | None = None
-    span = None if walk else _id_range(ctx, e)
-    if span is not None:
-
-        def leaf(low: int, high: int) -> list[int]:
-            expected = valid_reference_counts(ctx.db, collection, low, high)
-            stored = weaviate_client.objects_between(ctx.client, stored_in, low, high)
-            return [sid for sid, n in stored.items() if expected.get(sid, 0) != n]
-
-        found = bisect_mismatches(
-            *span,
-            database=lambda a, b: valid_reference_count(ctx.db, collection, a, b),
-            weaviate=lambda a, b: weaviate_client.reference_sum_between(ctx.client, stored_in, a, b),
-            leaf=leaf,
-            max_leaf_share=WALK_SHARE,
-        )
-    elif not walk:  # nothing on either side
-        return []
+    found = None if walk else _wrong_references_by_ranges(ctx, collection)
     if found is None:  # every object's count, from a cursor walk: no aggregate or filter is trusted
         expected = valid_reference_counts(ctx.db, collection)
-        found = weaviate_client.other_reference_counts(ctx.client, stored_in, expected)
+        found = weaviate_client.other_reference_counts(ctx.client, ctx.collection(collection), expected)
     return sorted(i for i in found if reading.in_shards(i, shards))
+
+
+def _wrong_references_by_ranges(ctx: SyncContext, collection: str) -> list[int] | None:
+    """Sources whose reference count differs, by bisecting id ranges on sums of counts; None when
+    they are in so many ranges that walking every object is cheaper (the twin of _orphans_by_ranges)."""
+    stored_in = ctx.collection(collection)
+    span = _id_range(ctx, entity(collection))
+    if span is None:
+        return []
+
+    def leaf(low: int, high: int) -> list[int]:
+        expected = valid_reference_counts(ctx.db, collection, low, high)
+        stored = weaviate_client.objects_between(ctx.client, stored_in, low, high)
+        return [sid for sid, n in stored.items() if expected.get(sid, 0) != n]
+
+    return bisect_mismatches(
+        *span,
+        database=lambda a, b: valid_reference_count(ctx.db, collection, a, b),
+        weaviate=lambda a, b: weaviate_client.reference_sum_between(ctx.client, stored_in, a, b),
+        leaf=leaf,
+        max_leaf_share=WALK_SHARE,
+    )
 
 
 def edges_step(
