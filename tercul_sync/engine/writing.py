@@ -321,7 +321,8 @@ class ObjectSyncer:
         query by id or property finds it, so its hash read says "absent"; and writing it again does
         not mend it, since Weaviate re-indexes only the properties that changed. Deleting it by
         uuid (which reads the object store) and writing it again does. Costs one id query per batch
-        of such writes: nothing on a first sync (an empty collection) or on an unchanged re-run.
+        of such writes: none on an unchanged re-run, and on a first sync (an empty collection) only
+        for the batches that needed a retry.
         """
         collection = self.ctx.collection(self.entity.collection)
         found = weaviate_client.existing_uuids(self.client, collection, [o.uuid for o in objects])
