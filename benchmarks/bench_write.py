@@ -71,7 +71,7 @@ def main() -> None:
         again = time.perf_counter() - t
         assert rerun.unchanged == n and rerun.write.written == 0
 
-        pages = reading.iter_live_pages(engine, work, reading.Shard(0, 1), 10_000)
+        pages = reading.iter_live_pages(engine, work, [reading.Shard(0, 1)], 10_000)
         rows = [r for page in pages for r in page]
         objects = [build_object(work, r) for r in rows]
         client.collections.delete("Work")

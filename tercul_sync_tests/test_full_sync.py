@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from weaviate.classes.config import DataType, Property
+from weaviate.classes.data import DataObject
 from weaviate.classes.query import MetadataQuery
 
 from tercul_sync.devtools import demo_data
@@ -194,3 +195,18 @@ def test_a_brief_outage_is_retried_and_everything_lands(tmp_path, weaviate_serve
     assert set(stored_objects(weaviate_client, entity("Work"))) == {
         object_uuid("Work", i) for i in expected_objects(engine, entity("Work"))
     }
+
+
+def test_existing_uuids_finds_exactly_the_objects_that_exist(weaviate_client, monkeypatch):
+    from tercul_sync.engine import weaviate_client as wc
+
+    weaviate_client.collections.create("Tag", properties=[Property(name="name", data_type=DataType.TEXT)])
+    present = [object_uuid("Tag", i) for i in range(1, 8)]
+    weaviate_client.collections.use("Tag").data.insert_many(
+        [DataObject(properties={"name": f"t{i}"}, uuid=u) for i, u in enumerate(present)]
+    )
+    missing = [object_uuid("Tag", i) for i in range(100, 103)]
+    monkeypatch.setattr(wc, "ID_CHUNK", 4)  # chunks that are whole, short, and both
+    assert wc.existing_uuids(weaviate_client, "Tag", present) == set(present)
+    assert wc.existing_uuids(weaviate_client, "Tag", [*present, *missing]) == set(present)
+    assert wc.existing_uuids(weaviate_client, "Tag", missing) == set()

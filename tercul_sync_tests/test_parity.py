@@ -12,6 +12,7 @@ from weaviate.classes.data import DataObject
 
 from tercul_sync.devtools import demo_data
 from tercul_sync.engine import reading, runs
+from tercul_sync.engine import weaviate_client as weaviate_client_module
 from tercul_sync.engine.objects import REF_COUNT_PROPERTY
 from tercul_sync.engine.parity import ParityReport, check_parity, diff
 from tercul_sync.engine.registry import entity, object_uuid, sync_order
@@ -96,3 +97,32 @@ def test_parity_is_exact_after_a_sync_and_finds_each_kind_of_damage(
     forced = SyncContext(engine, weaviate_client, settings, force=True)
     runs.run_entity(forced, entity("Work"), SHARDS, runs.FULL, {})
     assert check_parity(engine, weaviate_client, entity("Work"), shards).exact
+
+
+@pytest.mark.services
+def test_a_full_run_moves_the_cursor_of_every_shard_but_one_whose_writes_gave_up(
+    pg_database: str, weaviate_client: weaviate.WeaviateClient
+) -> None:
+    """Every shard is read in one stream of pages; a transient failure that outlasts the retries
+    still holds back only the cursor of the shard its row belongs to."""
+    engine = reading.make_engine(pg_database)
+    demo_data.generate(engine, 600, seed=12)
+    settings = load_settings(vectorizer="none", retry_attempts=1, batch_size=7)
+    ensure_schema(weaviate_client, settings)
+    tag = entity("Tag")
+    with engine.connect() as conn:
+        stuck = conn.execute(sa.text("SELECT min(id) FROM tags WHERE deleted_at IS NULL")).scalar_one()
+
+    def send(client, collection, items):
+        errors = {i: "connection refused" for i, o in enumerate(items) if o.row_id == stuck}
+        landed = [o for i, o in enumerate(items) if i not in errors]
+        refused = weaviate_client_module.send_objects(client, collection, landed)
+        kept = [i for i in range(len(items)) if i not in errors]
+        return errors | {kept[j]: m for j, m in refused.items()}
+
+    ctx = SyncContext(engine, weaviate_client, settings, send=send)
+    run = runs.run_entity(ctx, tag, SHARDS, runs.FULL, {})
+    held = f"shard-{stuck % 3}"
+    assert run.report.write.gave_up == 1 and run.report.write.gave_up_keys() == {stuck}
+    assert sorted(run.cursors) == sorted(k for k in SHARDS if k != held)
+    assert run.report.write.written == reading.count_live(engine, tag) - 1

@@ -30,7 +30,7 @@ def test_shards_partition_the_live_rows_exactly(demo_engine):
     assert deleted, "the demo data should hold soft-deleted rows"
     seen: list[int] = []
     for k in range(3):
-        for page in reading.iter_live_pages(demo_engine, work, Shard(k, 3), page_size=7):
+        for page in reading.iter_live_pages(demo_engine, work, [Shard(k, 3)], page_size=7):
             assert len(page) <= 7
             ids = [r["id"] for r in page]
             assert ids == sorted(ids) and all(i % 3 == k for i in ids)
@@ -42,12 +42,12 @@ def test_shards_partition_the_live_rows_exactly(demo_engine):
 
 def test_a_page_size_below_one_is_refused(demo_engine):
     with pytest.raises(ValueError, match="page size must be at least 1"):
-        next(reading.iter_live_pages(demo_engine, entity("Work"), Shard(0, 1), page_size=0))
+        next(reading.iter_live_pages(demo_engine, entity("Work"), [Shard(0, 1)], page_size=0))
 
 
 def test_pages_are_keyset_not_offset():
     sql = str(
-        reading.select_live_page(entity("Work"), Shard(1, 4), 100, 50).compile(
+        reading.select_live_page(entity("Work"), [Shard(1, 4)], 100, 50).compile(
             compile_kwargs={"literal_binds": True}
         )
     )
@@ -81,9 +81,21 @@ def test_live_edges_leave_out_dead_targets(tmp_path):
                     f"'works', 5, 'authors', {tid}, 'authors')"
                 )
             )
-    rel = next(r for r in RELATIONS if r.name == "authors")
-    assert reading.live_edges_from(engine, rel, [5]) == {5: [(1, 1)]}
-    assert reading.live_edges_from(engine, rel, []) == {}
+        conn.execute(sa.text("UPDATE tags SET deleted_at = NULL WHERE id = 3"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO edges (id, created_at, updated_at, deleted_at, "
+                "source_table, source_id, target_table, target_id, relation) "
+                f"VALUES (9, {now}, {now}, NULL, 'works', 5, 'tags', 3, 'tags'), "
+                f"(10, {now}, {now}, NULL, 'works', 6, 'authors', 1, 'authors')"
+            )
+        )
+    authors, tags = (next(r for r in RELATIONS if r.name == n) for n in ("authors", "tags"))
+    # One query for both relations of works, each edge under its own relation.
+    both = reading.live_edges_from(engine, [authors, tags], [5])
+    assert both == {"authors": {5: [(1, 1)]}, "tags": {5: [(9, 3)]}}
+    assert reading.live_edges_from(engine, [authors], [5, 6]) == {"authors": {5: [(1, 1)], 6: [(10, 1)]}}
+    assert reading.live_edges_from(engine, [authors, tags], []) == {"authors": {}, "tags": {}}
 
 
 def test_safe_url_hides_the_password():

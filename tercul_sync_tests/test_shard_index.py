@@ -33,7 +33,7 @@ def test_up_to_64_shards_and_a_backfill_policy_from_the_settings():
 @pytest.mark.unit
 def test_the_shard_clause_is_the_indexed_expression():
     """The modulus is a literal in the SQL (a bound parameter would not match the index)."""
-    page = reading.select_live_page(entity("Work"), reading.Shard(3, 16), 0, 10)
+    page = reading.select_live_page(entity("Work"), [reading.Shard(3, 16)], 0, 10)
     sql = str(page.compile(dialect=postgresql.dialect(paramstyle="named")))
     assert "works.id % 16 = " in sql
     [statement, *_] = index_statements(16)
@@ -49,7 +49,7 @@ def test_tercul_sync_index_makes_a_shard_page_an_index_scan(pg_database):
     cli = [sys.executable, "-m", "tercul_sync.devtools.cli", "index", "--shards", "16", "--url", pg_database]
     out = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert 'CREATE INDEX CONCURRENTLY IF NOT EXISTS "works_id_mod_16"' in out
-    page = reading.select_live_page(entity("Work"), reading.Shard(3, 16), 0, 100)
+    page = reading.select_live_page(entity("Work"), [reading.Shard(3, 16)], 0, 100)
     named = postgresql.dialect(paramstyle="named")
     sql = str(page.compile(dialect=named, compile_kwargs={"literal_binds": True}))
     with engine.begin() as conn:

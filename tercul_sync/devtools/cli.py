@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("config-docs", help="print the table of every setting (docs/configuration.md)")
     p.set_defaults(func=_cmd_config_docs)
     p = sub.add_parser(
-        "index", help="create PostgreSQL indexes on (id % shards, id), so each shard reads only its rows"
+        "index", help="create PostgreSQL indexes on (id %% shards, id), so each shard reads only its rows"
     )
     p.add_argument("--shards", type=int, help="the shard count (default: TERCUL_SYNC_SHARDS)")
     p.add_argument("--url", help="the database (default: TERCUL_DATABASE_URL)")

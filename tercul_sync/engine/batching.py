@@ -69,6 +69,10 @@ class WriteReport:
     def merge(self, other: WriteReport) -> None:
         add_counts(self, other)
 
+    def gave_up_keys(self) -> set[Hashable]:
+        """The keys (row ids) of the items that were still failing transiently when retries ran out."""
+        return {f.key for f in self.failures if f.message.startswith(GAVE_UP)}
+
     def sample(self, n: int = MAX_SAMPLE) -> list[dict[str, object]]:
         return [{"id": f.key, "batch": f.batch, "error": f.message} for f in self.failures[:n]]
 

@@ -102,23 +102,23 @@ def iter_changed_pages(
     t = reading.table_for(e)
     cols = [t.c.id, t.c[e.soft_delete_column], *(t.c[c.name] for c in e.property_columns)]
     after = _start(cursor, overlap)
-    while True:
-        q = sa.select(*cols).where(reading.shards_clause(t.c.id, shards))
-        if after is not None:
-            q = q.where(
-                sa.tuple_(t.c.updated_at, t.c.id)
-                > sa.tuple_(sa.literal(after[0], t.c.updated_at.type), sa.literal(after[1]))
-            )
-        q = q.order_by(t.c.updated_at, t.c.id).limit(page_size)
-        with engine.connect() as conn:
+    with reading.read_connection(engine) as conn:
+        while True:
+            q = sa.select(*cols).where(reading.shards_clause(t.c.id, shards))
+            if after is not None:
+                q = q.where(
+                    sa.tuple_(t.c.updated_at, t.c.id)
+                    > sa.tuple_(sa.literal(after[0], t.c.updated_at.type), sa.literal(after[1]))
+                )
+            q = q.order_by(t.c.updated_at, t.c.id).limit(page_size)
             page = list(conn.execute(q).mappings())
-        if not page:
-            return
-        yield page
-        if len(page) < page_size:
-            return
-        # updated_at is NOT NULL, so the last row always has one.
-        after = (as_utc(page[-1]["updated_at"]), page[-1]["id"])
+            if not page:
+                return
+            yield page
+            if len(page) < page_size:
+                return
+            # updated_at is NOT NULL, so the last row always has one.
+            after = (as_utc(page[-1]["updated_at"]), page[-1]["id"])
 
 
 def soft_deleted_since(

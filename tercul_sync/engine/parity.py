@@ -167,7 +167,7 @@ def check_passage_parity(
     found: dict[str, list[int]] = {k: [] for k in KINDS}
     for e in passage_parents():
         for shard in shards:
-            for page in reading.iter_live_pages(engine, e, shard, 500):
+            for page in reading.iter_live_pages(engine, e, [shard], 500):
                 for row in page:
                     for spec in e.passages:
                         for p in build_passages(e, spec, row):

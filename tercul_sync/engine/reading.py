@@ -117,39 +117,58 @@ def in_shards(row_id: int, shards: Sequence[Shard]) -> bool:
     return not shards or any(s.contains(row_id) for s in shards)
 
 
+def covers_every_id(shards: Sequence[Shard]) -> bool:
+    """Whether ``shards`` are every shard of a table (every id is in one of them)."""
+    return bool(shards) and len({(s.index, s.count) for s in shards}) == shards[0].count
+
+
 def shards_clause(id_column: sa.ColumnElement[Any], shards: Sequence[Shard]) -> sa.ColumnElement[bool]:
-    """``in_shards`` in SQL."""
-    return sa.or_(*(s.clause(id_column) for s in shards)) if shards else sa.true()
+    """``in_shards`` in SQL (no condition when the shards cover every id)."""
+    if not shards or covers_every_id(shards):
+        return sa.true()
+    return sa.or_(*(s.clause(id_column) for s in shards))
 
 
-def select_live_page(e: EntityType, shard: Shard, after_id: int, limit: int) -> sa.Select[Any]:
-    """One keyset page of live rows of one shard, in id order."""
+def read_connection(engine: Engine) -> sa.Connection:
+    """A connection for reads that need no transaction of their own: each statement commits alone.
+
+    A stream of pages holds one such connection, instead of checking one out per page: at every
+    checkout the pool pings the server, and a transaction adds a BEGIN and a ROLLBACK, each a round
+    trip that a step's other threads (holding the GIL) make slow. Every page is still read in a
+    snapshot of its own, as under READ COMMITTED.
+    """
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+
+def select_live_page(e: EntityType, shards: Sequence[Shard], after_id: int, limit: int) -> sa.Select[Any]:
+    """One keyset page of live rows of ``shards``, in id order."""
     t = table_for(e)
     cols = [t.c.id, *(t.c[c.name] for c in e.property_columns)]
     return (
         sa.select(*cols)
-        .where(t.c[e.soft_delete_column].is_(None), t.c.id > after_id, shard.clause(t.c.id))
+        .where(t.c[e.soft_delete_column].is_(None), t.c.id > after_id, shards_clause(t.c.id, shards))
         .order_by(t.c.id)
         .limit(limit)
     )
 
 
 def iter_live_pages(
-    engine: Engine, e: EntityType, shard: Shard, page_size: int
+    engine: Engine, e: EntityType, shards: Sequence[Shard], page_size: int
 ) -> Iterator[list[RowMapping]]:
-    """Stream a shard's live rows a page at a time; memory is bounded by ``page_size``."""
+    """Stream the live rows of ``shards`` a page at a time, in id order; memory is bounded by
+    ``page_size``. Several shards are one stream (every shard: one scan of the table, no modulus)."""
     if page_size < 1:
         raise ValueError(f"page size must be at least 1, got {page_size}")
     after = -1 << 62
-    while True:
-        with engine.connect() as conn:
-            page = list(conn.execute(select_live_page(e, shard, after, page_size)).mappings())
-        if not page:
-            return
-        yield page
-        if len(page) < page_size:
-            return
-        after = page[-1]["id"]
+    with read_connection(engine) as conn:
+        while True:
+            page = list(conn.execute(select_live_page(e, shards, after, page_size)).mappings())
+            if not page:
+                return
+            yield page
+            if len(page) < page_size:
+                return
+            after = page[-1]["id"]
 
 
 def fetch_live_rows(engine: Engine, e: EntityType, ids: Sequence[int]) -> list[RowMapping]:
@@ -305,33 +324,40 @@ def relation_clause(edges: sa.Table, rel: Relation) -> sa.ColumnElement[bool]:
 
 
 def live_edges_from(
-    engine: Engine, rel: Relation, source_ids: Sequence[int]
-) -> dict[int, list[tuple[int, int]]]:
-    """Live edges of one relation starting at ``source_ids`` whose target row is live.
+    engine: Engine, rels: Sequence[Relation], source_ids: Sequence[int]
+) -> dict[str, dict[int, list[tuple[int, int]]]]:
+    """Live edges of ``rels`` (relations of one source type) starting at ``source_ids`` whose target
+    row is live, in one query.
 
-    Returns ``{source_id: [(edge_id, target_id), ...]}``. Edges to missing or
-    soft-deleted targets are left out here and counted by ``classify_edges``.
+    Returns ``{relation name: {source_id: [(edge_id, target_id), ...]}}``, in (source, target, edge)
+    order. Edges to missing or soft-deleted targets are left out here and counted by
+    ``classify_edges``.
     """
-    if not source_ids:
-        return {}
+    out: dict[str, dict[int, list[tuple[int, int]]]] = {r.name: {} for r in rels}
+    if not source_ids or not rels:
+        return out
     edges = edges_table()
-    tgt = entity(rel.target)
-    target = table_for(tgt)
-    q = (
-        sa.select(edges.c.id, edges.c.source_id, edges.c.target_id)
-        .join(target, target.c.id == edges.c.target_id)
-        .where(
-            edges.c.deleted_at.is_(None),
-            relation_clause(edges, rel),
-            edges.c.source_id.in_(sorted(set(source_ids))),
-            target.c[tgt.soft_delete_column].is_(None),
+    ids = sorted(set(source_ids))
+    parts = []
+    for i, rel in enumerate(rels):
+        tgt = entity(rel.target)
+        target = table_for(tgt)
+        relation_number: sa.ColumnElement[int] = sa.literal_column(str(i))
+        parts.append(
+            sa.select(relation_number.label("rel"), edges.c.id, edges.c.source_id, edges.c.target_id)
+            .join(target, target.c.id == edges.c.target_id)
+            .where(
+                edges.c.deleted_at.is_(None),
+                relation_clause(edges, rel),
+                edges.c.source_id.in_(ids),
+                target.c[tgt.soft_delete_column].is_(None),
+            )
         )
-        .order_by(edges.c.source_id, edges.c.target_id, edges.c.id)
-    )
-    out: dict[int, list[tuple[int, int]]] = {}
-    with engine.connect() as conn:
-        for edge_id, source_id, target_id in conn.execute(q):
-            out.setdefault(source_id, []).append((edge_id, target_id))
+    union = sa.union_all(*parts).subquery()
+    q = sa.select(union).order_by(union.c.rel, union.c.source_id, union.c.target_id, union.c.id)
+    with read_connection(engine) as conn:
+        for i, edge_id, source_id, target_id in conn.execute(q):
+            out[rels[i].name].setdefault(source_id, []).append((edge_id, target_id))
     return out
 
 

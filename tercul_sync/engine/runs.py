@@ -178,16 +178,23 @@ def run_entity(
     table = reading.table_for(e)
     if mode == FULL and weaviate_client.count_objects(ctx.client, ctx.collection(e.collection)) == 0:
         syncer.collection_was_empty = True  # a first sync: no stored hash to read
+    cursors = {k: Cursor.from_json(previous.get(k)) for k in shards}
+    whole = {} if mode == SWEEP else {k: s for k, s in shards.items() if mode == FULL or cursors[k] is None}
+    if whole:
+        # Every shard read whole is one stream of pages (one scan of the table when they are all of
+        # them). Marks are read before the scan: later changes stay ahead of them.
+        marks = {k: high_water(ctx.db, table, [s]) for k, s in whole.items()}
+        syncer.sync_shards(list(whole.values()))
+        stalled = syncer.report.write.gave_up_keys()
+        for key, shard in whole.items():
+            if not any(isinstance(i, int) and shard.contains(i) for i in stalled):
+                run.cursors[key] = marks[key].to_json()
     for key, shard in shards.items():
-        if mode == SWEEP:
-            break
+        cursor = cursors[key]
+        if mode == SWEEP or key in whole or cursor is None:
+            continue
         gave_up_before = syncer.report.write.gave_up
-        cursor = Cursor.from_json(previous.get(key))
-        if mode == FULL or cursor is None:
-            new = high_water(ctx.db, table, [shard])  # read before the scan: later changes stay ahead of it
-            syncer.sync_shards([shard])
-        else:
-            new = _incremental_shard(ctx, syncer, run, shard, cursor, overlap)
+        new = _incremental_shard(ctx, syncer, run, shard, cursor, overlap)
         if syncer.report.write.gave_up == gave_up_before:
             run.cursors[key] = new.to_json()
     # Rows removed outright leave no trace to follow: compare counts, sweep when they differ.
@@ -273,8 +280,7 @@ def run_entity_ids(
 
 def covers_all(shards: Shards) -> bool:
     """Whether ``shards`` are every shard of the table."""
-    values = list(shards.values())
-    return bool(values) and len({(s.index, s.count) for s in values}) == values[0].count
+    return reading.covers_every_id(list(shards.values()))
 
 
 def needs_sweep(mode: str, all_shards: bool, failed: int, objects: int, live_rows: int) -> bool:
@@ -535,7 +541,7 @@ def run_passages(
             cursor = Cursor.from_json(marks.get(e.table))
             if mode == FULL or cursor is None:
                 new = high_water(ctx.db, reading.table_for(e), [shard])
-                for page in reading.iter_live_pages(ctx.db, e, shard, ctx.settings.batch_size):
+                for page in reading.iter_live_pages(ctx.db, e, [shard], ctx.settings.batch_size):
                     syncer.sync_rows(e, page)
             else:
                 new = cursor

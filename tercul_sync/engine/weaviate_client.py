@@ -285,8 +285,23 @@ def _fetch_by_ids(
 
 @retry_transient
 def existing_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Iterable[str]) -> set[str]:
-    """Which of ``uuids`` have an object in ``collection``."""
-    return {str(o.uuid) for o in _fetch_by_ids(client, collection, uuids, [])}
+    """Which of ``uuids`` have an object in ``collection`` (found by id, through the index).
+
+    Usually every one does (targets of live edges, objects just written), so each chunk is first
+    counted: a count is one number to decode, where fetching turns every object into a Python one
+    (a third of the client's CPU). Only a chunk whose count falls short is fetched.
+    """
+    wanted = sorted(set(uuids))
+    col = client.collections.use(collection)
+    found: set[str] = set()
+    for start in range(0, len(wanted), ID_CHUNK):
+        part = wanted[start : start + ID_CHUNK]
+        counted = col.aggregate.over_all(filters=Filter.by_id().contains_any(part), total_count=True)
+        if counted.total_count == len(part):
+            found.update(part)
+        else:
+            found.update(str(o.uuid) for o in _fetch_by_ids(client, collection, part, []))
+    return found
 
 
 @retry_transient

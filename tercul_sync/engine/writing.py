@@ -117,13 +117,10 @@ class ObjectSyncer:
         grows with the catalog."""
         self._present.clear()
 
-    def sync_shards(self, shards: Iterable[reading.Shard]) -> ObjectSyncReport:
-        pages = (
-            page
-            for shard in shards
-            for page in reading.iter_live_pages(self.engine, self.entity, shard, self.settings.batch_size)
-        )
-        self._pipeline(pages)
+    def sync_shards(self, shards: Sequence[reading.Shard]) -> ObjectSyncReport:
+        """Write the live rows of ``shards``: one stream of pages through one pipeline, so the
+        pipeline does not drain between shards."""
+        self._pipeline(reading.iter_live_pages(self.engine, self.entity, shards, self.settings.batch_size))
         return self.report
 
     def sync_ids(self, ids: Sequence[int]) -> ObjectSyncReport:
@@ -353,8 +350,10 @@ class ObjectSyncer:
         asset writes it once the target exists.
         """
         out: dict[int, dict[str, list[str]]] = {}
-        for rel in relations_from(self.entity.collection):
-            edges = reading.live_edges_from(self.engine, rel, ids)
+        rels = relations_from(self.entity.collection)
+        by_relation = reading.live_edges_from(self.engine, rels, ids)
+        for rel in rels:
+            edges = by_relation[rel.name]
             present = self._present.setdefault(rel.target, set())
             unknown = {t for pairs in edges.values() for _, t in pairs} - present
             if unknown:
