@@ -1,12 +1,15 @@
 """Parity checks: after every run, and as the `parity` job, Weaviate is compared with the database.
 
-One asset check per entity type and one on ``passages`` (``parity``, severity ERROR); the engine
+One asset check per entity type and one on ``passages`` (``parity``, severity ERROR), all run by
+one step (``parity_checks``); the engine
 (``engine/parity.py``) builds both sides as pandas frames, shard by shard,
 and counts missing, orphan and stale objects and wrong reference lists.
 Asset jobs include the checks of the assets they select, so ``full_sync``,
 ``incremental_sync`` and ``orphan_sweep`` end with them; the ``parity`` job
 runs only the checks, nightly after the full sync (``TERCUL_SYNC_PARITY_CRON``).
 """
+
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -18,41 +21,67 @@ from tercul_sync.engine.reading import Shard
 from tercul_sync.engine.registry import ENTITIES, EntityType, passage_parents, relations_from
 
 PARITY_CHECK = "parity"
+PARITY_STEP = "parity_checks"
 
 
-def build_parity_check(e: EntityType, shard_count: int) -> dg.AssetChecksDefinition:
+def _entity_spec(e: EntityType) -> dg.AssetCheckSpec:
     # A source type's references are complete only once the edges step ran: its check waits for it.
     edges = [dg.AssetKey(EDGES_ASSET)] if relations_from(e.collection) else []
-
-    @dg.asset_check(
+    return dg.AssetCheckSpec(
+        PARITY_CHECK,
         asset=e.collection,
-        name=PARITY_CHECK,
         additional_deps=edges,
         description=f"`{e.collection}` holds exactly the live rows of `{e.table}`, with references.",
     )
-    def _parity(weaviate: WeaviateResource, tercul_db: TerculDatabase) -> dg.AssetCheckResult:
+
+
+def _passages_spec() -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        PARITY_CHECK,
+        asset=PASSAGES_ASSET,
+        description="`Passage` holds exactly the passages the live texts give, each with its content.",
+    )
+
+
+def build_parity_checks(shard_count: int, passages: bool) -> dg.AssetChecksDefinition:
+    """Every parity check in one step (``parity_checks``), after the assets it compares.
+
+    One step, not one per collection: each step costs Dagster its own events (and, with the
+    multiprocess executor, a process), while the checks themselves take a second or two. A run
+    that selects some assets runs only their checks (the step subsets itself).
+    """
+    specs = [_entity_spec(e) for e in ENTITIES] + ([_passages_spec()] if passages else [])
+    by_asset = {e.collection: e for e in ENTITIES}
+
+    @dg.multi_asset_check(
+        name=PARITY_STEP,
+        specs=specs,
+        can_subset=True,
+        description="Compare each selected collection with its table.",
+    )
+    def _parity(
+        context: dg.AssetCheckExecutionContext, weaviate: WeaviateResource, tercul_db: TerculDatabase
+    ) -> Iterator[dg.AssetCheckResult]:
         shards = [Shard(i, shard_count) for i in range(shard_count)]
-        return _result(check_parity(tercul_db.engine, weaviate.client, e, shards))
+        selected = context.selected_asset_check_keys
+        for spec in specs:
+            if spec.key not in selected:
+                continue
+            name = spec.asset_key.to_user_string()
+            if name == PASSAGES_ASSET:
+                report = check_passage_parity(tercul_db.engine, weaviate.client, shards)
+            else:
+                report = check_parity(tercul_db.engine, weaviate.client, by_asset[name], shards)
+            yield _result(report, spec.asset_key)
 
     return _parity
 
 
-def build_passage_parity_check(shard_count: int) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=PASSAGES_ASSET,
-        name=PARITY_CHECK,
-        description="`Passage` holds exactly the passages the live texts give, each with its content.",
-    )
-    def _passage_parity(weaviate: WeaviateResource, tercul_db: TerculDatabase) -> dg.AssetCheckResult:
-        shards = [Shard(i, shard_count) for i in range(shard_count)]
-        return _result(check_passage_parity(tercul_db.engine, weaviate.client, shards))
-
-    return _passage_parity
-
-
-def _result(report: ParityReport) -> dg.AssetCheckResult:
+def _result(report: ParityReport, asset: dg.AssetKey) -> dg.AssetCheckResult:
     meta = report.as_metadata()
     return dg.AssetCheckResult(
+        asset_key=asset,
+        check_name=PARITY_CHECK,
         passed=report.exact,
         severity=dg.AssetCheckSeverity.ERROR,
         description=report.describe(),
@@ -63,12 +92,10 @@ def _result(report: ParityReport) -> dg.AssetCheckResult:
     )
 
 
-parity_checks = [build_parity_check(e, SETTINGS.shards) for e in ENTITIES]
-if SETTINGS.passages and passage_parents():
-    parity_checks.append(build_passage_parity_check(SETTINGS.shards))
+parity_checks = build_parity_checks(SETTINGS.shards, SETTINGS.passages and bool(passage_parents()))
 parity = dg.define_asset_job(
     "parity",
-    selection=dg.AssetSelection.checks(*parity_checks),
+    selection=dg.AssetSelection.checks(parity_checks),
     description="Compare every collection with its table (the parity checks alone).",
 )
 

@@ -12,7 +12,9 @@ removed loses all its passages.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +73,11 @@ def _marker_uuid(e: EntityType, parent_id: int) -> str:
 
 def parent_key(collection: str, parent_id: int) -> str:
     return f"{collection}:{parent_id}"
+
+
+def passage_parent_id(key: str) -> int:
+    """The parent row id in a failure report's key: ``parent_key``, or ``parent_key#position``."""
+    return int(key.split("#", 1)[0].rsplit(":", 1)[1])
 
 
 def passage_uuid(collection: str, parent_id: int, prop: str, position: int) -> str:
@@ -146,6 +153,11 @@ class PassageSyncer:
             retry=ctx.settings.retry,
         )
         self.report.write = self._processor.report
+        # Batches written while the next page is prepared (at most batches_in_flight at once).
+        self._writing = ThreadPoolExecutor(
+            ctx.settings.batches_in_flight, thread_name_prefix="tercul-passages"
+        )
+        self._in_flight: deque[Future[list[ObjectWrite]]] = deque()
         self._embedder: Embedder | None = None
         if ctx.settings.vectorizer == "client":
             self._embedder = ctx.embedder or make_embedder(ctx.settings)
@@ -224,7 +236,18 @@ class PassageSyncer:
                 o.vectors[PASSAGE_VECTOR] = vector
         settings = self.ctx.settings
         for batch in chunk(fresh, settings.batch_size, settings.max_batch_bytes, lambda o: o.size):
-            self._processor.write_batch(batch)
+            self._in_flight.append(self._writing.submit(self._processor.write_batch, batch))
+            while len(self._in_flight) > settings.batches_in_flight:
+                self._in_flight.popleft().result()  # raises what the write raised
+
+    def flush(self) -> None:
+        """Wait for every batch in flight; raises what a write raised (a refusal stops the step)."""
+        while self._in_flight:
+            self._in_flight.popleft().result()
+
+    def close(self) -> None:
+        """Stop the writer threads (after ``flush``; on an error, once the writes in flight end)."""
+        self._writing.shutdown(wait=True, cancel_futures=True)
 
     def _stored_marks(self, e: EntityType, ids: list[int]) -> dict[int, str | None]:
         """``{parent id: mark}`` stored on the first passages of the parents ``ids`` that have any."""

@@ -32,7 +32,7 @@ from tercul_sync.engine.changes import (
     valid_reference_counts,
 )
 from tercul_sync.engine.embedding import EmbedStats
-from tercul_sync.engine.passages import PassageReport, PassageSyncer
+from tercul_sync.engine.passages import PassageReport, PassageSyncer, passage_parent_id
 from tercul_sync.engine.reconcile import WALK_SHARE, bisect_mismatches
 from tercul_sync.engine.registry import (
     PASSAGE_COLLECTION,
@@ -524,43 +524,65 @@ def run_passages(
 ) -> tuple[PassageReport, dict[str, CursorJson]]:
     """Passages of every parent type's long texts over ``shards``: full, incremental or sweep.
 
-    Cursors are per shard and per parent table (``{shard: {table: cursor}}``).
-    Full and sweep runs end with a sweep of passages whose parent is gone; an
-    incremental run sweeps when the parents with passages and the live parents
-    with text differ in number (rows removed outright).
+    Cursors are per shard and per parent table (``{shard: {table: cursor}}``). The shards a
+    parent table is read whole in (full mode, or no cursor yet) are one stream of pages; writes
+    stay in flight while the next page is prepared. A shard's cursors move unless one of its
+    parents' writes gave up. Sweep runs end with a sweep of passages whose parent is gone; full
+    and incremental runs sweep only when the parents holding a first passage and the live
+    parents with text differ in number (full runs also after any failure, or over some shards).
     """
     syncer = PassageSyncer(ctx)
     overlap = timedelta(seconds=ctx.settings.overlap_seconds)
+    marks: dict[str, dict[str, Any]] = {k: dict(previous.get(k) or {}) for k in shards}
+    try:
+        for e in passage_parents() if mode != SWEEP else ():
+            table = reading.table_for(e)
+            old = {k: Cursor.from_json(marks[k].get(e.table)) for k in shards}
+            whole = [k for k in shards if mode == FULL or old[k] is None]
+            for k in whole:  # read before the scan: later changes stay ahead of it
+                marks[k][e.table] = high_water(ctx.db, table, [shards[k]]).to_json()
+            pages = reading.iter_live_pages(ctx.db, e, [shards[k] for k in whole], ctx.settings.batch_size)
+            for page in pages if whole else ():
+                syncer.sync_rows(e, page)
+            for key, shard in shards.items():
+                cursor = old[key]
+                if key not in whole and cursor is not None:
+                    marks[key][e.table] = _changed_passages(ctx, syncer, e, shard, cursor, overlap).to_json()
+        syncer.flush()
+    finally:
+        syncer.close()
+    stalled = syncer.report.write.gave_up_keys()
     cursors: dict[str, CursorJson] = dict(previous)
     for key, shard in shards.items():
-        if mode == SWEEP:
-            break
-        before = syncer.report.write.gave_up
-        marks = dict(previous.get(key) or {})
-        for e in passage_parents():
-            cursor = Cursor.from_json(marks.get(e.table))
-            if mode == FULL or cursor is None:
-                new = high_water(ctx.db, reading.table_for(e), [shard])
-                for page in reading.iter_live_pages(ctx.db, e, [shard], ctx.settings.batch_size):
-                    syncer.sync_rows(e, page)
-            else:
-                new = cursor
-                for page in iter_changed_pages(ctx.db, e, [shard], cursor, overlap, ctx.settings.batch_size):
-                    syncer.sync_rows(e, [r for r in page if r[e.soft_delete_column] is None])
-                    syncer.delete_parents(e, [r["id"] for r in page if r[e.soft_delete_column] is not None])
-                    for r in page:
-                        new = new.advanced(r["updated_at"], r["id"], r[e.soft_delete_column])
-                gone = soft_deleted_since(ctx.db, e, [shard], cursor, overlap)
-                syncer.delete_parents(e, [i for i, _ in gone])
-                for row_id, deleted_at in gone:
-                    new = new.advanced(None, row_id, deleted_at)
-            marks[e.table] = new.to_json()
-        if syncer.report.write.gave_up == before:
-            cursors[key] = marks
+        if mode != SWEEP and not any(shard.contains(passage_parent_id(str(k))) for k in stalled):
+            cursors[key] = marks[key]
+    clean = syncer.report.write.failed == 0 and covers_all(shards)
     for e in passage_parents():
-        if mode != INCREMENTAL or _passage_parents_differ(ctx, e):
+        if mode == SWEEP or (mode == FULL and not clean) or _passage_parents_differ(ctx, e):
             syncer.sweep(e, list(shards.values()))
     return syncer.report, cursors
+
+
+def _changed_passages(
+    ctx: SyncContext,
+    syncer: PassageSyncer,
+    e: EntityType,
+    shard: reading.Shard,
+    cursor: Cursor,
+    overlap: timedelta,
+) -> Cursor:
+    """Passages of the parents of ``shard`` changed since ``cursor``; the cursor they move it to."""
+    new = cursor
+    for page in iter_changed_pages(ctx.db, e, [shard], cursor, overlap, ctx.settings.batch_size):
+        syncer.sync_rows(e, [r for r in page if r[e.soft_delete_column] is None])
+        syncer.delete_parents(e, [r["id"] for r in page if r[e.soft_delete_column] is not None])
+        for r in page:
+            new = new.advanced(r["updated_at"], r["id"], r[e.soft_delete_column])
+    gone = soft_deleted_since(ctx.db, e, [shard], cursor, overlap)
+    syncer.delete_parents(e, [i for i, _ in gone])
+    for row_id, deleted_at in gone:
+        new = new.advanced(None, row_id, deleted_at)
+    return new
 
 
 def _passage_parents_differ(ctx: SyncContext, e: EntityType) -> bool:
