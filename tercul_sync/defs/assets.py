@@ -132,8 +132,9 @@ def _step(
     try:
         # Before anything is written: the tables match the registry and may be read.
         reading.check_source(tercul_db.engine, reading.tables_read_by(name))
-        for change in ensure_schema(weaviate.client, settings):
-            context.log.info(change)
+        changes = ensure_schema(weaviate.client, settings)
+        if changes:  # one log line: each is an event Dagster stores, a write of its own
+            context.log.info("schema: " + "; ".join(changes))
     except (SchemaMismatchError, reading.SourceSchemaError, reading.SourceAccessError) as exc:
         raise _no_retry(exc) from exc
     except Exception as exc:
