@@ -3,8 +3,8 @@
 Assets are thin: each reads its config, calls one engine function
 (``engine.runs``) and turns the outcome into metadata, an asset check and,
 when the failure rule says so, a failed step. Every asset has
-``BackfillPolicy.single_run()``: a range of shards is one step that walks its
-shards in turn.
+``BackfillPolicy.single_run()``: a range of shards is one step, which reads the
+shards it reads whole as one stream of pages (``engine.runs.run_entity``).
 """
 
 import time

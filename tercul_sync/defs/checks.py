@@ -2,7 +2,7 @@
 
 One asset check per entity type and one on ``passages`` (``parity``, severity ERROR), all run by
 one step (``parity_checks``); the engine
-(``engine/parity.py``) builds both sides as pandas frames, shard by shard,
+(``engine/parity.py``) builds both sides as pandas frames (the database side shard by shard)
 and counts missing, orphan and stale objects and wrong reference lists.
 Asset jobs include the checks of the assets they select, so ``full_sync``,
 ``incremental_sync`` and ``orphan_sweep`` end with them; the ``parity`` job
