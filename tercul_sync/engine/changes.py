@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, RowMapping
 
 from tercul_sync.engine import reading
+from tercul_sync.engine.id_tables import IdCounts
 from tercul_sync.engine.objects import as_utc
 from tercul_sync.engine.registry import ENTITIES, EntityType, Relation, entity, relations_from, relations_to
 
@@ -258,6 +259,23 @@ def valid_reference_counts(
             for source_id, n in conn.execute(_references_per_source(rel, low, high)):
                 out[source_id] = out.get(source_id, 0) + int(n)
     return out
+
+
+def reference_count_table(engine: Engine, collection: str) -> IdCounts:
+    """``valid_reference_counts`` for every source of ``collection``, compactly (held while every
+    object is walked): one query over the relations, in source id order, streamed."""
+    rels = relations_from(collection)
+    if not rels:
+        return IdCounts()
+    per_relation = sa.union_all(*(_references_per_source(rel) for rel in rels)).subquery()
+    q = (
+        sa.select(per_relation.c.source_id, sa.func.sum(per_relation.c.n))
+        .group_by(per_relation.c.source_id)
+        .order_by(per_relation.c.source_id)
+    )
+    options = {"stream_results": True, "yield_per": reading.STREAM_ROWS}
+    with engine.connect().execution_options(**options) as conn:
+        return IdCounts((int(i), int(n)) for i, n in conn.execute(q))
 
 
 # --- table marks: has anything changed at all? ------------------------------------------------

@@ -328,7 +328,7 @@ class PassageSyncer:
                 stored.add(int(str(o.properties.get("parent_id"))))
         in_scope = {i for i in stored if reading.in_shards(i, shards)}
         live = reading.live_id_set(self.ctx.db, e, shards)
-        self.delete_parents(e, sorted(in_scope - live))
+        self.delete_parents(e, sorted(i for i in in_scope if i not in live))
 
 
 def passages_metadata(report: PassageReport) -> dict[str, Any]:

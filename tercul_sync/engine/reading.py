@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, RowMapping
 
+from tercul_sync.engine.id_tables import SortedIds
 from tercul_sync.engine.registry import (
     EDGES_TABLE,
     ENTITIES,
@@ -29,6 +30,8 @@ from tercul_sync.engine.registry import (
     passage_parents,
     relations_from,
 )
+
+STREAM_ROWS = 10_000  # rows a streamed query (a server-side cursor) fetches at a time
 
 _SQL_TYPES: dict[Kind, Callable[[Column], sa.types.TypeEngine[Any]]] = {
     Kind.TEXT: lambda c: sa.Text(),
@@ -466,9 +469,14 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def live_id_set(engine: Engine, e: EntityType, shards: Sequence[Shard]) -> set[int]:
-    """Every live id of ``e`` in ``shards`` (the orphan sweep's side of the comparison)."""
+def live_id_set(engine: Engine, e: EntityType, shards: Sequence[Shard]) -> SortedIds:
+    """Every live id of ``e`` in ``shards`` (the orphan sweep's side of the comparison), compactly:
+    held while every object of the collection is walked."""
     t = table_for(e)
-    q = sa.select(t.c.id).where(t.c[e.soft_delete_column].is_(None), shards_clause(t.c.id, shards))
-    with engine.connect() as conn:
-        return set(conn.execute(q).scalars())
+    q = (
+        sa.select(t.c.id)
+        .where(t.c[e.soft_delete_column].is_(None), shards_clause(t.c.id, shards))
+        .order_by(t.c.id)
+    )
+    with engine.connect().execution_options(stream_results=True, yield_per=STREAM_ROWS) as conn:
+        return SortedIds(conn.execute(q).scalars())

@@ -26,6 +26,7 @@ from tercul_sync.engine.changes import (
     changed_target_ids,
     high_water,
     iter_changed_pages,
+    reference_count_table,
     soft_deleted_since,
     sources_pointing_at,
     valid_reference_count,
@@ -447,7 +448,7 @@ def _sources_with_wrong_references(
     """
     found = None if walk else _wrong_references_by_ranges(ctx, collection)
     if found is None:  # every object's count, from a cursor walk: no aggregate or filter is trusted
-        expected = valid_reference_counts(ctx.db, collection)
+        expected = reference_count_table(ctx.db, collection)
         found = weaviate_client.other_reference_counts(ctx.client, ctx.collection(collection), expected)
     return sorted(i for i in found if reading.in_shards(i, shards))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -49,6 +49,7 @@ from tercul_sync.engine.errors import (
     exception_chain,
     is_transient_error,
 )
+from tercul_sync.engine.id_tables import IdCounts
 from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, ObjectWrite
 from tercul_sync.engine.registry import PASSAGE_COLLECTION, SOURCE_ID_PROPERTY
 from tercul_sync.engine.settings import Settings
@@ -439,9 +440,7 @@ def objects_between(client: weaviate.WeaviateClient, collection: str, low: int, 
 
 
 @retry_transient
-def other_reference_counts(
-    client: weaviate.WeaviateClient, collection: str, expected: Mapping[int, int]
-) -> list[int]:
+def other_reference_counts(client: weaviate.WeaviateClient, collection: str, expected: IdCounts) -> list[int]:
     """The ``source_id`` of every object whose ``sync_ref_count`` is not ``expected`` (0 when absent),
     from a cursor walk (no filter, no aggregate), compared object by object: none of them is held."""
     walk = client.collections.use(collection).iterator(

@@ -391,14 +391,13 @@ def sweep_orphans(
     ids (``source_id``) keeps only those not among them, and those are read
     again from the database before anything is deleted: a row inserted during
     the walk, whose object a concurrent run wrote, is not an orphan. Held at
-    once: the live ids (ints) and the candidates, never every object's uuid.
+    once: the live ids (a sorted array, 8 bytes each) and the candidates, never every object's uuid.
     """
     collection = collection or e.collection
     live = reading.live_id_set(engine, e, shards)
     candidates = weaviate_client.stored_source_ids(
         client, collection, keep=lambda sid: sid not in live and reading.in_shards(sid, shards)
     )
-    live.clear()  # the walk is done with it
     alive_since = reading.live_ids_among(engine, e, sorted(candidates))
     orphans = sorted(sid for sid in candidates if sid not in alive_since)
     report = SweepReport(sample_ids=orphans[:MAX_SAMPLE])
