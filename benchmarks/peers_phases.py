@@ -187,6 +187,7 @@ def engine(args: argparse.Namespace) -> dict[str, Any]:
         client.collections.delete_all()  # not timed: the first sync starts from an empty Weaviate
     steps: list[dict[str, Any]] = []
     cursors: dict[str, Any] = {}
+    removed: dict[str, list[int]] = {}  # what the Dagster edges step reads from the entity steps' metadata
     reset_peak_rss()
     started = time.perf_counter()
     t = time.perf_counter()
@@ -197,8 +198,10 @@ def engine(args: argparse.Namespace) -> dict[str, Any]:
         run = runs.run_entity(ctx, e, SHARDS, mode, previous.get(e.collection, {}))
         steps.append(_entity_row(e.collection, time.perf_counter() - t, run))
         cursors[e.collection] = run.cursors
+        if len(run.removed) <= runs.REMOVED_KEPT:
+            removed[e.collection] = run.removed
     t = time.perf_counter()
-    edges = runs.run_edges(ctx, SHARDS, mode, previous.get("edges", {}))
+    edges = runs.run_edges(ctx, SHARDS, mode, previous.get("edges", {}), removed)
     steps.append(
         {
             "step": "edges",
@@ -209,6 +212,7 @@ def engine(args: argparse.Namespace) -> dict[str, Any]:
             "unchanged": sum(r.unchanged for r in edges.reports),
             "failed": sum(r.write.failed for r in edges.reports),
             "reconciled": edges.reconciled,
+            "sources_of_removed_targets": edges.sources_of_removed,
         }
     )
     cursors["edges"] = edges.cursors

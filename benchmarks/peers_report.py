@@ -68,11 +68,15 @@ def engine_counts(details: dict[str, Any], run: str) -> pd.DataFrame:
     df["seconds"] = df["seconds"].round(2)
     for c in df.columns[2:]:
         df[c] = df[c].fillna(0).astype(int)
-    if "reconciled" in r["steps"][-1] and r["steps"][-1]["reconciled"]:
+    last = r["steps"][-1]
+    notes = []
+    if last.get("sources_of_removed_targets"):
+        notes.append(f"{last['sources_of_removed_targets']} sources of removed targets")
+    if last.get("reconciled"):
+        notes.append("rewritten by the reference-count check: " + ", ".join(last["reconciled"]))
+    if notes:
         df["note"] = ""
-        df.loc[df["step"] == "edges", "note"] = "rewritten by the reference-count check: " + ", ".join(
-            r["steps"][-1]["reconciled"]
-        )
+        df.loc[df["step"] == "edges", "note"] = "; ".join(notes)
     return df
 
 

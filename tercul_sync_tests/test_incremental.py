@@ -326,3 +326,47 @@ def test_a_row_weaviate_refuses_is_reported_without_stalling_the_cursor(
         "Work",
     )
     assert again["rows_read"] == 0  # not re-read on every run; the nightly full sync tries it again
+
+
+def test_sources_of_targets_removed_outright_are_rewritten_without_the_count_search(
+    pg_database, weaviate_server_proc, weaviate_client
+):
+    """Authors deleted outright leave their edges behind; the Author step names them, and a later
+    incremental edges step (another run) rewrites the works that pointed at them directly."""
+    engine = reading.make_engine(pg_database)
+    demo_data.generate(engine, 600, seed=5)
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_sync(pg_database, weaviate_server_proc, instance=instance).success
+    with engine.begin() as conn:
+        removed = list(
+            conn.execute(
+                sa.text(
+                    "SELECT DISTINCT a.id FROM authors a JOIN edges e ON e.target_id = a.id "
+                    "AND e.target_table = 'authors' AND e.relation = 'authors' AND e.deleted_at IS NULL "
+                    "JOIN works w ON w.id = e.source_id AND e.source_table = 'works' "
+                    "AND w.deleted_at IS NULL "
+                    "WHERE a.deleted_at IS NULL ORDER BY a.id LIMIT 3"
+                )
+            ).scalars()
+        )
+        conn.execute(sa.text("DELETE FROM authors WHERE id = ANY(:ids)"), {"ids": removed})
+    assert len(removed) == 3
+    authors = run_sync(
+        pg_database, weaviate_server_proc, selection=["Author"], instance=instance, mode="incremental"
+    )
+    assert sorted(metadata(authors, "Author")["removed_ids"]) == removed
+    result = run_sync(
+        pg_database, weaviate_server_proc, selection=["edges"], instance=instance, mode="incremental"
+    )
+    md = metadata(result, "edges")
+    # Found from the removed ids: the count check afterwards has nothing left to search for.
+    assert md["reconciled_by_count_check"] == "none"
+    assert md["removed_targets"] == 3
+    assert md["sources_of_removed_targets"] >= 3
+    assert_objects_match(engine, weaviate_client)
+    assert_references_match(engine, weaviate_server_proc)
+    # The next edges run starts after this one: those removals are not counted again.
+    again = run_sync(
+        pg_database, weaviate_server_proc, selection=["edges"], instance=instance, mode="incremental"
+    )
+    assert metadata(again, "edges")["removed_targets"] == 0

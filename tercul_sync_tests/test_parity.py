@@ -25,7 +25,7 @@ SHARDS = {f"shard-{i}": reading.Shard(i, 3) for i in range(3)}
 
 def _frame(rows: dict[int, tuple[int, int]]) -> pd.DataFrame:
     ids = list(rows)
-    data = {"updated_ns": [rows[i][0] for i in ids], "ref_count": [rows[i][1] for i in ids]}
+    data = {"updated_us": [rows[i][0] for i in ids], "ref_count": [rows[i][1] for i in ids]}
     return pd.DataFrame(data, index=pd.Index(ids, name="id", dtype="int64"), dtype="int64")
 
 

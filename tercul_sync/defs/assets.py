@@ -20,7 +20,14 @@ from tercul_sync.engine import reading, runs, weaviate_client
 from tercul_sync.engine.edges import EdgeWindow
 from tercul_sync.engine.errors import WritesRefusedError
 from tercul_sync.engine.passages import passages_metadata
-from tercul_sync.engine.registry import ENTITIES, PASSAGE_COLLECTION, RELATIONS, EntityType, passage_parents
+from tercul_sync.engine.registry import (
+    ENTITIES,
+    PASSAGE_COLLECTION,
+    RELATIONS,
+    EntityType,
+    edge_targets,
+    passage_parents,
+)
 from tercul_sync.engine.reports import FailureRule
 from tercul_sync.engine.weaviate_schema import SchemaMismatchError, ensure_schema
 from tercul_sync.engine.writing import ObjectSyncReport, SyncContext
@@ -32,6 +39,8 @@ CHECK_NAME = "no_failed_objects"
 VECTOR_CHECK = "vectors_present"
 MODE_TAG = "tercul_sync/mode"
 VECTOR_CHECK_TEXT = "Objects written by the step carry every named vector they should (a sample, read back)."
+# At most this many records of a target asset are read for its removed ids (one per shard and step).
+REMOVED_RECORDS = 200
 STEP_RETRY = dg.RetryPolicy(
     max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
@@ -101,6 +110,41 @@ def _previous_cursors(context: dg.AssetExecutionContext, asset: str) -> dict[str
             if isinstance(value, dg.JsonMetadataValue) and isinstance(value.value, dict)
             else None
         )
+    return out
+
+
+def _removed_since_edges(context: dg.AssetExecutionContext) -> dict[str, list[int]]:
+    """``{collection: ids}`` of the rows the target assets removed (their row gone) since the edges
+    asset's latest materialization: the ``removed_ids`` of each of their materializations since.
+
+    A target asset whose records since are too many to read, or which named only some of its
+    removals, is left out: the edges step's count check finds those sources instead.
+    """
+    instance = context.instance
+    last = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(EDGES_ASSET)), limit=1)
+    if not last.records:
+        return {}
+    since = last.records[0].storage_id
+    out: dict[str, list[int]] = {}
+    for t in edge_targets():
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(t.collection), after_storage_id=since),
+            limit=REMOVED_RECORDS,
+        ).records
+        if len(records) >= REMOVED_RECORDS:
+            continue
+        ids: set[int] = set()
+        for record in records:
+            md = record.asset_materialization.metadata if record.asset_materialization else {}
+            named, count = md.get("removed_ids"), md.get("objects_removed_as_orphans")
+            values = named.value if isinstance(named, dg.JsonMetadataValue) else None
+            total = count.value if isinstance(count, dg.IntMetadataValue) else 0
+            if not isinstance(values, list) or len(values) != total:
+                break  # some removals unnamed: leave this target to the count check
+            ids.update(int(i) for i in values)
+        else:
+            if ids:
+                out[t.collection] = sorted(ids)
     return out
 
 
@@ -280,9 +324,10 @@ def build_edges_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETR
     ) -> dg.MaterializeResult:
         mode = _mode(context, config.mode, runs.EDGE_MODES)
         before = _previous_cursors(context, EDGES_ASSET)
+        removed = _removed_since_edges(context) if mode == runs.INCREMENTAL else {}
         work: Callable[[SyncContext, dict[str, Any]], tuple[list[ObjectSyncReport], dict[str, Any]]]
         if config.batch_size is None:
-            work = lambda ctx, s: runs.edges_step(ctx, s, mode, before)  # noqa: E731
+            work = lambda ctx, s: runs.edges_step(ctx, s, mode, before, removed)  # noqa: E731
         else:
             try:
                 window = EdgeWindow(config.batch_size, config.offset)

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
-import pandas as pd
 import sqlalchemy as sa
 import weaviate
 from sqlalchemy.engine import Engine
@@ -40,6 +40,9 @@ from tercul_sync.engine.registry import (
     relations_from,
 )
 from tercul_sync.engine.reports import MAX_SAMPLE
+
+if TYPE_CHECKING:  # imported where used: pandas costs half a second at every step process's start
+    import pandas as pd
 
 KINDS = ("missing", "orphan", "stale", "wrong_references")
 
@@ -69,15 +72,21 @@ class ParityReport:
         return f"{self.collection}: " + (off or "exact") + f" ({self.rows} live rows, {self.objects} objects)"
 
 
-def _ns(value: Any) -> int:
-    """A timestamp as integer nanoseconds since the epoch (both sides compare exactly, to the microsecond)."""
+_EPOCH, _MICROSECOND = datetime(1970, 1, 1, tzinfo=UTC), timedelta(microseconds=1)
+
+
+def _us(value: Any) -> int:
+    """A timestamp as integer microseconds since the epoch (both sides compare exactly; any year
+    PostgreSQL or SQLite hands back fits in 64 bits)."""
     if value is None:
         return 0
-    return int(pd.Timestamp(as_utc(value)).value // 1000 * 1000)
+    return (as_utc(value) - _EPOCH) // _MICROSECOND
 
 
 def weaviate_side(client: weaviate.WeaviateClient, collection: str) -> pd.DataFrame:
-    """``source_id`` (index), ``updated_ns``, ``ref_count`` of every object, from one cursor walk."""
+    """``source_id`` (index), ``updated_us``, ``ref_count`` of every object, from one cursor walk."""
+    import pandas as pd
+
     ids, stamps, refs = [], [], []
     walk = client.collections.use(collection).iterator(
         return_properties=[SOURCE_ID_PROPERTY, "updated_at", REF_COUNT_PROPERTY], cache_size=5_000
@@ -85,16 +94,18 @@ def weaviate_side(client: weaviate.WeaviateClient, collection: str) -> pd.DataFr
     for o in walk:
         p = o.properties
         ids.append(int(cast("int", p.get(SOURCE_ID_PROPERTY) or 0)))
-        stamps.append(_ns(p.get("updated_at")))
+        stamps.append(_us(p.get("updated_at")))
         refs.append(int(cast("int", p.get(REF_COUNT_PROPERTY) or 0)))
-    columns = {"updated_ns": stamps, "ref_count": refs}
+    columns = {"updated_us": stamps, "ref_count": refs}
     return pd.DataFrame(columns, index=pd.Index(ids, name="id", dtype="int64"), dtype="int64")
 
 
 def database_side(
     engine: Engine, e: EntityType, shard: reading.Shard, expected_refs: dict[int, int]
 ) -> pd.DataFrame:
-    """``id`` (index), ``updated_ns``, ``ref_count`` of the shard's live rows."""
+    """``id`` (index), ``updated_us``, ``ref_count`` of the shard's live rows."""
+    import pandas as pd
+
     t = reading.table_for(e)
     q = (
         sa.select(t.c.id, t.c.updated_at)
@@ -105,7 +116,7 @@ def database_side(
         rows = conn.execute(q).all()
     ids = [r[0] for r in rows]
     return pd.DataFrame(
-        {"updated_ns": [_ns(r[1]) for r in rows], "ref_count": [expected_refs.get(i, 0) for i in ids]},
+        {"updated_us": [_us(r[1]) for r in rows], "ref_count": [expected_refs.get(i, 0) for i in ids]},
         index=pd.Index(ids, name="id", dtype="int64"),
         dtype="int64",
     )
@@ -113,13 +124,14 @@ def database_side(
 
 def diff(db: pd.DataFrame, wv: pd.DataFrame, report: ParityReport) -> None:
     """Add the differences of one shard's two frames to ``report``."""
+
     joined = db.add_suffix("_db").join(wv.add_suffix("_wv"), how="outer", sort=True)
-    in_db, in_wv = joined["updated_ns_db"].notna(), joined["updated_ns_wv"].notna()
+    in_db, in_wv = joined["updated_us_db"].notna(), joined["updated_us_wv"].notna()
     both = in_db & in_wv
     found = {
         "missing": joined.index[in_db & ~in_wv],
         "orphan": joined.index[~in_db & in_wv],
-        "stale": joined.index[both & (joined["updated_ns_db"] != joined["updated_ns_wv"])],
+        "stale": joined.index[both & (joined["updated_us_db"] != joined["updated_us_wv"])],
         "wrong_references": joined.index[both & (joined["ref_count_db"] != joined["ref_count_wv"])],
     }
     report.rows += int(in_db.sum())

@@ -7,8 +7,10 @@ counts, in Weaviate; the same in SQL), and only ranges whose measures differ
 are split, in halves, until a range is small enough to compare id by id. A
 handful of changes costs a few dozen aggregate queries; changes everywhere
 cost more than a walk: every range is measured on both sides and then read
-anyway. So the search gives up (returns None) once the ranges it has had to
-read id by id cover ``max_leaf_share`` of the span, and the caller walks.
+anyway. So the search gives up (returns None) as soon as the ranges it would
+have to read id by id are sure to cover ``max_leaf_share`` of the span, and
+the caller walks. It halves level by level, so with differences everywhere
+it gives up after a few levels of aggregates, before reading any range.
 The one blind spot: a missing object and an orphan in the same range cancel
 out; the parity check and full runs cover it.
 """
@@ -34,20 +36,26 @@ def bisect_mismatches(
     max_leaf_share: float = 1.0,
 ) -> list[int] | None:
     """The ids in ``[low, high)`` that ``leaf`` finds, looking only into ranges whose measures differ;
-    None once the ranges read by ``leaf`` would cover more than ``max_leaf_share`` of the span."""
+    None once the ranges ``leaf`` would have to read are sure to cover more than ``max_leaf_share``
+    of the span.
+
+    Ranges are halved level by level (breadth first), so the search sees how many ranges differ
+    before it reads any of them id by id: every range that differs holds at least one differing
+    range of half a leaf or more, so a level whose differing ranges already outgrow the share
+    gives up there, having read nothing.
+    """
     found: list[int] = []
-    pending = [(low, high)]
     budget, read = max_leaf_share * (high - low), 0
-    while pending:
-        a, b = pending.pop()
-        if a >= b or database(a, b) == weaviate(a, b):
-            continue
-        if b - a <= LEAF_SPAN:
+    level = [(low, high)]
+    while level:
+        differing = [(a, b) for a, b in level if a < b and database(a, b) != weaviate(a, b)]
+        leaves = [(a, b) for a, b in differing if b - a <= LEAF_SPAN]
+        wider = [(a, b) for a, b in differing if b - a > LEAF_SPAN]
+        at_least = read + sum(b - a for a, b in leaves) + len(wider) * (LEAF_SPAN // 2)
+        if at_least > budget and high - low > LEAF_SPAN:  # a span of one leaf is read whatever the share
+            return None
+        for a, b in leaves:
             read += b - a
-            if read > budget and high - low > LEAF_SPAN:  # a span of one leaf is read whatever the share
-                return None
             found += leaf(a, b)
-            continue
-        middle = (a + b) // 2
-        pending += [(middle, b), (a, middle)]
+        level = [half for a, b in wider for half in ((a, (a + b) // 2), ((a + b) // 2, b))]
     return sorted(found)

@@ -53,6 +53,9 @@ ENTITY_MODES = (FULL, INCREMENTAL, SWEEP)
 EDGE_MODES = (FULL, INCREMENTAL)
 
 Shards = Mapping[str, reading.Shard]  # partition key -> shard
+# Ids of objects an entity step removed because their row was gone, named in its metadata for the
+# edges step (``run_edges``' ``removed``); a step that removed more names none of them.
+REMOVED_KEPT = 1_000
 CursorJson = dict[str, Any] | None
 
 
@@ -150,6 +153,7 @@ class EntityRun:
     swept: bool = False
     cursors: dict[str, CursorJson] = field(default_factory=dict)
     object_count: int = 0  # objects in the collection when the step ended
+    removed: list[int] = field(default_factory=list)  # ids of objects deleted because their row was gone
 
     def metadata(self, mode: str, previous: Mapping[str, CursorJson]) -> dict[str, Any]:
         return {
@@ -157,6 +161,9 @@ class EntityRun:
             "rows_changed": self.rows_changed,
             "objects_deleted": self.deleted,
             "deleted_sample_ids": self.deleted_sample,
+            # Every one when there are few: the edges step rewrites the sources that pointed at them.
+            "objects_removed_as_orphans": len(self.removed),
+            "removed_ids": self.removed if len(self.removed) <= REMOVED_KEPT else [],
             "orphan_sweep": self.swept,
             "cursor_before": dict(previous),
             "cursor_after": self.cursors,
@@ -213,10 +220,12 @@ def run_entity(
         orphans = _orphans_by_ranges(ctx, e, list(shards.values())) if mode == INCREMENTAL else None
         if orphans is not None:
             _delete(ctx, e, orphans, run)
+            run.removed += orphans
         else:
             sweep = sweep_orphans(ctx.db, ctx.client, e, list(shards.values()), ctx.collection(e.collection))
             run.deleted += sweep.deleted
-            add_sample(run.deleted_sample, sweep.sample_ids)
+            run.removed += sweep.ids
+            add_sample(run.deleted_sample, sweep.ids)
         run.swept = True
     # Counted again only when the sweep deleted something.
     if run.deleted:
@@ -274,7 +283,9 @@ def run_entity_ids(
     run = EntityRun(syncer.report, rows_changed=len(chosen), cursors=dict(previous))
     syncer.sync_ids(chosen)
     live = reading.live_ids_among(ctx.db, e, chosen)
-    _delete(ctx, e, [i for i in chosen if i not in live], run)
+    gone = [i for i in chosen if i not in live]
+    _delete(ctx, e, gone, run)
+    run.removed += gone
     run.object_count = weaviate_client.count_objects(ctx.client, ctx.collection(e.collection))
     return run
 
@@ -344,6 +355,8 @@ class EdgesRun:
     changed_edge_ids: list[int] = field(default_factory=list)
     reconciled: list[str] = field(default_factory=list)
     cursors: dict[str, CursorJson] = field(default_factory=dict)
+    removed_targets: int = 0  # target rows removed outright that the entity steps named
+    sources_of_removed: int = 0  # sources (per target) found pointing at them, rewritten
 
 
 def _target_high_water(ctx: SyncContext) -> dict[str, Any]:
@@ -351,10 +364,18 @@ def _target_high_water(ctx: SyncContext) -> dict[str, Any]:
     return {t.table: high_water(ctx.db, reading.table_for(t), []).to_json() for t in edge_targets()}
 
 
-def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str, CursorJson]) -> EdgesRun:
+def run_edges(
+    ctx: SyncContext,
+    shards: Shards,
+    mode: str,
+    previous: Mapping[str, CursorJson],
+    removed: Mapping[str, Sequence[int]] | None = None,
+) -> EdgesRun:
     """Full: rewrite every source object whose reference lists changed. Incremental: only the
-    sources of changed edges and of changed target rows, then a count check per source type
-    that falls back to the full pass for that type when references were lost another way."""
+    sources of changed edges, of changed target rows and of the target rows ``removed`` outright
+    (``{collection: ids}``, as the entity steps found them), then a count check per source type
+    that searches for references lost another way (edges removed outright)."""
+    removed = {c: sorted(set(ids)) for c, ids in (removed or {}).items() if ids}
     syncers = {e.collection: ObjectSyncer(ctx, e) for e in edge_sources()}
     run = EdgesRun([s.report for s in syncers.values()], cursors=dict(previous))
     overlap = timedelta(seconds=ctx.settings.overlap_seconds)
@@ -406,9 +427,17 @@ def run_edges(ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str
             for row_id, updated_at, deleted_at in changed:
                 c = c.advanced(updated_at, row_id, deleted_at)
             marks[t.table] = c.to_json()
+            # Rows removed outright leave their edges behind (no foreign key on a generic table): the
+            # sources those edges name still carry a reference to the removed object.
+            gone = removed.get(t.collection, [])
+            for collection, ids in sources_pointing_at(ctx.db, t, gone, [shard]).items():
+                touched.setdefault(collection, set()).update(ids)
+                run.sources_of_removed += len(ids)
         for collection, ids in touched.items():
             touched_all.setdefault(collection, set()).update(ids)
         pending[key] = marks
+    if pending:
+        run.removed_targets = sum(len(ids) for ids in removed.values())
     before = gave_up()
     for collection, ids in sorted(touched_all.items()):
         syncers[collection].sync_ids(sorted(ids))
@@ -476,13 +505,17 @@ def _wrong_references_by_ranges(ctx: SyncContext, collection: str) -> list[int] 
 
 
 def edges_step(
-    ctx: SyncContext, shards: Shards, mode: str, previous: Mapping[str, CursorJson]
+    ctx: SyncContext,
+    shards: Shards,
+    mode: str,
+    previous: Mapping[str, CursorJson],
+    removed: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[list[ObjectSyncReport], dict[str, Any]]:
     """The edges step over every edge: its reports and metadata.
 
     An incremental run explains the edges it saw change.
     """
-    run = run_edges(ctx, shards, mode, previous)
+    run = run_edges(ctx, shards, mode, previous, removed)
     classification = edge_rules.classify_edges(
         ctx.db, list(shards.values()), None if mode == FULL else run.changed_edge_ids
     )
@@ -491,6 +524,9 @@ def edges_step(
         "window": "all edges",
         "mode": mode,
         "edges_changed": run.edges_changed,
+        # target rows removed outright (named by the entity steps), and the sources rewritten for them
+        "removed_targets": run.removed_targets,
+        "sources_of_removed_targets": run.sources_of_removed,
         # the source types whose reference counts were off, with how many sources were rewritten
         "reconciled_by_count_check": ", ".join(run.reconciled) or "none",
         "cursor_before": dict(previous),

@@ -24,7 +24,7 @@ from tercul_sync.engine.batching import BatchProcessor, WriteReport
 from tercul_sync.engine.embedding import Embedder, EmbedStats, make_embedder
 from tercul_sync.engine.objects import HASH_PROPERTY, ObjectWrite, build_object, chunk, row_problem
 from tercul_sync.engine.registry import EntityType, object_uuid, relations_from
-from tercul_sync.engine.reports import MAX_SAMPLE, ReasonLog
+from tercul_sync.engine.reports import ReasonLog
 from tercul_sync.engine.settings import Settings
 from tercul_sync.engine.vectors import (
     VECTOR_HASH_PROPERTY,
@@ -374,7 +374,7 @@ class ObjectSyncer:
 @dataclass
 class SweepReport:
     deleted: int = 0
-    sample_ids: list[int] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)  # the orphans found, every one
 
 
 def sweep_orphans(
@@ -400,7 +400,7 @@ def sweep_orphans(
     )
     alive_since = reading.live_ids_among(engine, e, sorted(candidates))
     orphans = sorted(sid for sid in candidates if sid not in alive_since)
-    report = SweepReport(sample_ids=orphans[:MAX_SAMPLE])
+    report = SweepReport(ids=orphans)
     if orphans:
         report.deleted = weaviate_client.delete_uuids(
             client, collection, [candidates[sid] for sid in orphans]
