@@ -198,10 +198,11 @@ def engine(args: argparse.Namespace) -> dict[str, Any]:
         run = runs.run_entity(ctx, e, SHARDS, mode, previous.get(e.collection, {}))
         steps.append(_entity_row(e.collection, time.perf_counter() - t, run))
         cursors[e.collection] = run.cursors
-        if len(run.removed) <= runs.REMOVED_KEPT:
+        # --code older than 78c55f0: no removed ids
+        if len(getattr(run, "removed", ())) <= getattr(runs, "REMOVED_KEPT", -1):
             removed[e.collection] = run.removed
     t = time.perf_counter()
-    edges = runs.run_edges(ctx, SHARDS, mode, previous.get("edges", {}), removed)
+    edges = runs.run_edges(ctx, SHARDS, mode, previous.get("edges", {}), *([removed] if removed else []))
     steps.append(
         {
             "step": "edges",
@@ -212,7 +213,7 @@ def engine(args: argparse.Namespace) -> dict[str, Any]:
             "unchanged": sum(r.unchanged for r in edges.reports),
             "failed": sum(r.write.failed for r in edges.reports),
             "reconciled": edges.reconciled,
-            "sources_of_removed_targets": edges.sources_of_removed,
+            "sources_of_removed_targets": getattr(edges, "sources_of_removed", 0),
         }
     )
     cursors["edges"] = edges.cursors

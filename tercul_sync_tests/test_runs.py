@@ -198,9 +198,26 @@ def test_bisection_gives_up_for_a_walk_when_differences_are_everywhere():
 
         return leaf
 
-    every = reconcile.bisect_mismatches(0, 100_000, measure(live), measure(stored), leaf_against(live), 0.25)
+    measured = []
+
+    def database(a, b):
+        measured.append((a, b))
+        return measure(live)(a, b)
+
+    every = reconcile.bisect_mismatches(0, 100_000, database, measure(stored), leaf_against(live), 0.25)
     assert every is None
     assert leaves == []  # gave up on the aggregates alone, before reading any range id by id
+    # ... after one comparison of the whole span, on the probes alone: no level of halving
+    assert measured[0] == (0, 100_000) and len(measured) == 1 + reconcile.PROBES
+    assert all(b - a == reconcile.LEAF_SPAN for a, b in measured[1:])
+    # Differences in most but not all of the span, unseen by the probes: the halving gives up too.
+    half = stored - set(range(50_000, 100_000, 1_000))
+    leaves.clear()
+    assert (
+        reconcile.bisect_mismatches(0, 100_000, measure(half), measure(stored), leaf_against(half), 0.1)
+        is None
+    )
+    assert leaves == []
     # Differences in a few ranges only: found, within the share.
     few = stored - {5, 6, 70_000}
     found = reconcile.bisect_mismatches(0, 100_000, measure(few), measure(stored), leaf_against(few), 0.25)
@@ -221,3 +238,11 @@ def test_bisection_of_equal_sides_makes_one_comparison():
 
     assert reconcile.bisect_mismatches(0, 1_000_000, count, count, lambda a, b: [a]) == []
     assert len(calls) == 2
+
+
+def test_only_the_shards_holding_a_row_whose_write_gave_up_keep_their_cursor():
+    shards = {f"shard-{i}": Shard(i, 4) for i in range(4)}
+    assert runs.shards_holding(shards, [5, 9, 6]) == {"shard-1", "shard-2"}
+    assert runs.shards_holding(shards, iter([3])) == {"shard-3"}  # any iterable, read once
+    assert runs.shards_holding(shards, []) == set()
+    assert runs.shards_holding({"shard-0": Shard(0, 4)}, [5]) == set()  # rows of shards not in the step

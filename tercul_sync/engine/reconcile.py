@@ -9,8 +9,12 @@ handful of changes costs a few dozen aggregate queries; changes everywhere
 cost more than a walk: every range is measured on both sides and then read
 anyway. So the search gives up (returns None) as soon as the ranges it would
 have to read id by id are sure to cover ``max_leaf_share`` of the span, and
-the caller walks. It halves level by level, so with differences everywhere
-it gives up after a few levels of aggregates, before reading any range.
+the caller walks. Before halving, it measures eight small ranges spread over
+the span: when more than the share of them differ, differences are
+everywhere and it gives up at once (each level of halving is an aggregate
+over the whole span, on each side). Then it
+halves level by level, and gives up as soon as the ranges that differ are
+sure to need more reading than the share, before reading any.
 The one blind spot: a missing object and an orphan in the same range cancel
 out; the parity check and full runs cover it.
 """
@@ -23,6 +27,10 @@ Measure = Callable[[int, int], int]  # (low id, high id exclusive) -> a number f
 Leaf = Callable[[int, int], list[int]]  # (low, high) -> the ids in that range that differ
 
 LEAF_SPAN = 4_096  # ids per range compared id by id
+# Ranges of one leaf, evenly spread, measured first: when more than the share of them differ, the
+# differences are everywhere, and a walk is cheaper than halving (each level an aggregate over the
+# whole span).
+PROBES = 8
 # Past this share of the span read id by id, differences are everywhere: a walk is cheaper.
 WALK_SHARE = 0.25
 
@@ -44,11 +52,14 @@ def bisect_mismatches(
     range of half a leaf or more, so a level whose differing ranges already outgrow the share
     gives up there, having read nothing.
     """
+    if low >= high or database(low, high) == weaviate(low, high):
+        return []
+    if _dense(low, high, database, weaviate, max_leaf_share):
+        return None
     found: list[int] = []
     budget, read = max_leaf_share * (high - low), 0
-    level = [(low, high)]
-    while level:
-        differing = [(a, b) for a, b in level if a < b and database(a, b) != weaviate(a, b)]
+    differing = [(low, high)]
+    while differing:
         leaves = [(a, b) for a, b in differing if b - a <= LEAF_SPAN]
         wider = [(a, b) for a, b in differing if b - a > LEAF_SPAN]
         at_least = read + sum(b - a for a, b in leaves) + len(wider) * (LEAF_SPAN // 2)
@@ -57,5 +68,17 @@ def bisect_mismatches(
         for a, b in leaves:
             read += b - a
             found += leaf(a, b)
-        level = [half for a, b in wider for half in ((a, (a + b) // 2), ((a + b) // 2, b))]
+        halves = [half for a, b in wider for half in ((a, (a + b) // 2), ((a + b) // 2, b))]
+        differing = [(a, b) for a, b in halves if a < b and database(a, b) != weaviate(a, b)]
     return sorted(found)
+
+
+def _dense(low: int, high: int, database: Measure, weaviate: Measure, share: float) -> bool:
+    """Whether more than ``share`` of ``PROBES`` one-leaf ranges spread over ``[low, high)`` differ
+    (a span of fewer than twice as many leaves is not probed)."""
+    span = high - low
+    if span < 2 * PROBES * LEAF_SPAN:
+        return False
+    starts = [low + (2 * i + 1) * span // (2 * PROBES) - LEAF_SPAN // 2 for i in range(PROBES)]
+    differ = sum(1 for a in starts if database(a, a + LEAF_SPAN) != weaviate(a, a + LEAF_SPAN))
+    return differ > share * PROBES

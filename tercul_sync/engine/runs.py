@@ -11,7 +11,7 @@ Each Dagster asset calls exactly one of ``run_entity``, ``run_edges`` or
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -193,10 +193,9 @@ def run_entity(
         # them). Marks are read before the scan: later changes stay ahead of them.
         marks = {k: high_water(ctx.db, table, [s]) for k, s in whole.items()}
         syncer.sync_shards(list(whole.values()))
-        stalled = syncer.report.write.gave_up_keys()
-        for key, shard in whole.items():
-            if not any(isinstance(i, int) and shard.contains(i) for i in stalled):
-                run.cursors[key] = marks[key].to_json()
+        stalled = [i for i in syncer.report.write.gave_up_keys() if isinstance(i, int)]
+        held = shards_holding(whole, stalled)
+        run.cursors.update({k: m.to_json() for k, m in marks.items() if k not in held})
     for key, shard in shards.items():
         cursor = cursors[key]
         if mode == SWEEP or key in whole or cursor is None:
@@ -288,6 +287,13 @@ def run_entity_ids(
     run.removed += gone
     run.object_count = weaviate_client.count_objects(ctx.client, ctx.collection(e.collection))
     return run
+
+
+def shards_holding(shards: Shards, row_ids: Iterable[int]) -> set[str]:
+    """Keys of the shards that hold one of ``row_ids``: rows whose writes still failed transiently
+    when the retries ran out, so those shards' cursors stay where they were."""
+    ids = list(row_ids)
+    return {key for key, shard in shards.items() if any(shard.contains(i) for i in ids)}
 
 
 def covers_all(shards: Shards) -> bool:
@@ -588,11 +594,10 @@ def run_passages(
         syncer.flush()
     finally:
         syncer.close()
-    stalled = syncer.report.write.gave_up_keys()
+    held = shards_holding(shards, (passage_parent_id(str(k)) for k in syncer.report.write.gave_up_keys()))
     cursors: dict[str, CursorJson] = dict(previous)
-    for key, shard in shards.items():
-        if mode != SWEEP and not any(shard.contains(passage_parent_id(str(k))) for k in stalled):
-            cursors[key] = marks[key]
+    if mode != SWEEP:
+        cursors.update({k: m for k, m in marks.items() if k not in held})
     clean = syncer.report.write.failed == 0 and covers_all(shards)
     for e in passage_parents():
         if mode == SWEEP or (mode == FULL and not clean) or _passage_parents_differ(ctx, e):
