@@ -124,7 +124,6 @@ def database_side(
 
 def diff(db: pd.DataFrame, wv: pd.DataFrame, report: ParityReport) -> None:
     """Add the differences of one shard's two frames to ``report``."""
-
     joined = db.add_suffix("_db").join(wv.add_suffix("_wv"), how="outer", sort=True)
     in_db, in_wv = joined["updated_us_db"].notna(), joined["updated_us_wv"].notna()
     both = in_db & in_wv
