@@ -395,6 +395,7 @@ def run_edges(
     # Incremental: the sources every shard touched, written once per type after the loop (one
     # sync_ids per type, not one per shard and type); the shards' new marks wait for those writes.
     touched_all: dict[str, set[int]] = {}
+    sources_of_removed: dict[str, dict[str, set[int]]] = {}  # target collection -> sources, every shard
     pending: dict[str, CursorJson] = {}
     for key, shard in shards.items():
         before = gave_up()
@@ -435,10 +436,13 @@ def run_edges(
             marks[t.table] = c.to_json()
             # Rows removed outright leave their edges behind (no foreign key on a generic table): the
             # sources those edges name still carry a reference to the removed object.
-            gone = removed.get(t.collection, [])
-            for collection, ids in sources_pointing_at(ctx.db, t, gone, [shard]).items():
-                touched.setdefault(collection, set()).update(ids)
-                run.sources_of_removed += len(ids)
+            if t.collection not in sources_of_removed:  # the same ids for every shard: read once
+                gone = removed.get(t.collection, [])
+                sources_of_removed[t.collection] = sources_pointing_at(ctx.db, t, gone, list(shards.values()))
+            for collection, ids in sources_of_removed[t.collection].items():
+                mine = {i for i in ids if shard.contains(i)}
+                touched.setdefault(collection, set()).update(mine)
+                run.sources_of_removed += len(mine)
         for collection, ids in touched.items():
             touched_all.setdefault(collection, set()).update(ids)
         pending[key] = marks
