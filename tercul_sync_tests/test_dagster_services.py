@@ -94,13 +94,13 @@ def _finished(client: DagsterGraphQLClient, run_id: str) -> str | None:
     return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
 
 
-def _wait(predicate, timeout: float, what: str):
+def _wait(predicate, timeout: float, what: str, interval_s: float = 1.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(1)
+        time.sleep(interval_s)
     raise AssertionError(f"timed out waiting for {what}")
 
 

@@ -624,6 +624,27 @@ def _submit(client: DagsterGraphQLClient, job: str) -> str:
     )
 
 
+def _hold_mid_write(pid: int, works: Any, total: int, batch: int, slice_s: float = 0.01) -> int:
+    """Run the stopped step process in short slices until some of its writes have landed and at
+    least two batches have not; return the number landed with the process stopped again (SIGSTOP).
+
+    Polling while the step runs free lost the race on a loaded CI machine: the step wrote its last
+    batches and materialized between the poll that saw the first batch and the signal. Stopped, the
+    step cannot move while its progress is read.
+    """
+    landed_filter = Filter.by_property("title").like("step killed*")
+    deadline = time.monotonic() + 300
+    while True:
+        landed = works.aggregate.over_all(filters=landed_filter, total_count=True).total_count or 0
+        if landed:
+            assert landed <= total - 2 * batch, f"{landed} of {total} landed within one slice"
+            return landed
+        assert time.monotonic() < deadline, "the Work step wrote nothing"
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(slice_s)
+        os.kill(pid, signal.SIGSTOP)
+
+
 def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
     tmp_path,
     dagster_pg,  # noqa: F811 (the fixture imported above)
@@ -678,24 +699,25 @@ def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
                     return int(json.loads(event)["dagster_event"]["pid"])
             return None
 
-        pid = _wait(step_pid, 600, "the Work step to start")
+        # Watched closely and stopped at once: the step writes its 230 works in under a second, and
+        # once found it moves only in the short slices of _hold_mid_write.
+        pid = _wait(step_pid, 600, "the Work step to start", interval_s=0.02)
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pytest.fail(f"the Work step (pid {pid}) had ended before it was stopped")
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         assert "python" in cmdline, cmdline  # the step's own process (a child of the run worker we launched)
-        deadline = time.monotonic() + 300
-        while not works.aggregate.over_all(  # the Work step's first batch has landed: it is writing
-            filters=Filter.by_property("title").like("step killed*"), total_count=True
-        ).total_count:
-            assert time.monotonic() < deadline, "the Work step wrote nothing"
-            time.sleep(0.05)
-        # Weaviate held still for the kill: with batches in flight the step's few remaining writes
-        # could otherwise all land, and the step materialize, in the moment before the signal.
-        os.kill(weaviate_server_proc.process.pid, signal.SIGSTOP)
+        with engine.connect() as conn:
+            total = conn.execute(sa.text("SELECT count(*) FROM works WHERE deleted_at IS NULL")).scalar_one()
+        landed = _hold_mid_write(pid, works, total=total, batch=int(settings["TERCUL_SYNC_BATCH_SIZE"]))
         try:
-            os.kill(pid, signal.SIGKILL)
-            killed_at = time.monotonic()
-            time.sleep(0.5)
+            # Held still mid-write: nothing recorded for Work in this run yet.
+            recorded = _events(dagster_db, run_id, ("ASSET_MATERIALIZATION",))
+            assert not [step for step, _, _, _ in recorded if step == "Work"], recorded
         finally:
-            os.kill(weaviate_server_proc.process.pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)  # a stopped process takes SIGKILL as it is
+        killed_at = time.monotonic()
         status = _wait(lambda: _finished(client, run_id), 900, "the killed run")
         ended_s = round(time.monotonic() - killed_at, 1)
         kinds = (
@@ -721,6 +743,7 @@ def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
         fault(
             "step_process_sigkill",
             run_status=status,
+            works_landed_before_kill=f"{landed} of {total}",
             run_ended_after_kill_s=ended_s,
             converge_s=round(time.monotonic() - killed_at, 1),
             work_events=work_events,
