@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from tercul_sync.defs.storage import PooledPostgresStorage
+from tercul_sync.defs.storage import SCHEMA_LOCK_KEY, PooledPostgresStorage
 from tercul_sync.devtools.dagster_deployment import PostgresStorage, write_instance_config
 from tercul_sync_tests.conftest import drop_database, new_database
 
@@ -75,3 +80,77 @@ def test_the_repositorys_instance_keeps_a_connection_per_storage_instead_of_one_
         assert _backends(postgres, db) == 0  # and closed with the instance
     finally:
         drop_database(postgres, db)
+
+
+def test_processes_starting_together_on_an_empty_database_all_get_the_instance(postgres, tmp_path):
+    """Celery workers, a run worker and the daemon can all start at once on a new Dagster database;
+    each creates the tables it finds missing. dagster-postgres retries a lost race on some of those
+    tables but not on ``instance_info`` (CI once lost a Celery worker to "relation instance_info
+    already exists"): the storage creates them one process at a time."""
+    db = new_database(postgres, "dagster_race")
+    try:
+        home = tmp_path / "home"
+        write_instance_config(home)
+        start_at = time.time() + 12  # every process has imported dagster by then: they race
+        script = (
+            "import time, dagster as dg\n"
+            f"time.sleep(max(0, {start_at} - time.time()))\n"
+            f"instance = dg.DagsterInstance.from_config({str(home)!r})\n"
+            "instance.get_runs(limit=1)\n"  # the storage is made on first use
+            "instance.dispose()\n"
+        )
+        env = {**os.environ, **PostgresStorage(db).env()}
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(10)
+        ]
+        failures = [err for p in procs if (err := p.communicate(timeout=300)[1]) and p.returncode != 0]
+        assert not failures, failures[0][-2000:]  # without the lock: one run in four or so lost here
+    finally:
+        drop_database(postgres, db)
+
+
+def test_a_process_making_dagsters_tables_waits_for_another_one_making_them(postgres, tmp_path):
+    """The race above, made certain: while the lock is held (another process making the tables),
+    a new process waits for it instead of creating tables beside it, then gets its instance."""
+    db = new_database(postgres, "dagster_lock")
+    # Advisory locks are per database. Autocommit: pg_stat_activity is read afresh each time (inside one
+    # transaction it would show the first snapshot again).
+    holder = sa.create_engine(sa.make_url(postgres).set(database=db), isolation_level="AUTOCOMMIT")
+    try:
+        home = tmp_path / "home"
+        write_instance_config(home)
+        script = f"import dagster as dg\ndg.DagsterInstance.from_config({str(home)!r}).get_runs(limit=1)\n"
+        env = {**os.environ, **PostgresStorage(db).env()}
+        with holder.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            proc = subprocess.Popen(
+                [sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True
+            )
+            deadline = time.monotonic() + 120
+            while not _waiting_on_the_lock(conn, db):
+                assert proc.poll() is None, proc.communicate()[1][-2000:]  # made its tables, did not wait
+                assert time.monotonic() < deadline, "the process never asked for the lock"
+                time.sleep(0.2)
+            tables = conn.execute(
+                sa.text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            ).scalar_one()
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        assert tables == 0  # the lock is taken before any table is made
+    finally:
+        holder.dispose()
+        drop_database(postgres, db)
+
+
+def _waiting_on_the_lock(conn: sa.Connection, db: str) -> bool:
+    return bool(
+        conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = :db "
+                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            ),
+            {"db": db},
+        ).scalar_one()
+    )

@@ -20,8 +20,16 @@ pool never closes it: an instance made per sensor tick would leave its
 connections open). No statement timeout is set (the webserver's own call
 still sets its own). Each use pings the connection first (``pool_pre_ping``,
 a round trip of well under a millisecond), so one that a PostgreSQL restart
-broke is replaced instead of failing a run's event write. Select it in
-``dagster.yaml``:
+broke is replaced instead of failing a run's event write.
+
+Each process that loads the instance creates the tables it finds missing.
+On a new database, processes starting together (Celery workers, a run
+worker, the daemon) race to do it; dagster-postgres retries a lost race on
+some tables but not on others (``instance_info``, the ``pending_steps``
+type), and CI lost a Celery worker to "relation instance_info already
+exists". So the storages are made under a PostgreSQL advisory lock
+(``SCHEMA_LOCK_KEY``): one process at a time finds and creates what is
+missing, the others then find it there. Select it in ``dagster.yaml``:
 
 .. code-block:: yaml
 
@@ -35,6 +43,8 @@ broke is replaced instead of failing a run's event write. Select it in
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -42,13 +52,16 @@ from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
+from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
+from sqlalchemy.pool import NullPool
 
 if TYPE_CHECKING:
     from dagster_postgres.auth import PgTokenProvider
 
 POOL_RECYCLE_S = 3_600  # seconds before a kept connection is replaced
 MAX_OVERFLOW = 10  # connections opened beyond the kept one while threads need them
+SCHEMA_LOCK_KEY = 0x7465726375_01  # pg_advisory_lock key held while a process makes Dagster's tables
 
 
 def pooled_engine(postgres_url: str, token_provider: PgTokenProvider | None) -> sa.Engine:
@@ -64,6 +77,19 @@ def pooled_engine(postgres_url: str, token_provider: PgTokenProvider | None) -> 
         pool_recycle=POOL_RECYCLE_S,
         pool_pre_ping=True,
     )
+
+
+@contextlib.contextmanager
+def one_process_at_a_time(postgres_url: str, token_provider: PgTokenProvider | None) -> Iterator[None]:
+    """Hold the advisory lock ``SCHEMA_LOCK_KEY`` on a connection of its own: waits for any other
+    process holding it (making the tables), and is released when the connection closes."""
+    engine = create_pg_engine(postgres_url, token_provider, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            yield
+    finally:
+        engine.dispose()
 
 
 class _KeptConnection:
@@ -110,11 +136,24 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         inst_data: ConfigurableClassData | None = None,
         token_provider: PgTokenProvider | None = None,
     ) -> None:
-        super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)
-        self._run_storage = PooledRunStorage(postgres_url, should_autocreate_tables, None, token_provider)
-        self._event_log_storage = PooledEventLogStorage(
-            postgres_url, should_autocreate_tables, None, token_provider
-        )
+        # The attributes DagsterPostgresStorage.__init__ sets, with the pooled storages made in
+        # place of its own (calling it would make each storage twice: twice the connections).
+        self.postgres_url = postgres_url
+        self.should_autocreate_tables = should_autocreate_tables
+        self._inst_data = inst_data
+        with (
+            one_process_at_a_time(postgres_url, token_provider)
+            if should_autocreate_tables
+            else contextlib.nullcontext()
+        ):
+            self._run_storage = PooledRunStorage(postgres_url, should_autocreate_tables, None, token_provider)
+            self._event_log_storage = PooledEventLogStorage(
+                postgres_url, should_autocreate_tables, None, token_provider
+            )
+            self._schedule_storage = PostgresScheduleStorage(
+                postgres_url, should_autocreate_tables, token_provider=token_provider
+            )
+        super(DagsterPostgresStorage, self).__init__()  # what comes after its __init__ in the MRO
 
     @classmethod
     def from_config_value(
