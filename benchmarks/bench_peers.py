@@ -19,7 +19,10 @@ times:
    its ``weaviate`` destination, merge on ``id``, no vectorizer; first run and
    a re-run;
 3. tercul_sync end to end: ``dagster job execute -m tercul_sync.definitions
-   -j full_sync``, first run and a re-run, with a fresh Dagster instance;
+   -j full_sync``, first run and a re-run, with a fresh Dagster instance: the
+   repository's ``dagster.yaml`` on a new PostgreSQL database
+   (``dagster_bench_<rows>_<executor>``), as production runs, or with
+   ``--dagster-storage sqlite`` Dagster's default SQLite storage;
 4. tercul_sync's engine alone: ``runs.run_entity`` for each entity type in
    ``sync_order()`` over 8 shards, then ``runs.run_edges``; first sync and a
    re-run with nothing changed;
@@ -46,6 +49,7 @@ Shared machines are noisy: compare figures within one run, not across runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -54,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +110,33 @@ def prepare_database(rows: int, seed: int) -> tuple[str, dict[str, Any]]:
         "postgres": version,
         "size_mb": size / MB,
     }
+
+
+def dagster_storage_env(name: str) -> dict[str, str]:
+    """A new, empty PostgreSQL database for one Dagster instance; the ``DAGSTER_PG_*`` settings for it."""
+    from tercul_sync.devtools.dagster_deployment import PostgresStorage
+
+    admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return PostgresStorage(name).env()
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, restored afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def dlt_python(explicit: str | None) -> Path:
@@ -307,13 +339,19 @@ class Bench:
     def dagster(self, executor: str) -> None:
         from peers_dagster import timeline
 
+        from tercul_sync.devtools.dagster_deployment import write_instance_config
         from tercul_sync.engine.registry import sync_order
 
         home = self.work / f"dagster_home_{executor}"
         shutil.rmtree(home, ignore_errors=True)
         home.mkdir(parents=True)
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        env = {**self.env, "DAGSTER_HOME": str(home), "TERCUL_SYNC_EXECUTOR": executor}
+        storage_env: dict[str, str] = {}
+        if self.args.dagster_storage == "postgres":
+            storage_env = dagster_storage_env(f"dagster_bench_{self.args.rows}_{executor}")
+            write_instance_config(home)
+        else:
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        env = {**self.env, **storage_env, "DAGSTER_HOME": str(home), "TERCUL_SYNC_EXECUTOR": executor}
         tool = f"tercul_sync via Dagster, {executor}"
         cmd = [
             str(VENV_PY.parent / "dagster"),
@@ -331,7 +369,8 @@ class Bench:
             say(f"dagster full_sync, {executor}: {run}")
             log = self.work / "logs" / f"dagster-{executor}-{run}.log"
             m = run_measured(cmd, env, log, self.code_dir, self.server.pid).check()
-            tl = timeline(home, m.started_at, m.seconds, {*(e.collection for e in sync_order()), "edges"})
+            with environment(storage_env):  # the instance's dagster.yaml names its settings by variable
+                tl = timeline(home, m.started_at, m.seconds, {*(e.collection for e in sync_order()), "edges"})
             self.details["dagster"][executor][run] = tl
             found = self.counts()
             check = self.check(found, self.data["live_total"])
@@ -451,18 +490,21 @@ SNAPSHOT_ENV = "TERCUL_BENCH_CODE"
 def run_on_snapshot(rev: str) -> None:
     """Start this script again with tercul_sync as committed at ``rev`` first on ``PYTHONPATH``.
 
-    The package is extracted with ``git archive`` into ``.tercul/bench-code/<sha>/``; every child
-    (phases, the Dagster command) inherits the path, so a work tree being edited while the
-    benchmark runs changes nothing it measures. Does not return.
+    The package and ``dagster.yaml`` are extracted with ``git archive`` into
+    ``.tercul/bench-code/<sha>/``; every child (phases, the Dagster command) inherits the path, so
+    a work tree being edited while the benchmark runs changes nothing it measures. Does not return.
     """
     sha = subprocess.run(
         ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
     target = ROOT / ".tercul" / "bench-code" / sha
-    if not (target / "tercul_sync" / "__init__.py").exists():
+    if not (target / "dagster.yaml").exists():  # the instance config travels with the package
         target.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(
-            ["git", "archive", "--format=tar", sha, "tercul_sync"], cwd=ROOT, capture_output=True, check=True
+            ["git", "archive", "--format=tar", sha, "tercul_sync", "dagster.yaml"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     say(f"running on tercul_sync as committed at {sha} ({target})")
@@ -486,6 +528,13 @@ def main() -> None:
         help="TERCUL_SYNC_EXECUTOR values to run full_sync with, comma-separated",
     )
     ap.add_argument("--skip-dagster", action="store_true")
+    ap.add_argument(
+        "--dagster-storage",
+        choices=("postgres", "sqlite"),
+        default="postgres",
+        help="the Dagster instance of the full_sync runs: the repository's dagster.yaml on a new "
+        "PostgreSQL database (production's), or Dagster's default SQLite storage",
+    )
     ap.add_argument("--skip-limit", action="store_true")
     ap.add_argument(
         "--limit-once", action="store_true", help="measure the limit at the start only, not again at the end"

@@ -238,10 +238,16 @@ def write_report(
     lim = details.get("limit", {})
     by_type = ", ".join(f"{c} {n:,}" for c, n in data["live"].items())
     line = incremental_line(rows)
+    storage = (
+        "the repository's `dagster.yaml`: `PooledPostgresStorage` on a new PostgreSQL database, telemetry off"
+        if getattr(args, "dagster_storage", "sqlite") == "postgres"  # figures saved before the option: SQLite
+        else "SQLite storage, telemetry off"
+    )
     command = (
         f".venv/bin/python benchmarks/bench_peers.py --rows {args.rows}"
         + (" --skip-dlt" if args.skip_dlt else "")
         + (" --skip-dagster" if args.skip_dagster else "")
+        + (" --dagster-storage sqlite" if getattr(args, "dagster_storage", "sqlite") == "sqlite" else "")
         + (f" --code {args.code}" if getattr(args, "code", None) else "")
         + f" --out {out}"
     )
@@ -330,7 +336,7 @@ def write_report(
         "re-run is the same command with the same pipeline folder: dlt extracts, normalizes and upserts "
         "everything again. dlt writes no cross-references and never removes a hard-deleted row.",
         "- **tercul_sync via Dagster**: `dagster job execute -m tercul_sync.definitions -j full_sync` "
-        "with a fresh `DAGSTER_HOME` (SQLite storage, telemetry off), every tercul_sync setting at its "
+        f"with a fresh `DAGSTER_HOME` ({storage}), every tercul_sync setting at its "
         "default; the clock is the command's wall time. Step timings come from the run's event log "
         "(`peers_dagster.py`). When the job has steps the peers do not (`passages`), a second line "
         "gives the time from the command's start to the end of the last entity or edges step, read "
