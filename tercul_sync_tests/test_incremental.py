@@ -13,8 +13,6 @@ import sqlalchemy as sa
 
 from tercul_sync.devtools import demo_data
 from tercul_sync.engine import reading
-from tercul_sync.engine.objects import HASH_PROPERTY
-from tercul_sync.engine.objects import REF_COUNT_PROPERTY as REF_COUNT
 from tercul_sync.engine.registry import ENTITIES, EntityType, entity, object_uuid
 from tercul_sync_tests.helpers import (
     SHARDS,
@@ -372,49 +370,3 @@ def test_sources_of_targets_removed_outright_are_rewritten_without_the_count_sea
         pg_database, weaviate_server_proc, selection=["edges"], instance=instance, mode="incremental"
     )
     assert metadata(again, "edges")["removed_targets"] == 0
-
-
-def test_full_edges_search_counts_by_ranges_and_a_sweep_reads_every_count(
-    pg_database, weaviate_server_proc, weaviate_client
-):
-    """A full edges step finds a source whose reference count is off by searching id ranges on sums;
-    two counts off in opposite ways cancel in those sums (a full pass never leaves that: its
-    leftovers are references deferred, all one way), and only the sweep, which reads every count,
-    finds them."""
-    engine = reading.make_engine(pg_database)
-    demo_data.generate(engine, 600, seed=6)
-    instance = dg.DagsterInstance.ephemeral()
-    assert run_sync(pg_database, weaviate_server_proc, instance=instance).success
-    works = weaviate_client.collections.use("Work")
-    with engine.connect() as conn:
-        sources = list(
-            conn.execute(
-                sa.text(
-                    "SELECT w.id FROM works w JOIN edges e ON e.source_table = 'works' "
-                    "AND e.source_id = w.id AND e.deleted_at IS NULL "
-                    "WHERE w.deleted_at IS NULL GROUP BY w.id ORDER BY w.id LIMIT 2"
-                )
-            ).scalars()
-        )
-
-    def shift(row_id: int, by: int) -> None:
-        """The object's count off by ``by``, and its hash stale, as after a write that went wrong:
-        a rewrite then replaces it (with the hash right, the rewrite would skip it as unchanged)."""
-        uuid = object_uuid("Work", row_id)
-        count = works.query.fetch_object_by_id(uuid, return_properties=[REF_COUNT]).properties[REF_COUNT]
-        works.data.update(uuid, properties={REF_COUNT: int(count) + by, HASH_PROPERTY: "stale"})
-
-    def edges(mode: str) -> str:
-        result = run_sync(
-            pg_database, weaviate_server_proc, selection=["edges"], instance=instance, mode=mode
-        )
-        return str(metadata(result, "edges")["reconciled_by_count_check"])
-
-    shift(sources[0], -1)
-    assert edges("full") == "Work (1)"  # one way: the sums differ, the search finds the source
-    shift(sources[0], -1)
-    shift(sources[1], +1)
-    assert edges("full") == "none"  # they cancel in every range that holds both
-    assert edges("sweep") == "Work (2)"
-    assert edges("full") == "none"
-    assert_references_match(engine, weaviate_server_proc)

@@ -27,9 +27,8 @@ FULL, INCREMENTAL, SWEEP = runs.FULL, runs.INCREMENTAL, runs.SWEEP
         (FULL, INCREMENTAL, runs.ENTITY_MODES, FULL),  # run config wins over the tag
         (SWEEP, None, runs.ENTITY_MODES, SWEEP),
         (None, SWEEP, runs.ENTITY_MODES, SWEEP),
-        (None, SWEEP, runs.EDGE_MODES, SWEEP),  # the edges' sweep: a full pass that walks every count
-        (SWEEP, None, runs.EDGE_MODES, SWEEP),
-        (None, SWEEP, (FULL, INCREMENTAL), FULL),  # a step without a sweep: a full pass after one
+        (None, SWEEP, runs.EDGE_MODES, FULL),  # the edges have no sweep: after one, a full pass
+        (SWEEP, None, runs.EDGE_MODES, FULL),
         (None, INCREMENTAL, runs.EDGE_MODES, INCREMENTAL),
         ("", INCREMENTAL, runs.ENTITY_MODES, INCREMENTAL),  # an empty value counts as unset
     ],

@@ -79,7 +79,6 @@ class EdgeSyncConfig(dg.Config):
     mode: str | None = Field(
         default=None,
         description="full: every source object. incremental: sources of changed edges and targets. "
-        "sweep: full, and every object's reference count read back (not searched by ranges). "
         f"Unset: the {MODE_TAG} tag, else full.",
     )
 

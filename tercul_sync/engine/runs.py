@@ -50,7 +50,7 @@ from tercul_sync.engine.writing import ObjectSyncer, ObjectSyncReport, SyncConte
 FULL, INCREMENTAL, SWEEP = "full", "incremental", "sweep"
 IDS = "ids"  # the mode an entity step reports when its run config chose the rows (run_entity_ids)
 ENTITY_MODES = (FULL, INCREMENTAL, SWEEP)
-EDGE_MODES = (FULL, INCREMENTAL, SWEEP)  # sweep: a full pass that walks every reference count
+EDGE_MODES = (FULL, INCREMENTAL)
 
 Shards = Mapping[str, reading.Shard]  # partition key -> shard
 # Ids of objects an entity step removed because their row was gone, named in its metadata for the
@@ -379,11 +379,8 @@ def run_edges(
 ) -> EdgesRun:
     """Full: rewrite every source object whose reference lists changed. Incremental: only the
     sources of changed edges, of changed target rows and of the target rows ``removed`` outright
-    (``{collection: ids}``, as the entity steps found them). Then, both, a count check per source
-    type that searches for references lost another way (deferred, or edges removed outright).
-    Sweep: a full pass whose count check reads every object's count instead of searching."""
-    walk = mode == SWEEP
-    mode = FULL if walk else mode
+    (``{collection: ids}``, as the entity steps found them), then a count check per source type
+    that searches for references lost another way (edges removed outright)."""
     removed = {c: sorted(set(ids)) for c, ids in (removed or {}).items() if ids}
     syncers = {e.collection: ObjectSyncer(ctx, e) for e in edge_sources()}
     run = EdgesRun([s.report for s in syncers.values()], cursors=dict(previous))
@@ -460,7 +457,7 @@ def run_edges(
         for s in syncers.values():  # the targets known to exist, before the walks' own memory
             s.forget_targets()
         for collection, s in syncers.items():
-            wrong = _sources_with_wrong_references(ctx, collection, list(shards.values()), walk=walk)
+            wrong = _sources_with_wrong_references(ctx, collection, list(shards.values()), walk=mode == FULL)
             if wrong:
                 s.sync_ids(wrong)
                 run.reconciled.append(f"{collection} ({len(wrong)})")
@@ -483,17 +480,10 @@ def _sources_with_wrong_references(
     whose sums differ are halved until the counts can be compared source by
     source (``reconcile.py``), and only the sources that differ are rewritten.
 
-    After a full pass the differences left all go one way (references
-    deferred: fewer on the object than in the database), since the entity
-    steps rewrote every object whose references changed; so equal sums mean
-    equal counts there. In an incremental run a reference left behind and one
-    still missing could cancel within a range; the entity steps' removed ids
-    and the changed edges make that rare, and a sweep or full run catches it.
-
-    With ``walk`` (sweep runs) every object's count is read instead, by one cursor
+    With ``walk`` (full runs) every object's count is read instead, by one cursor
     walk (9 s for 300,000 objects), and compared with the database's source by source;
-    so does a run whose differences turn out to be everywhere (``reconcile.WALK_SHARE``),
-    as on a first sync.
+    so does an incremental run whose differences turn out to be everywhere
+    (``reconcile.WALK_SHARE``).
     """
     found = None if walk else _wrong_references_by_ranges(ctx, collection)
     if found is None:  # every object's count, from a cursor walk: no aggregate or filter is trusted
@@ -537,7 +527,7 @@ def edges_step(
     """
     run = run_edges(ctx, shards, mode, previous, removed)
     classification = edge_rules.classify_edges(
-        ctx.db, list(shards.values()), run.changed_edge_ids if mode == INCREMENTAL else None
+        ctx.db, list(shards.values()), None if mode == FULL else run.changed_edge_ids
     )
     return run.reports, {
         **classification.as_metadata(),
@@ -651,8 +641,8 @@ def _passage_parents_differ(ctx: SyncContext, e: EntityType) -> bool:
 def resolve_mode(configured: str | None, tagged: str | None, allowed: tuple[str, ...]) -> str:
     """The step's mode: its run config, else the run's mode tag, else full.
 
-    A step without a sweep of its own (``SWEEP`` not in ``allowed``) runs in full
-    after one. Raises ``ValueError`` for an unknown mode.
+    The edges have no sweep of their own: after a sweep they run in full, to set
+    every reference list right. Raises ``ValueError`` for an unknown mode.
     """
     mode = configured or tagged or FULL
     if mode == SWEEP and SWEEP not in allowed:
