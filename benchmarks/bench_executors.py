@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +43,7 @@ from typing import Any
 
 import psutil
 import redis
-import sqlalchemy as sa
-from peers_dagster import timeline
+from peers_dagster import dagster_on_postgres, timeline
 from peers_measure import MB, TreeSampler, cpu_by_process, other_cpu_seconds
 
 from tercul_sync.devtools import demo_data, weaviate_server
@@ -59,9 +57,6 @@ EXECUTORS = ("multiprocess", "in_process", "celery")
 WEAVIATES = ("single", "cluster")
 WORKERS = 2
 REDIS_URL = f"redis://127.0.0.1:{os.environ.get('TERCUL_REDIS_PORT', '6390')}/5"  # the benchmark's own db
-PG_USER = os.environ.get("TERCUL_PG_USER", "tercul")
-PG_PASSWORD = os.environ.get("TERCUL_PG_PASSWORD", "tercul")
-PG_PORT = os.environ.get("TERCUL_PG_PORT", "5432")
 
 
 def say(message: str) -> None:
@@ -192,30 +187,8 @@ def dagster_storage(home: Path, executor: str) -> Iterator[dict[str, str]]:
         yield {}
         return
     subprocess.run([str(ROOT / "scripts" / "postgres-up")], check=True)
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    name = f"tercul_bench_exec_dagster_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(
-        f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{PG_PORT}/postgres",
-        isolation_level="AUTOCOMMIT",
-    )
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    pg = {
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": PG_PORT,
-        "DAGSTER_PG_DB": name,
-        "DAGSTER_PG_USERNAME": PG_USER,
-        "DAGSTER_PG_PASSWORD": PG_PASSWORD,
-    }
-    os.environ.update(pg)  # the event log is read back in this process too (peers_dagster.timeline)
-    try:
+    with dagster_on_postgres(home, "tercul_bench_exec_dagster") as pg:
         yield pg
-    finally:
-        for key in pg:
-            os.environ.pop(key, None)
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def refused_batches(logs: Sequence[Path]) -> int:

@@ -21,7 +21,8 @@ times:
 3. tercul_sync end to end: ``dagster job execute -m tercul_sync.definitions
    -j full_sync``, first run and a re-run, with a fresh Dagster instance: the
    repository's ``dagster.yaml`` on a new PostgreSQL database
-   (``dagster_bench_<rows>_<executor>``), as production runs, or with
+   (``dagster_bench_<rows>_<executor>_<random>``, dropped afterwards), as
+   production runs, or with
    ``--dagster-storage sqlite`` Dagster's default SQLite storage;
 4. tercul_sync's engine alone: ``runs.run_entity`` for each entity type in
    ``sync_order()`` over 8 shards, then ``runs.run_edges``; first sync and a
@@ -49,7 +50,6 @@ Shared machines are noisy: compare figures within one run, not across runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -58,7 +58,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,33 +109,6 @@ def prepare_database(rows: int, seed: int) -> tuple[str, dict[str, Any]]:
         "postgres": version,
         "size_mb": size / MB,
     }
-
-
-def dagster_storage_env(name: str) -> dict[str, str]:
-    """A new, empty PostgreSQL database for one Dagster instance; the ``DAGSTER_PG_*`` settings for it."""
-    from tercul_sync.devtools.dagster_deployment import PostgresStorage
-
-    admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return PostgresStorage(name).env()
-
-
-@contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``values`` set, restored afterwards."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def dlt_python(explicit: str | None) -> Path:
@@ -337,20 +309,24 @@ class Bench:
 
     # 3. Dagster end to end, with each executor asked for (TERCUL_SYNC_EXECUTOR)
     def dagster(self, executor: str) -> None:
-        from peers_dagster import timeline
-
-        from tercul_sync.devtools.dagster_deployment import write_instance_config
-        from tercul_sync.engine.registry import sync_order
+        from peers_dagster import dagster_on_postgres
 
         home = self.work / f"dagster_home_{executor}"
         shutil.rmtree(home, ignore_errors=True)
         home.mkdir(parents=True)
-        storage_env: dict[str, str] = {}
         if self.args.dagster_storage == "postgres":
-            storage_env = dagster_storage_env(f"dagster_bench_{self.args.rows}_{executor}")
-            write_instance_config(home)
+            with dagster_on_postgres(home, f"dagster_bench_{self.args.rows}_{executor}") as storage_env:
+                self._full_syncs(executor, home, storage_env)
         else:
             (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+            self._full_syncs(executor, home, {})
+
+    def _full_syncs(self, executor: str, home: Path, storage_env: dict[str, str]) -> None:
+        """A first ``full_sync`` into an empty Weaviate, then a re-run, on the instance at ``home``."""
+        from peers_dagster import timeline
+
+        from tercul_sync.engine.registry import sync_order
+
         env = {**self.env, **storage_env, "DAGSTER_HOME": str(home), "TERCUL_SYNC_EXECUTOR": executor}
         tool = f"tercul_sync via Dagster, {executor}"
         cmd = [
@@ -369,8 +345,7 @@ class Bench:
             say(f"dagster full_sync, {executor}: {run}")
             log = self.work / "logs" / f"dagster-{executor}-{run}.log"
             m = run_measured(cmd, env, log, self.code_dir, self.server.pid).check()
-            with environment(storage_env):  # the instance's dagster.yaml names its settings by variable
-                tl = timeline(home, m.started_at, m.seconds, {*(e.collection for e in sync_order()), "edges"})
+            tl = timeline(home, m.started_at, m.seconds, {*(e.collection for e in sync_order()), "edges"})
             self.details["dagster"][executor][run] = tl
             found = self.counts()
             check = self.check(found, self.data["live_total"])

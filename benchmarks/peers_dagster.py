@@ -14,13 +14,50 @@ edges step, and ``RUN_SUCCESS`` to the command's exit.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from dagster import DagsterEventType, DagsterInstance
 
 RETRY_EVENTS = {DagsterEventType.STEP_UP_FOR_RETRY.value, DagsterEventType.STEP_RESTARTED.value}
+
+
+@contextlib.contextmanager
+def dagster_on_postgres(home: Path, prefix: str) -> Iterator[dict[str, str]]:
+    """The repository's ``dagster.yaml`` in ``home`` (runs and events in PostgreSQL, as production) on a
+    new database ``<prefix>_<random>``, dropped afterwards. Yields its ``DAGSTER_PG_*`` settings, also set
+    in this process meanwhile: the instance is read back here too (``timeline``)."""
+    from tercul_sync.devtools.dagster_deployment import PostgresStorage, write_instance_config
+
+    storage = PostgresStorage(
+        f"{prefix}_{uuid.uuid4().hex[:8]}",
+        os.environ.get("TERCUL_PG_USER", "tercul"),
+        os.environ.get("TERCUL_PG_PASSWORD", "tercul"),
+        port=int(os.environ.get("TERCUL_PG_PORT", "5432")),
+    )
+    admin = sa.create_engine(
+        f"postgresql+psycopg2://{storage.user}:{storage.password}@{storage.host}:{storage.port}/postgres",
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{storage.db}"'))
+    write_instance_config(home)
+    settings = storage.env()
+    os.environ.update(settings)
+    try:
+        yield settings
+    finally:
+        for key in settings:
+            os.environ.pop(key, None)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{storage.db}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def _metadata_value(v: Any) -> Any:

@@ -238,16 +238,18 @@ def write_report(
     lim = details.get("limit", {})
     by_type = ", ".join(f"{c} {n:,}" for c, n in data["live"].items())
     line = incremental_line(rows)
+    on_sqlite = getattr(args, "dagster_storage", "sqlite") == "sqlite"  # figures saved before the option
     storage = (
-        "the repository's `dagster.yaml`: `PooledPostgresStorage` on a new PostgreSQL database, telemetry off"
-        if getattr(args, "dagster_storage", "sqlite") == "postgres"  # figures saved before the option: SQLite
-        else "SQLite storage, telemetry off"
+        "SQLite storage, telemetry off"
+        if on_sqlite
+        else "the repository's `dagster.yaml`: `PooledPostgresStorage` on a new PostgreSQL database, "
+        "telemetry off"
     )
     command = (
         f".venv/bin/python benchmarks/bench_peers.py --rows {args.rows}"
         + (" --skip-dlt" if args.skip_dlt else "")
         + (" --skip-dagster" if args.skip_dagster else "")
-        + (" --dagster-storage sqlite" if getattr(args, "dagster_storage", "sqlite") == "sqlite" else "")
+        + (" --dagster-storage sqlite" if on_sqlite else "")
         + (f" --code {args.code}" if getattr(args, "code", None) else "")
         + f" --out {out}"
     )
