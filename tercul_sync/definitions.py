@@ -12,4 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from tercul_sync.garbage_collection import settle_imports
+
 defs = dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent)
+settle_imports()  # what was imported lives as long as the process: the collector skips it

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import pytest
@@ -49,16 +51,25 @@ def _terminate_backends(admin_url: str, db: str) -> int:
     return int(ended)
 
 
-def test_the_repositorys_instance_keeps_a_connection_per_storage_instead_of_one_per_event(
-    postgres, tmp_path, monkeypatch
-):
-    db = new_database(postgres, "dagster_pool")
+@contextlib.contextmanager
+def repository_instance(postgres: str, tmp_path, monkeypatch, prefix: str) -> Iterator[tuple[str, str]]:
+    """The repository's ``dagster.yaml`` on a new database (dropped afterwards): its home and database."""
+    db = new_database(postgres, prefix)
     try:
         for key, value in PostgresStorage(db).env().items():
             monkeypatch.setenv(key, value)
         home = tmp_path / "home"
         write_instance_config(home)
-        with dg.DagsterInstance.from_config(str(home)) as instance:
+        yield str(home), db
+    finally:
+        drop_database(postgres, db)
+
+
+def test_the_repositorys_instance_keeps_a_connection_per_storage_instead_of_one_per_event(
+    postgres, tmp_path, monkeypatch
+):
+    with repository_instance(postgres, tmp_path, monkeypatch, "dagster_pool") as (home, db):
+        with dg.DagsterInstance.from_config(home) as instance:
             storage = instance.get_ref().storage_data
             assert storage is not None
             assert (storage.module_name, storage.class_name) == (
@@ -78,8 +89,37 @@ def test_the_repositorys_instance_keeps_a_connection_per_storage_instead_of_one_
             assert dg.materialize([counted], instance=instance).success
             assert len(instance.get_runs()) == 4
         assert _backends(postgres, db) == 0  # and closed with the instance
-    finally:
-        drop_database(postgres, db)
+
+
+shards = dg.StaticPartitionsDefinition(["a", "b", "c", "d"])
+
+
+@dg.asset(partitions_def=shards, check_specs=[dg.AssetCheckSpec("positive", asset="sharded")])
+def sharded():  # tagged materializations and a check, as the entity assets
+    yield dg.MaterializeResult(metadata={"n": 1})
+    yield dg.AssetCheckResult(check_name="positive", passed=True)
+
+
+def test_storing_materializations_and_checks_opens_no_new_connection(postgres, tmp_path, monkeypatch):
+    """Dagster asks whether a table exists for every materialization and check evaluation, from
+    inside the connection storing it: without the storage's memory of tables found, each event
+    opened (and closed) one more connection."""
+    with (
+        repository_instance(postgres, tmp_path, monkeypatch, "dagster_tables") as (home, _),
+        dg.DagsterInstance.from_config(home) as instance,
+    ):
+        opened: list[object] = []
+        engine = instance.event_log_storage._engine  # type: ignore[attr-defined]
+        sa.event.listen(engine, "connect", lambda conn, record: opened.append(conn))
+        first, *others = shards.get_partition_keys()
+        assert dg.materialize([sharded], instance=instance, partition_key=first).success
+        assert opened, "the kept connection is opened by the first run's events"
+        opened.clear()
+        for partition in others:
+            assert dg.materialize([sharded], instance=instance, partition_key=partition).success
+        events = instance.fetch_materializations(dg.AssetKey("sharded"), limit=10).records
+        assert len(events) == 4
+        assert not opened, f"{len(opened)} connections opened for three runs' events"
 
 
 def test_processes_starting_together_on_an_empty_database_all_get_the_instance(postgres, tmp_path):

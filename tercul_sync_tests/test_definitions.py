@@ -185,3 +185,17 @@ def test_a_bad_setting_stops_the_code_location_with_the_variable_named():
     )
     assert proc.returncode != 0
     assert "SettingError: TERCUL_SYNC_BATCH_SIZE input should be a valid integer" in proc.stderr
+
+
+def test_loading_the_code_location_takes_its_objects_out_of_the_collectors_walks():
+    """Every process that loads the definitions freezes what it imported (``garbage_collection``):
+    a full collection then walks only what the run made, and the shutdown's collections are skipped."""
+    out = _python(
+        "import gc, atexit, tercul_sync.definitions\n"
+        "print(gc.get_freeze_count(), len(gc.get_objects()), atexit._ncallbacks())",
+        _clean_env(),
+    )
+    frozen, walked, at_exit = map(int, out.split())
+    assert frozen > 100_000, frozen  # Dagster, weaviate-client, SQLAlchemy, gRPC: hundreds of thousands
+    assert walked < frozen // 10, (walked, frozen)
+    assert at_exit >= 1

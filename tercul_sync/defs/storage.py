@@ -119,7 +119,21 @@ class PooledRunStorage(_KeptConnection, PostgresRunStorage):
 
 
 class PooledEventLogStorage(_KeptConnection, PostgresEventLogStorage):
-    """dagster-postgres's event log storage on a pooled engine."""
+    """dagster-postgres's event log storage on a pooled engine, remembering which tables exist.
+
+    Dagster asks ``has_table`` on every materialization (does the asset-tags table exist?) and every
+    check evaluation, from inside the connection that stores the event: a second connection each
+    time, which the pool closes on return (it keeps one), so a new connection and handshake per
+    event. A table once found stays (Dagster never drops one at run time); one not found is asked
+    again, as a migration may create it.
+    """
+
+    _tables_found: frozenset[str] = frozenset()  # per storage: each instance adds what it finds
+
+    def has_table(self, table_name: str) -> bool:
+        if table_name not in self._tables_found and super().has_table(table_name):
+            self._tables_found = self._tables_found | {table_name}
+        return table_name in self._tables_found
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):
