@@ -51,16 +51,6 @@ def replication_problems(collection: str, existing_factor: int, settings: Settin
     ]
 
 
-def existing_replication_problems(
-    client: weaviate.WeaviateClient, collection: str, settings: Settings | None
-) -> list[str]:
-    """``replication_problems`` of a collection that exists in Weaviate."""
-    if settings is None:
-        return []
-    config = client.collections.use(collection).config.get()
-    return replication_problems(collection, config.replication_config.factor, settings)
-
-
 class _ConsistentCollections:
     """``client.collections`` whose collection handles carry one consistency level."""
 
