@@ -126,3 +126,48 @@ def test_a_full_run_moves_the_cursor_of_every_shard_but_one_whose_writes_gave_up
     assert run.report.write.gave_up == 1 and run.report.write.gave_up_keys() == {stuck}
     assert sorted(run.cursors) == sorted(k for k in SHARDS if k != held)
     assert run.report.write.written == reading.count_live(engine, tag) - 1
+
+
+@pytest.mark.services
+def test_the_parity_step_reports_each_collection_against_its_own_asset(
+    pg_database: str, weaviate_server_proc, weaviate_client: weaviate.WeaviateClient
+) -> None:
+    """The checks run two at a time in one step: each result still names its own collection."""
+    import dagster as dg
+
+    from tercul_sync.defs.assets import build_assets
+    from tercul_sync.defs.checks import PARITY_CHECK, build_parity_checks
+    from tercul_sync_tests import helpers
+
+    engine = reading.make_engine(pg_database)
+    demo_data.generate(engine, 600, seed=12)
+    assert helpers.run_sync(pg_database, weaviate_server_proc, vectorizer="none", passages=False).success
+    damaged = {}
+    for name, table in (("Work", "works"), ("Tag", "tags")):
+        with engine.connect() as conn:
+            row = conn.execute(sa.text(f"SELECT min(id) FROM {table} WHERE deleted_at IS NULL")).scalar_one()
+        weaviate_client.collections.use(name).data.delete_by_id(object_uuid(name, row))
+        damaged[name] = row
+
+    checks = build_parity_checks(helpers.SHARDS, passages=False)
+    job = dg.define_asset_job("parity", selection=dg.AssetSelection.checks(checks))
+    defs = dg.Definitions(
+        assets=build_assets(helpers.SHARDS, passages=False),
+        asset_checks=[checks],
+        jobs=[job],
+        resources=helpers.resources(pg_database, weaviate_server_proc, vectorizer="none", passages=False),
+    )
+    result = defs.resolve_job_def("parity").execute_in_process()
+    evaluations = {
+        e.asset_key.to_user_string(): e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == PARITY_CHECK
+    }
+    assert set(evaluations) == {e.collection for e in sync_order()}
+    for name, evaluation in evaluations.items():
+        if name in damaged:
+            assert not evaluation.passed, name
+            assert evaluation.metadata["missing"].value == 1, name
+            assert damaged[name] in evaluation.metadata["sample_ids"].value["missing"], name
+        else:
+            assert evaluation.passed, name
