@@ -207,8 +207,10 @@ def test_bisection_gives_up_for_a_walk_when_differences_are_everywhere():
     every = reconcile.bisect_mismatches(0, 100_000, database, measure(stored), leaf_against(live), 0.25)
     assert every is None
     assert leaves == []  # gave up on the aggregates alone, before reading any range id by id
-    # ... after one comparison of the whole span, on the probes alone: no level of halving
-    assert measured[0] == (0, 100_000) and len(measured) == 1 + reconcile.PROBES
+    # ... after one comparison of the whole span, on the probes alone: no level of halving, and only
+    # as many probes as it takes to pass the share (three of eight, every one of them differing)
+    needed = int(0.25 * reconcile.PROBES) + 1
+    assert measured[0] == (0, 100_000) and len(measured) == 1 + needed < 1 + reconcile.PROBES
     assert all(b - a == reconcile.LEAF_SPAN for a, b in measured[1:])
     # Differences in most but not all of the span, unseen by the probes: the halving gives up too.
     half = stored - set(range(50_000, 100_000, 1_000))
@@ -225,6 +227,33 @@ def test_bisection_gives_up_for_a_walk_when_differences_are_everywhere():
     # A span of a single leaf is read whatever the share.
     one = reconcile.bisect_mismatches(0, 4_000, measure(live), measure(stored), leaf_against(live), 0.0)
     assert one == [0, 1_000, 2_000, 3_000]
+
+
+def test_probes_stop_once_the_share_can_no_longer_be_passed():
+    """One difference, in the eighth probe's range: after six equal probes the last two cannot make
+    three of eight, so they are not measured, and the halving finds the id."""
+    from tercul_sync.engine import reconcile
+
+    span, width = 100_000, reconcile.LEAF_SPAN
+    starts = [(2 * i + 1) * span // (2 * reconcile.PROBES) - width // 2 for i in range(reconcile.PROBES)]
+    stored = set(range(span))
+    live = stored - {starts[-1] + 10}
+    calls = []
+
+    def database(a, b):
+        calls.append((a, b))
+        return sum(1 for i in live if a <= i < b)
+
+    def weaviate(a, b):
+        return sum(1 for i in stored if a <= i < b)
+
+    def leaf(a, b):
+        return sorted({i for i in stored if a <= i < b} - live)
+
+    assert reconcile.bisect_mismatches(0, span, database, weaviate, leaf, 0.25) == [starts[-1] + 10]
+    assert calls[0] == (0, span)
+    assert calls[1:7] == [(a, a + width) for a in starts[:6]]
+    assert all((a, a + width) not in calls for a in starts[6:])
 
 
 def test_bisection_of_equal_sides_makes_one_comparison():

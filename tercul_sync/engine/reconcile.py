@@ -12,7 +12,8 @@ have to read id by id are sure to cover ``max_leaf_share`` of the span, and
 the caller walks. Before halving, it measures eight small ranges spread over
 the span: when more than the share of them differ, differences are
 everywhere and it gives up at once (each level of halving is an aggregate
-over the whole span, on each side). Then it
+over the whole span, on each side); it stops measuring probes as soon as
+that is decided either way. Then it
 halves level by level, and gives up as soon as the ranges that differ are
 sure to need more reading than the share, before reading any.
 The one blind spot: a missing object and an orphan in the same range cancel
@@ -75,10 +76,18 @@ def bisect_mismatches(
 
 def _dense(low: int, high: int, database: Measure, weaviate: Measure, share: float) -> bool:
     """Whether more than ``share`` of ``PROBES`` one-leaf ranges spread over ``[low, high)`` differ
-    (a span of fewer than twice as many leaves is not probed)."""
+    (a span of fewer than twice as many leaves is not probed). The probes stop as soon as the
+    answer is known: when differences are everywhere, the first few already pass the share."""
     span = high - low
     if span < 2 * PROBES * LEAF_SPAN:
         return False
+    needed = int(share * PROBES) + 1  # differing probes that make the span dense
     starts = [low + (2 * i + 1) * span // (2 * PROBES) - LEAF_SPAN // 2 for i in range(PROBES)]
-    differ = sum(1 for a in starts if database(a, a + LEAF_SPAN) != weaviate(a, a + LEAF_SPAN))
-    return differ > share * PROBES
+    differ = 0
+    for measured, a in enumerate(starts):
+        if differ + (PROBES - measured) < needed:
+            return False  # the probes left cannot reach the share
+        differ += database(a, a + LEAF_SPAN) != weaviate(a, a + LEAF_SPAN)
+        if differ >= needed:
+            return True
+    return False
