@@ -224,18 +224,22 @@ class _Held:
     def __init__(self, client: weaviate.WeaviateClient) -> None:
         self.client = client
         self.configs: dict[str, CollectionConfig] = dict(client.collections.list_all(simple=False))
+        self.names = set(self.configs)  # the collections known to exist, whether or not their config is held
         self.aliases = {a: r.collection for a, r in (client.alias.list_all() or {}).items()}
 
     def resolve(self, collection: str) -> str | None:
         """As ``resolve``, from what was read."""
-        return self.aliases.get(collection) or (collection if collection in self.configs else None)
+        return self.aliases.get(collection) or (collection if collection in self.names else None)
 
     def config(self, name: str) -> CollectionConfig:
         if name not in self.configs:  # created or changed since the read (by this call or another step)
             self.configs[name] = self.client.collections.use(name).config.get()
+        self.names.add(name)
         return self.configs[name]
 
     def changed(self, name: str) -> None:
+        """``name`` exists and was just changed: its config is read again when next needed."""
+        self.names.add(name)
         self.configs.pop(name, None)
 
 
@@ -325,7 +329,7 @@ def _ensure_collection(
     settings: Settings | None,
 ) -> list[str]:
     client = held.client
-    if physical not in held.configs:
+    if physical not in held.names:
         try:
             client.collections.create(
                 physical,
@@ -333,6 +337,7 @@ def _ensure_collection(
                 vector_config=vector_config(e, settings),
                 replication_config=replication_config(settings),
             )
+            held.changed(physical)
             return [f"created collection {physical}"]
         except SchemaRace as exc:
             if not _lost_race(exc):
