@@ -68,7 +68,10 @@ def test_second_full_sync_changes_nothing_and_duplicates_nothing(
     again = run_sync(pg_database, weaviate_server_proc)
     for e in ENTITIES:
         md = metadata(again, e.collection)
-        assert md["objects_written"] == 0 and md["objects_unchanged"] == md["rows_read"], e.collection
+        # every range's digest matched: not one row was read (engine/digests.py)
+        assert (md["objects_written"], md["rows_read"], md["digest_ranges_read"]) == (0, 0, 0), e.collection
+        assert md["rows_matched_by_digest"] == reading.count_live(engine, e), e.collection
+    assert metadata(again, "edges")["reconciled_by_count_check"] == "none"
     after = {
         str(o.uuid): o.metadata.last_update_time
         for o in work.iterator(return_metadata=MetadataQuery(last_update_time=True))
@@ -84,6 +87,7 @@ def test_second_full_sync_changes_nothing_and_duplicates_nothing(
     for e in ENTITIES:
         live = len(expected_objects(engine, e))
         assert metadata(forced, e.collection)["objects_written"] == live
+        assert metadata(forced, e.collection)["rows_matched_by_digest"] == 0  # forced: every row read
         assert len(stored_objects(weaviate_client, e)) == live  # replaced, not duplicated
 
 

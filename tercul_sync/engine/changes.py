@@ -101,7 +101,7 @@ def iter_changed_pages(
     """Rows of ``shards`` updated after ``cursor - overlap``, soft-deleted ones included,
     by (updated_at, id)."""
     t = reading.table_for(e)
-    cols = [t.c.id, t.c[e.soft_delete_column], *(t.c[c.name] for c in e.property_columns)]
+    cols = reading.row_columns(e, extra=[e.soft_delete_column])
     after = _start(cursor, overlap)
     with reading.read_connection(engine) as conn:
         while True:

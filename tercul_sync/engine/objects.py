@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from tercul_sync.engine.digests import DIGEST_PROPERTY
 from tercul_sync.engine.registry import SOURCE_ID_PROPERTY, EntityType, Kind, object_uuid
 from tercul_sync.engine.vectors import VECTOR_HASH_PROPERTY, encode_hashes
 
@@ -17,7 +18,13 @@ REF_COUNT_PROPERTY = "sync_ref_count"  # references the object carries; their su
 # On a parent's first passage only: a hash of everything its passages are cut from, so that a
 # parent whose text did not change is skipped whole, without reading each passage's hash.
 PARENT_HASH_PROPERTY = "sync_parent_hash"
-BOOKKEEPING_PROPERTIES = (HASH_PROPERTY, REF_COUNT_PROPERTY, VECTOR_HASH_PROPERTY, PARENT_HASH_PROPERTY)
+BOOKKEEPING_PROPERTIES = (
+    HASH_PROPERTY,
+    REF_COUNT_PROPERTY,
+    VECTOR_HASH_PROPERTY,
+    PARENT_HASH_PROPERTY,
+    DIGEST_PROPERTY,
+)
 
 T = TypeVar("T")
 
@@ -105,13 +112,17 @@ def build_object(
     row: Mapping[str, Any],
     references: Mapping[str, Sequence[str]] | None = None,
     vector_hashes: Mapping[str, str] | None = None,
+    digest: int | None = None,
 ) -> ObjectWrite:
-    """The object for one row, with its references (sorted), its vectors' hashes and content hash."""
+    """The object for one row, with its references (sorted), its vectors' hashes, its range digest
+    (``digests.py``) and content hash."""
     refs = {name: sorted(set(uuids)) for name, uuids in (references or {}).items() if uuids}
     props = row_properties(e, row)
     props[REF_COUNT_PROPERTY] = sum(len(v) for v in refs.values())
     if vector_hashes is not None:
         props[VECTOR_HASH_PROPERTY] = encode_hashes(vector_hashes)
+    if digest is not None:
+        props[DIGEST_PROPERTY] = digest
     props[HASH_PROPERTY] = content_hash(props, refs)
     return ObjectWrite(row["id"], object_uuid(e.collection, row["id"]), props, refs)
 

@@ -18,6 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, RowMapping
 
+from tercul_sync.engine import digests
+from tercul_sync.engine.digests import row_digest
 from tercul_sync.engine.id_tables import SortedIds
 from tercul_sync.engine.registry import (
     EDGES_TABLE,
@@ -143,35 +145,50 @@ def read_connection(engine: Engine) -> sa.Connection:
     return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
-def select_live_page(e: EntityType, shards: Sequence[Shard], after_id: int, limit: int) -> sa.Select[Any]:
-    """One keyset page of live rows of ``shards``, in id order."""
+def row_columns(e: EntityType, extra: Sequence[str] = ()) -> list[sa.ColumnElement[Any]]:
+    """What every read of rows to write selects: the id, the ``extra`` columns, the object's
+    columns, and the row's part of its digest (``digests.row_digest``)."""
     t = table_for(e)
-    cols = [t.c.id, *(t.c[c.name] for c in e.property_columns)]
-    return (
-        sa.select(*cols)
+    return [t.c.id, *(t.c[c] for c in extra), *(t.c[c.name] for c in e.property_columns), row_digest(e, t)]
+
+
+def select_live_page(
+    e: EntityType, shards: Sequence[Shard], after_id: int, limit: int, below: int | None = None
+) -> sa.Select[Any]:
+    """One keyset page of live rows of ``shards`` (with ids under ``below``, if given), in id order."""
+    t = table_for(e)
+    q = (
+        sa.select(*row_columns(e))
         .where(t.c[e.soft_delete_column].is_(None), t.c.id > after_id, shards_clause(t.c.id, shards))
         .order_by(t.c.id)
         .limit(limit)
     )
+    return q if below is None else q.where(t.c.id < below)
 
 
 def iter_live_pages(
-    engine: Engine, e: EntityType, shards: Sequence[Shard], page_size: int
+    engine: Engine,
+    e: EntityType,
+    shards: Sequence[Shard],
+    page_size: int,
+    ranges: Sequence[tuple[int, int]] | None = None,
 ) -> Iterator[list[RowMapping]]:
     """Stream the live rows of ``shards`` a page at a time, in id order; memory is bounded by
-    ``page_size``. Several shards are one stream (every shard: one scan of the table, no modulus)."""
+    ``page_size``. Several shards are one stream (every shard: one scan of the table, no modulus).
+    With ``ranges``, only the ids in those ``[low, high)`` ranges (in order, not overlapping)."""
     if page_size < 1:
         raise ValueError(f"page size must be at least 1, got {page_size}")
-    after = -1 << 62
     with read_connection(engine) as conn:
-        while True:
-            page = list(conn.execute(select_live_page(e, shards, after, page_size)).mappings())
-            if not page:
-                return
-            yield page
-            if len(page) < page_size:
-                return
-            after = page[-1]["id"]
+        for low, high in [(None, None)] if ranges is None else ranges:
+            after = -1 << 62 if low is None else low - 1
+            while True:
+                q = select_live_page(e, shards, after, page_size, high)
+                page = list(conn.execute(q).mappings())
+                if page:
+                    yield page
+                if len(page) < page_size:
+                    break
+                after = page[-1]["id"]
 
 
 def fetch_live_rows(engine: Engine, e: EntityType, ids: Sequence[int]) -> list[RowMapping]:
@@ -179,10 +196,9 @@ def fetch_live_rows(engine: Engine, e: EntityType, ids: Sequence[int]) -> list[R
     if not ids:
         return []
     t = table_for(e)
-    cols = [t.c.id, *(t.c[c.name] for c in e.property_columns)]
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(*cols)
+            sa.select(*row_columns(e))
             .where(t.c.id.in_(sorted(set(ids))), t.c[e.soft_delete_column].is_(None))
             .order_by(t.c.id)
         )
@@ -480,3 +496,44 @@ def live_id_set(engine: Engine, e: EntityType, shards: Sequence[Shard]) -> Sorte
     )
     with engine.connect().execution_options(stream_results=True, yield_per=STREAM_ROWS) as conn:
         return SortedIds(conn.execute(q).scalars())
+
+
+def _reference_digests(e: EntityType) -> sa.Subquery:
+    """``(source_id, digest)``: the sum of the digests of each source's references (its live edges
+    to live rows, each relation and target once), as ``ObjectSyncer`` adds them to its objects."""
+    edges, parts = edges_table(), []
+    for rel in relations_from(e.collection):
+        tgt = entity(rel.target)
+        target = table_for(tgt)
+        parts.append(
+            sa.select(edges.c.source_id, sa.literal(rel.name).label("relation"), edges.c.target_id)
+            .join(target, target.c.id == edges.c.target_id)
+            .where(
+                edges.c.deleted_at.is_(None),
+                relation_clause(edges, rel),
+                target.c[tgt.soft_delete_column].is_(None),
+            )
+        )
+    pairs = sa.union(*parts).subquery()  # UNION: each (source, relation, target) once
+    digest = digests.Md5Digest(pairs.c.relation.concat(":").concat(sa.cast(pairs.c.target_id, sa.Text)))
+    return (
+        sa.select(pairs.c.source_id, sa.func.sum(digest).label("digest"))
+        .group_by(pairs.c.source_id)
+        .subquery()
+    )
+
+
+def digest_buckets(engine: Engine, e: EntityType, fingerprint: int, low: int) -> dict[int, digests.Sums]:
+    """``{bucket: (live rows, sum of their objects' digests)}`` for the live rows with ids from ``low``,
+    bucket ``b`` holding ids ``[low + b * BUCKET, low + (b + 1) * BUCKET)``: one query, one scan."""
+    t = table_for(e)
+    total: sa.ColumnElement[Any] = row_digest(e, t).element + fingerprint
+    q = sa.select(t.c.id).where(t.c[e.soft_delete_column].is_(None), t.c.id >= low)
+    if relations_from(e.collection):
+        refs = _reference_digests(e)
+        total = total + sa.func.coalesce(refs.c.digest, 0)
+        q = q.outerjoin(refs, refs.c.source_id == t.c.id)
+    bucket = ((t.c.id - low) // digests.BUCKET).label("bucket")
+    q = q.with_only_columns(bucket, sa.func.count(), sa.func.sum(total % digests.MODULUS)).group_by(bucket)
+    with engine.connect() as conn:
+        return {int(b): (int(n), int(s)) for b, n, s in conn.execute(q)}

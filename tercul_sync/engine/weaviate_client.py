@@ -43,6 +43,7 @@ from weaviate.exceptions import (
     WeaviateInsertManyAllFailedError,
 )
 
+from tercul_sync.engine.digests import DIGEST_PROPERTY
 from tercul_sync.engine.errors import (
     READ_ONLY_CAUSE,
     WritesRefusedError,
@@ -421,6 +422,20 @@ def reference_sum_between(client: weaviate.WeaviateClient, collection: str, low:
     )
     metric = res.properties[REF_COUNT_PROPERTY]
     return int(metric.sum_ or 0) if isinstance(metric, AggregateInteger) else 0
+
+
+@retry_transient
+def digest_between(client: weaviate.WeaviateClient, collection: str, low: int, high: int) -> tuple[int, int]:
+    """``(objects, sum of their sync_digest)`` over the objects whose ``source_id`` is in ``[low, high)``
+    (an object without a digest counts, but adds nothing to the sum)."""
+    res = client.collections.use(collection).aggregate.over_all(
+        filters=_between(low, high),
+        total_count=True,
+        return_metrics=Metrics(DIGEST_PROPERTY).integer(sum_=True),
+    )
+    metric = res.properties[DIGEST_PROPERTY]
+    digest = int(metric.sum_ or 0) if isinstance(metric, AggregateInteger) else 0
+    return int(res.total_count or 0), digest
 
 
 @retry_transient

@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 import weaviate
 from sqlalchemy.engine import Engine
 
-from tercul_sync.engine import reading, weaviate_client
+from tercul_sync.engine import digests, reading, weaviate_client
 from tercul_sync.engine.batching import BatchProcessor, WriteReport
 from tercul_sync.engine.embedding import Embedder, EmbedStats, make_embedder
 from tercul_sync.engine.objects import HASH_PROPERTY, ObjectWrite, build_object, chunk, row_problem
@@ -73,6 +73,8 @@ class ObjectSyncReport:
 
     collection: str
     rows_read: int = 0
+    rows_matched_by_digest: int = 0  # live rows in ranges whose digests matched: not read (digests.py)
+    digest_ranges_read: int = 0  # ranges whose digests differed, read whole
     unchanged: int = 0
     references_written: int = 0
     deferred_references: ReasonLog = field(default_factory=ReasonLog)
@@ -111,6 +113,7 @@ class ObjectSyncer:
         self._columns_checked = False  # column mode: the vector columns were found in the table
         # Set when the collection held no object as the step began (a first sync): nothing stored to compare.
         self.collection_was_empty = False
+        self._fingerprint = digests.fingerprint(e, ctx.settings)
 
     def forget_targets(self) -> None:
         """Drop the targets seen to exist (they are looked up again when needed): frees memory that
@@ -121,6 +124,15 @@ class ObjectSyncer:
         """Write the live rows of ``shards``: one stream of pages through one pipeline, so the
         pipeline does not drain between shards."""
         self._pipeline(reading.iter_live_pages(self.engine, self.entity, shards, self.settings.batch_size))
+        return self.report
+
+    def sync_ranges(self, ranges: Sequence[tuple[int, int]]) -> ObjectSyncReport:
+        """Write the live rows whose ids are in ``ranges`` (``[low, high)``, in order), every shard."""
+        self._pipeline(
+            reading.iter_live_pages(
+                self.engine, self.entity, [reading.Shard(0, 1)], self.settings.batch_size, ranges
+            )
+        )
         return self.report
 
     def sync_ids(self, ids: Sequence[int]) -> ObjectSyncReport:
@@ -181,10 +193,16 @@ class ObjectSyncer:
         with self._counting:
             self.report.rows_read += len(rows)
         rows = [r for r in rows if r["id"] not in problems]
-        references = self._references([r["id"] for r in rows])
+        references, reference_digests = self._references([r["id"] for r in rows])
         inputs = self._vector_inputs(rows)
         objects = [
-            build_object(self.entity, row, references.get(row["id"], {}), self._hashes(inputs.get(row["id"])))
+            build_object(
+                self.entity,
+                row,
+                references.get(row["id"], {}),
+                self._hashes(inputs.get(row["id"])),
+                self._digest(row, reference_digests.get(row["id"], [])),
+            )
             for row in rows
             if self._mode not in ("client", "column") or row["id"] in inputs
         ]
@@ -244,6 +262,13 @@ class ObjectSyncer:
 
     def _columns(self, names: list[str]) -> list[str]:
         return [self.settings.vector_column.format(vector=n) for n in names]
+
+    def _digest(self, row: Row, reference_digests: list[int]) -> int | None:
+        """The object's range digest, when the read gave its row's part (``digests.py``)."""
+        row_digest = row.get(digests.ROW_DIGEST_COLUMN)
+        if row_digest is None:
+            return None
+        return digests.object_digest(int(row_digest), self._fingerprint, reference_digests)
 
     def _hashes(self, inputs: dict[str, Any] | None) -> dict[str, str] | None:
         if self._mode == "client" and self._embedder is not None:
@@ -342,14 +367,16 @@ class ObjectSyncer:
             return tuple(sorted(vector_texts(self.entity, o.properties, self.settings.embed_max_chars)))
         return tuple(sorted(o.vectors))
 
-    def _references(self, ids: Sequence[int]) -> dict[int, dict[str, list[str]]]:
-        """Each source row's reference lists: live edges to live rows whose object exists.
+    def _references(self, ids: Sequence[int]) -> tuple[dict[int, dict[str, list[str]]], dict[int, list[int]]]:
+        """Each source row's reference lists: live edges to live rows whose object exists; and the
+        digests of those references (each relation and target once) for the object's range digest.
 
         An edge whose target row is live but has no object yet (its own sync
         has not run, or failed) is left out and logged as deferred; the edges
         asset writes it once the target exists.
         """
         out: dict[int, dict[str, list[str]]] = {}
+        written: dict[int, set[tuple[str, int]]] = {}
         rels = relations_from(self.entity.collection)
         by_relation = reading.live_edges_from(self.engine, rels, ids)
         for rel in rels:
@@ -365,10 +392,14 @@ class ObjectSyncer:
                     if target_id in present:
                         target = object_uuid(rel.target, target_id)
                         out.setdefault(source_id, {}).setdefault(rel.name, []).append(target)
+                        written.setdefault(source_id, set()).add((rel.name, target_id))
                     else:
                         with self._counting:
                             self.report.deferred_references.add("target_not_in_weaviate", edge_id)
-        return out
+        return out, {
+            source_id: [digests.edge_digest(name, target) for name, target in pairs]
+            for source_id, pairs in written.items()
+        }
 
 
 @dataclass
