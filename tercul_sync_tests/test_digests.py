@@ -71,6 +71,17 @@ def test_buckets_become_ranges_of_ids_with_neighbours_merged():
 def demo_engine(tmp_path_factory: pytest.TempPathFactory) -> sa.Engine:
     engine = reading.make_engine(f"sqlite:///{tmp_path_factory.mktemp('digests') / 't.db'}")
     demo_data.generate(engine, 1_500, seed=3)
+    with engine.begin() as conn:  # an edge twice, for relations of each kind: a reference once
+        for relation in ("parent", "tags"):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO edges (created_at, updated_at, source_table, source_id, target_table, "
+                    "target_id, relation) SELECT created_at, updated_at, source_table, source_id, "
+                    "target_table, target_id, relation FROM edges WHERE relation = :r AND deleted_at IS NULL "
+                    "ORDER BY id LIMIT 3"
+                ),
+                {"r": relation},
+            )
     return engine
 
 

@@ -514,7 +514,8 @@ def _reference_digests(e: EntityType) -> sa.Subquery:
                 target.c[tgt.soft_delete_column].is_(None),
             )
         )
-    pairs = sa.union(*parts).subquery()  # UNION: each (source, relation, target) once
+    # Each (source, relation, target) once: the reference lists are sets, and edges may repeat.
+    pairs = (sa.union(*parts) if len(parts) > 1 else parts[0].distinct()).subquery()
     digest = digests.Md5Digest(pairs.c.relation.concat(":").concat(sa.cast(pairs.c.target_id, sa.Text)))
     return (
         sa.select(pairs.c.source_id, sa.func.sum(digest).label("digest"))
