@@ -59,9 +59,13 @@ DIALECTS = ("postgresql", "sqlite")
 Sums = tuple[int, int]  # (objects, sum of their digests)
 
 
-def text_digest(text: str) -> int:
-    """The first 32 bits of ``md5(text)`` modulo ``MODULUS``: what ``Md5Digest`` computes in SQL."""
-    return int(hashlib.md5(text.encode()).hexdigest()[:8], 16) % MODULUS
+def text_digest(text: str | bytes) -> int:
+    """The first 32 bits of ``md5(text)`` modulo ``MODULUS``: what ``Md5Digest`` computes in SQL.
+
+    Never raises: SQLite may hand over text that is not valid Unicode (a lone surrogate, which
+    ``objects.row_problem`` reports), and a digest that failed would fail the whole page's read."""
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    return int(hashlib.md5(raw).hexdigest()[:8], 16) % MODULUS
 
 
 def edge_digest(relation: str, target_id: int) -> int:
@@ -115,7 +119,7 @@ Md5Digest = _sql_function(
     sa.BigInteger(),
     {
         "postgresql": f"mod(('x' || substr(md5({{arg}}), 1, 8))::bit(32)::bigint, {MODULUS})",
-        "sqlite": "tercul_digest({arg})",
+        "sqlite": "tercul_digest(CAST({arg} AS BLOB))",  # bytes: valid UTF-8 or not
         "": "NULL",
     },
 )
@@ -131,7 +135,11 @@ _EpochText = _sql_function(
 def _register_sqlite_digest(dbapi_connection: Any, _record: Any) -> None:
     """SQLite has no md5: the same digest as a function of each connection."""
     if isinstance(dbapi_connection, sqlite3.Connection):
-        dbapi_connection.create_function("tercul_digest", 1, text_digest, deterministic=True)
+        dbapi_connection.create_function("tercul_digest", 1, _sqlite_digest, deterministic=True)
+
+
+def _sqlite_digest(value: str | bytes | None) -> int | None:
+    return None if value is None else text_digest(value)
 
 
 def _as_text(column: sa.ColumnElement[Any], kind: Kind) -> sa.ColumnElement[str]:
