@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import weaviate
 from weaviate.classes.query import QueryReference
 
-from tercul_sync.engine import reading, runs
+from tercul_sync.engine import digests, reading, runs
 from tercul_sync.engine.chunking import split_text
 from tercul_sync.engine.embedding import make_embedder
 from tercul_sync.engine.objects import HASH_PROPERTY
@@ -161,8 +161,10 @@ def test_an_edit_rewrites_only_its_passages_a_shrink_deletes_the_tail_a_delete_r
     report, cursors = _run(ctx, runs.FULL, {})
     assert report.write.written == len(expected_passages(catalog.live_bodies())) > 6
     assert stored_passages(ctx.client).keys() == expected_passages(catalog.live_bodies()).keys()
-    again, _ = _run(ctx, runs.FULL, {})  # nothing changed: each parent is skipped whole, by its mark
-    assert (again.write.written, again.parents_unchanged, again.passages) == (0, 2, 0)
+    again, _ = _run(ctx, runs.FULL, {})  # nothing changed: no parent is even read (range digests)
+    assert (again.write.written, again.parents_read, again.parents_matched_by_digest) == (0, 0, 2)
+    forced, _ = _run(replace(ctx, force=True), runs.FULL, {})  # forced: every parent read, and written
+    assert (forced.parents_read, forced.parents_matched_by_digest) == (2, 0)
 
     before = expected_passages({1: body})
     middle = len(body) // 2
@@ -185,6 +187,26 @@ def test_an_edit_rewrites_only_its_passages_a_shrink_deletes_the_tail_a_delete_r
     catalog.update(1, deleted_at=catalog.tick())
     _run(ctx, runs.INCREMENTAL, cursors)
     assert {v[0] for v in stored_passages(ctx.client).values()} == {2}
+
+
+def test_a_full_run_finds_an_edit_no_cursor_saw_and_reads_only_its_range(
+    catalog: Catalog, ctx: SyncContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body changed with ``updated_at`` untouched: the next full run finds it by its range's digest
+    (buckets of 8 ids here), reads that range alone, and its passages are rewritten."""
+    monkeypatch.setattr(digests, "BUCKET", 8)
+    rng = random.Random(3)
+    for work_id in range(1, 41):
+        catalog.insert_work(work_id, _body(rng, rng.randint(3, 12)))
+    _run(ctx, runs.FULL, {})
+    edited = catalog.live_bodies()[30] + " A late sentence about herons, written behind the cursor's back."
+    with catalog.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE works SET body = :b WHERE id = 30"), {"b": edited})
+    report, _ = _run(ctx, runs.FULL, {})
+    assert report.digest_ranges_read == 1 and report.parents_read == 8  # ids 25 to 32
+    assert report.parents_matched_by_digest == 32 and report.write.written >= 1
+    stored = stored_passages(ctx.client)
+    assert {u: v[:3] for u, v in stored.items()} == expected_passages(catalog.live_bodies())
 
 
 def test_twenty_random_rounds_keep_the_passages_exactly_in_step(catalog: Catalog, ctx: SyncContext) -> None:

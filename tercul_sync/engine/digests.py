@@ -84,6 +84,14 @@ def fingerprint(e: EntityType, settings: Settings) -> int:
     return text_digest(repr((DIGEST_VERSION, e.collection, columns, vectors)))
 
 
+def passage_fingerprint(e: EntityType, settings: Settings, target: str) -> int:
+    """What shapes the passages of ``e``'s texts besides the parent row: the splitter's specs, the
+    collection their parent reference names (a rebuild's version), the passages' vectorizer."""
+    specs = [(p.property, p.language, p.copied, p.max_chars, p.overlap_chars) for p in e.passages]
+    vectors = (settings.vectorizer, settings.embedding_model, settings.embedder)
+    return text_digest(repr((DIGEST_VERSION, "passages", e.collection, specs, target, vectors)))
+
+
 def object_digest(row_digest: int, fingerprint_value: int, references: Sequence[int]) -> int:
     """An object's ``sync_digest``: its row's digest, the fingerprint and its references' digests."""
     return (row_digest + fingerprint_value + sum(references)) % MODULUS

@@ -22,7 +22,7 @@ from weaviate.classes.aggregate import GroupByAggregate
 from weaviate.classes.query import Filter
 from weaviate.util import generate_uuid5
 
-from tercul_sync.engine import reading, weaviate_client
+from tercul_sync.engine import digests, reading, weaviate_client
 from tercul_sync.engine.batching import BatchProcessor, WriteReport
 from tercul_sync.engine.chunking import split_text
 from tercul_sync.engine.embedding import Embedder, EmbedStats, make_embedder
@@ -51,9 +51,10 @@ PARENT_KEY = "parent_key"  # "<collection>:<id>", the filter every per-parent op
 PASSAGE_VECTOR = "text"
 
 
-def parent_mark(e: EntityType, row: Row, target: str | None) -> str:
+def parent_mark(e: EntityType, row: Row, target: str | None, digest: int | None = None) -> str:
     """A hash of everything a row's passages are cut from: texts, languages, copied values, the
-    splitter's limits and the parent reference's collection."""
+    splitter's limits and the parent reference's collection; and the first passage's range digest
+    (``digests.py``), which rides on it."""
     doc = {
         spec.property: {
             "text": row[spec.property] or "",
@@ -63,7 +64,13 @@ def parent_mark(e: EntityType, row: Row, target: str | None) -> str:
         }
         for spec in e.passages
     }
-    return content_hash({"passages": doc, "target": target or e.collection}, {})
+    return content_hash({"passages": doc, "target": target or e.collection, "digest": digest}, {})
+
+
+def _first_passage_digest(row: Row, fingerprint: int) -> int | None:
+    """The range digest of the first passage of ``row``'s text, when the read gave its row's part."""
+    row_digest = row.get(digests.ROW_DIGEST_COLUMN)
+    return None if row_digest is None else digests.object_digest(int(row_digest), fingerprint, [])
 
 
 def _marker_uuid(e: EntityType, parent_id: int) -> str:
@@ -129,6 +136,8 @@ class PassageReport:
     embeddings: EmbedStats = field(default_factory=EmbedStats)
     embeddings_reused: int = 0  # vectors copied: a rebuild's old version, or a first passage rewritten
     parents_unchanged: int = 0  # parents skipped whole: their stored mark matched
+    parents_matched_by_digest: int = 0  # full runs: parents in ranges whose digests matched, not read
+    digest_ranges_read: int = 0  # ranges of parents whose digests differed, read whole
 
     def as_sync_report(self) -> ObjectSyncReport:
         """The same figures in the shape every step summarizes."""
@@ -181,8 +190,10 @@ class PassageSyncer:
         if not live:
             return
         self.report.parents_read += len(live)
-        target = self._parents.get(e.collection)
-        marks = {row["id"]: parent_mark(e, row, target) for row in live}
+        target = self.parent_target(e)
+        fingerprint = digests.passage_fingerprint(e, self.ctx.settings, target)
+        digest_of = {row["id"]: _first_passage_digest(row, fingerprint) for row in live}
+        marks = {row["id"]: parent_mark(e, row, target, digest_of[row["id"]]) for row in live}
         stored_marks = {} if self.ctx.force else self._stored_marks(e, [r["id"] for r in live])
         changed = [r for r in live if stored_marks.get(r["id"]) != marks[r["id"]]]
         self.report.parents_unchanged += len(live) - len(changed)
@@ -210,6 +221,8 @@ class PassageSyncer:
             for p in mine:
                 if p.uuid == marker:  # the parent's mark rides on its first passage, outside its hash
                     p.properties[PARENT_HASH_PROPERTY] = marks[row["id"]]
+                    if digest_of[row["id"]] is not None:
+                        p.properties[digests.DIGEST_PROPERTY] = digest_of[row["id"]]
                     markers.add(p.uuid)
             counts[parent_key(e.collection, row["id"])] = len(mine)
             objects += mine
@@ -239,6 +252,10 @@ class PassageSyncer:
             self._in_flight.append(self._writing.submit(self._processor.write_batch, batch))
             while len(self._in_flight) > settings.batches_in_flight:
                 self._in_flight.popleft().result()  # raises what the write raised
+
+    def parent_target(self, e: EntityType) -> str:
+        """The collection the parent references of ``e``'s passages name."""
+        return self._parents.get(e.collection) or e.collection
 
     def flush(self) -> None:
         """Wait for every batch in flight; raises what a write raised (a refusal stops the step)."""
@@ -335,6 +352,8 @@ def passages_metadata(report: PassageReport) -> dict[str, Any]:
     return {
         "parents_read": report.parents_read,
         "parents_unchanged": report.parents_unchanged,
+        "parents_matched_by_digest": report.parents_matched_by_digest,
+        "digest_ranges_read": report.digest_ranges_read,
         "passages": report.passages,
         "passages_unchanged": report.unchanged,
         "passages_deleted": report.deleted,

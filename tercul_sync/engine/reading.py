@@ -410,11 +410,20 @@ def id_bounds(engine: Engine, e: EntityType) -> tuple[int, int] | None:
     return None if low is None else (int(low), int(high))
 
 
+def has_text(e: EntityType, columns: Sequence[str]) -> sa.ColumnElement[bool]:
+    """Rows with something besides spaces in any of ``columns`` (the parents that have passages)."""
+    t = table_for(e)
+    return sa.or_(*(sa.func.length(sa.func.trim(t.c[c])) > 0 for c in columns))
+
+
 def count_live_with_text(engine: Engine, e: EntityType, columns: Sequence[str]) -> int:
     """Live rows of ``e`` with something besides whitespace in any of ``columns``."""
     t = table_for(e)
-    has_text = sa.or_(*(sa.func.length(sa.func.trim(t.c[c])) > 0 for c in columns))
-    q = sa.select(sa.func.count()).select_from(t).where(t.c[e.soft_delete_column].is_(None), has_text)
+    q = (
+        sa.select(sa.func.count())
+        .select_from(t)
+        .where(t.c[e.soft_delete_column].is_(None), has_text(e, columns))
+    )
     with engine.connect() as conn:
         return int(conn.execute(q).scalar_one())
 
@@ -524,13 +533,24 @@ def _reference_digests(e: EntityType) -> sa.Subquery:
     )
 
 
-def digest_buckets(engine: Engine, e: EntityType, fingerprint: int, low: int) -> dict[int, digests.Sums]:
-    """``{bucket: (live rows, sum of their objects' digests)}`` for the live rows with ids from ``low``,
-    bucket ``b`` holding ids ``[low + b * BUCKET, low + (b + 1) * BUCKET)``: one query, one scan."""
+def digest_buckets(
+    engine: Engine,
+    e: EntityType,
+    fingerprint: int,
+    low: int,
+    references: bool = True,
+    where: sa.ColumnElement[bool] | None = None,
+) -> dict[int, digests.Sums]:
+    """``{bucket: (live rows, sum of their objects' digests)}`` for the live rows with ids from ``low``
+    (and ``where``), bucket ``b`` holding ids ``[low + b * BUCKET, low + (b + 1) * BUCKET)``: one
+    query, one scan. Without ``references``, a digest is the row's and the fingerprint only (the
+    first passage of a parent's text)."""
     t = table_for(e)
     total: sa.ColumnElement[Any] = row_digest(e, t).element + fingerprint
     q = sa.select(t.c.id).where(t.c[e.soft_delete_column].is_(None), t.c.id >= low)
-    if relations_from(e.collection):
+    if where is not None:
+        q = q.where(where)
+    if references and relations_from(e.collection):
         refs = _reference_digests(e)
         total = total + sa.func.coalesce(refs.c.digest, 0)
         q = q.outerjoin(refs, refs.c.source_id == t.c.id)

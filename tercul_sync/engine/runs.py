@@ -11,7 +11,7 @@ Each Dagster asset calls exactly one of ``run_entity``, ``run_edges`` or
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -270,25 +270,70 @@ def _ranges_to_read(
     span = _id_range(ctx, e)
     if span is None:
         return []
+    stored_in = ctx.collection(e.collection)
+    found = _differing_ranges(
+        span,
+        lambda low: reading.digest_buckets(ctx.db, e, digests.fingerprint(e, ctx.settings), low),
+        lambda low, high: weaviate_client.digest_between(ctx.client, stored_in, low, high),
+    )
+    if found is None:
+        return None
+    ranges, matched = found
+    report.rows_matched_by_digest += matched
+    report.digest_ranges_read += len(ranges)
+    return ranges
+
+
+def _passage_ranges_to_read(
+    ctx: SyncContext, syncer: PassageSyncer, e: EntityType
+) -> list[tuple[int, int]] | None:
+    """The ranges of parent ids of ``e`` whose first passages' digests differ from their rows';
+    None when the check does not apply or the differences are everywhere."""
+    if not digests.applies(ctx.db, ctx.settings, ctx.force):
+        return None
+    bounds = reading.id_bounds(ctx.db, e)
+    if bounds is None:
+        return []
+    spec = e.passages[0]
+    fingerprint = digests.passage_fingerprint(e, ctx.settings, syncer.parent_target(e))
+    firsts = weaviate_client.first_passages(e.collection, spec.property)
+    with_text = reading.has_text(e, [p.property for p in e.passages])
+    found = _differing_ranges(
+        (bounds[0], bounds[1] + 1),
+        lambda low: reading.digest_buckets(ctx.db, e, fingerprint, low, references=False, where=with_text),
+        lambda low, high: weaviate_client.digest_between(
+            ctx.client, ctx.collection(PASSAGE_COLLECTION), low, high, prop="parent_id", where=firsts
+        ),
+    )
+    if found is None:
+        return None
+    ranges, matched = found
+    syncer.report.parents_matched_by_digest += matched
+    syncer.report.digest_ranges_read += len(ranges)
+    return ranges
+
+
+def _differing_ranges(
+    span: tuple[int, int],
+    database: Callable[[int], dict[int, digests.Sums]],
+    weaviate: Callable[[int, int], digests.Sums],
+) -> tuple[list[tuple[int, int]], int] | None:
+    """The ranges of ids in ``span`` whose digest sums differ (``database(low)``: every bucket's sums
+    from ``low``; ``weaviate(a, b)``: the sums over ids ``[a, b)``), and the rows that matched; None
+    when the differences are everywhere (``WALK_SHARE``)."""
     low, high = span
     buckets = -(-(high - low) // digests.BUCKET)
-    sums = reading.digest_buckets(ctx.db, e, digests.fingerprint(e, ctx.settings), low)
-    stored_in = ctx.collection(e.collection)
+    sums = database(low)
     found = digests.differing_buckets(
         buckets,
         database=digests.prefix_measure(sums, buckets),
-        weaviate=lambda a, b: weaviate_client.digest_between(
-            ctx.client, stored_in, low + a * digests.BUCKET, low + b * digests.BUCKET
-        ),
+        weaviate=lambda a, b: weaviate(low + a * digests.BUCKET, low + b * digests.BUCKET),
         max_share=WALK_SHARE,
     )
     if found is None:
         return None
-    ranges = digests.merge_buckets(found, low)
     read = sum(sums.get(b, (0, 0))[0] for b in found)
-    report.rows_matched_by_digest += sum(n for n, _ in sums.values()) - read
-    report.digest_ranges_read += len(ranges)
-    return ranges
+    return digests.merge_buckets(found, low), sum(n for n, _ in sums.values()) - read
 
 
 def _orphans_in(ctx: SyncContext, e: EntityType, ranges: Sequence[tuple[int, int]]) -> list[int]:
@@ -653,7 +698,12 @@ def run_passages(
             whole = [k for k in shards if mode == FULL or old[k] is None]
             for k in whole:  # read before the scan: later changes stay ahead of it
                 marks[k][e.table] = high_water(ctx.db, table, [shards[k]]).to_json()
-            pages = reading.iter_live_pages(ctx.db, e, [shards[k] for k in whole], ctx.settings.batch_size)
+            ranges = None  # a full run over every shard reads only the ranges whose digests differ
+            if mode == FULL and covers_all(shards):
+                ranges = _passage_ranges_to_read(ctx, syncer, e)
+            pages = reading.iter_live_pages(
+                ctx.db, e, [shards[k] for k in whole], ctx.settings.batch_size, ranges
+            )
             for page in pages if whole else ():
                 syncer.sync_rows(e, page)
             for key, shard in shards.items():

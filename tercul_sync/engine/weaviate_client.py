@@ -401,10 +401,8 @@ def stored_source_ids(
     return out
 
 
-def _between(low: int, high: int) -> Any:
-    return Filter.by_property(SOURCE_ID_PROPERTY).greater_or_equal(low) & Filter.by_property(
-        SOURCE_ID_PROPERTY
-    ).less_than(high)
+def _between(low: int, high: int, prop: str = SOURCE_ID_PROPERTY) -> Any:
+    return Filter.by_property(prop).greater_or_equal(low) & Filter.by_property(prop).less_than(high)
 
 
 @retry_transient
@@ -425,11 +423,19 @@ def reference_sum_between(client: weaviate.WeaviateClient, collection: str, low:
 
 
 @retry_transient
-def digest_between(client: weaviate.WeaviateClient, collection: str, low: int, high: int) -> tuple[int, int]:
-    """``(objects, sum of their sync_digest)`` over the objects whose ``source_id`` is in ``[low, high)``
-    (an object without a digest counts, but adds nothing to the sum)."""
+def digest_between(
+    client: weaviate.WeaviateClient,
+    collection: str,
+    low: int,
+    high: int,
+    prop: str = SOURCE_ID_PROPERTY,
+    where: Any = None,
+) -> tuple[int, int]:
+    """``(objects, sum of their sync_digest)`` over the objects whose ``prop`` (``source_id``) is in
+    ``[low, high)`` and that match ``where`` (an object without a digest counts, adding nothing)."""
+    filters = _between(low, high, prop)
     res = client.collections.use(collection).aggregate.over_all(
-        filters=_between(low, high),
+        filters=filters if where is None else filters & where,
         total_count=True,
         return_metrics=Metrics(DIGEST_PROPERTY).integer(sum_=True),
     )
@@ -483,13 +489,21 @@ def source_id_bounds(client: weaviate.WeaviateClient, collection: str) -> tuple[
     return int(metric.minimum), int(metric.maximum)
 
 
+def first_passages(parent_collection: str, prop: str | None = None) -> Any:
+    """The filter of the passages at position 0 of ``parent_collection``'s texts (of ``prop`` only,
+    if given)."""
+    where = Filter.by_property("parent_collection").equal(parent_collection) & Filter.by_property(
+        "position"
+    ).equal(0)
+    return where if prop is None else where & Filter.by_property("property").equal(prop)
+
+
 @retry_transient
 def count_first_passages(
     client: weaviate.WeaviateClient, parent_collection: str, passages: str = PASSAGE_COLLECTION
 ) -> int:
     """Passages at position 0 whose parent is of ``parent_collection``: one per parent that has any."""
-    where = Filter.by_property("parent_collection").equal(parent_collection) & Filter.by_property(
-        "position"
-    ).equal(0)
-    res = client.collections.use(passages).aggregate.over_all(filters=where, total_count=True)
+    res = client.collections.use(passages).aggregate.over_all(
+        filters=first_passages(parent_collection), total_count=True
+    )
     return int(res.total_count or 0)

@@ -79,6 +79,7 @@ def property_specs(e: EntityType) -> list[PropertySpec]:
             *specs,
             PropertySpec(HASH_PROPERTY, DataType.TEXT),
             PropertySpec(PARENT_HASH_PROPERTY, DataType.TEXT),
+            PropertySpec(DIGEST_PROPERTY, DataType.INT),
         ]
     specs = [PropertySpec(SOURCE_ID_PROPERTY, DataType.INT)]
     specs += [PropertySpec(c.name, WEAVIATE_TYPES[c.kind]) for c in e.property_columns]
