@@ -4,6 +4,7 @@ read only the ranges whose digests differ, against the real PostgreSQL and Weavi
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -214,3 +215,13 @@ def test_changes_no_cursor_sees_are_found_by_digest_and_read_alone(
 
     quiet = run_sync(pg_database, weaviate_server_proc)  # and then nothing is left to read
     assert all(metadata(quiet, e.collection)["rows_read"] == 0 for e in ENTITIES)
+
+
+@pytest.mark.unit
+def test_the_check_applies_unless_forced_switched_off_or_vectors_come_from_columns(demo_engine):
+    assert digests.applies(demo_engine, load_settings({}), force=False)
+    assert not digests.applies(demo_engine, load_settings({}), force=True)
+    for variable, value in [("TERCUL_SYNC_RANGE_DIGESTS", "false"), ("TERCUL_SYNC_VECTORIZER", "column")]:
+        assert not digests.applies(demo_engine, load_settings({variable: value}), force=False), variable
+    mysql = SimpleNamespace(dialect=SimpleNamespace(name="mysql"))  # no md5 of ours there
+    assert not digests.applies(mysql, load_settings({}), force=False)

@@ -99,7 +99,12 @@ def object_digest(row_digest: int, fingerprint_value: int, references: Sequence[
 
 def applies(engine: Engine, settings: Settings, force: bool) -> bool:
     """Whether a full run may skip ranges by digest (see the module's docstring)."""
-    return engine.dialect.name in DIALECTS and not force and settings.vectorizer != "column"
+    return (
+        settings.range_digests
+        and engine.dialect.name in DIALECTS
+        and not force
+        and settings.vectorizer != "column"
+    )
 
 
 # --- SQL ------------------------------------------------------------------------------------

@@ -154,6 +154,13 @@ class Settings(BaseModel):
         default=True,
         description="Split long texts into `Passage` objects (the `passages` asset); `false`: none.",
     )
+    range_digests: bool = _env(
+        "TERCUL_SYNC_RANGE_DIGESTS",
+        default=True,
+        description="Full runs compare sums of digests over id ranges with Weaviate and read only the "
+        "ranges that differ (docs/digests.md); `false`: they read every row, as `force` does, but "
+        "rewrite only what changed.",
+    )
     max_concurrent_steps: int = _env(
         "TERCUL_SYNC_MAX_CONCURRENT_STEPS",
         default=4,
