@@ -86,8 +86,9 @@ def demo_engine(tmp_path_factory: pytest.TempPathFactory) -> sa.Engine:
     return engine
 
 
-def _objects_digests(engine: sa.Engine, e, fingerprint: int) -> dict[int, int]:
-    """Each live row's object digest as ObjectSyncer computes it, every reference present."""
+def _objects_digests(engine: sa.Engine, e, fingerprint: int) -> dict[int, tuple[int, int]]:
+    """Each live row's object digests as ObjectSyncer computes them (the row's, the references'),
+    every reference present."""
     rows = [r for page in reading.iter_live_pages(engine, e, [reading.Shard(0, 1)], 500) for r in page]
     edges = reading.live_edges_from(engine, relations_from(e.collection), [r["id"] for r in rows])
     refs: dict[int, set[tuple[str, int]]] = {}
@@ -95,10 +96,9 @@ def _objects_digests(engine: sa.Engine, e, fingerprint: int) -> dict[int, int]:
         for source_id, pairs in by_source.items():
             refs.setdefault(source_id, set()).update((name, t) for _, t in pairs)
     return {
-        r["id"]: digests.object_digest(
-            r[digests.ROW_DIGEST_COLUMN],
-            fingerprint,
-            [digests.edge_digest(n, t) for n, t in refs.get(r["id"], ())],
+        r["id"]: (
+            digests.object_digest(r[digests.ROW_DIGEST_COLUMN], fingerprint),
+            digests.references_digest([digests.edge_digest(n, t) for n, t in refs.get(r["id"], ())]),
         )
         for r in rows
     }
@@ -106,16 +106,19 @@ def _objects_digests(engine: sa.Engine, e, fingerprint: int) -> dict[int, int]:
 
 @pytest.mark.unit
 @pytest.mark.parametrize("collection", ["Work", "Category", "Tag"])
-def test_the_databases_sums_are_the_sums_of_the_digests_the_writer_gives_its_objects(demo_engine, collection):
+@pytest.mark.parametrize("rows", [True, False])
+def test_the_databases_sums_are_the_sums_of_the_digests_the_writer_gives_its_objects(
+    demo_engine, collection, rows
+):
     e = entity(collection)
     fingerprint = digests.fingerprint(e, load_settings({}))
     per_object = _objects_digests(demo_engine, e, fingerprint)
     low = min(per_object)
     expected: dict[int, digests.Sums] = {}
-    for row_id, d in per_object.items():
+    for row_id, (row_part, reference_part) in per_object.items():
         n, s = expected.get((row_id - low) // digests.BUCKET, (0, 0))
-        expected[(row_id - low) // digests.BUCKET] = (n + 1, s + d)
-    assert reading.digest_buckets(demo_engine, e, fingerprint, low) == expected
+        expected[(row_id - low) // digests.BUCKET] = (n + 1, s + reference_part + (row_part if rows else 0))
+    assert reading.digest_buckets(demo_engine, e, fingerprint, low, rows=rows) == expected
 
 
 @pytest.mark.unit

@@ -1,29 +1,33 @@
 """Range digests: whether a range of ids needs reading at all, from one aggregate on each side.
 
-Every entity object carries ``sync_digest``, a number the database can compute
-on its own for the object's desired state: a digest of the row's columns, plus
-one per reference it should carry (a live edge to a live row), plus a
-fingerprint of what else shapes the object (the registry's columns, the
-vectorizer), all modulo ``MODULUS``. The row's part is computed by the database
-in the same query that reads the row (``row_digest``); the references' part is
-added in Python from the references actually written, so a reference deferred
-because its target had no object yet leaves the digest short, and the range
-is read again once the target exists.
+Every entity object carries two numbers the database can compute on its own
+for the object's desired state, each modulo ``MODULUS``:
+
+- ``sync_digest``: a digest of the row's columns plus a fingerprint of what
+  else shapes the object (the registry's columns, the vectorizer). The
+  database computes the row's part in the same query that reads the row
+  (``row_digest``), so Python never reproduces its text forms.
+- ``sync_ref_digest``: the sum of one digest per reference the object was
+  written with (a live edge to a live row whose object existed). A reference
+  deferred because its target had no object yet leaves it short, and the
+  range is read again once the target exists.
 
 A full run then asks, for a whole id range, the database for the count and the
-sum of those digests (one ``GROUP BY`` over every bucket of ``BUCKET`` ids) and
-Weaviate for the count and the sum of the stored ones (a filtered aggregate).
-Equal: nothing in the range changed, and it is not read. A re-run with nothing
-changed costs two queries per collection instead of reading every row.
-Different: the range is halved (Weaviate side; the database's buckets are
-summed in memory) down to single buckets, and only those are read, whole,
-through the usual path (content hashes decide what is written; objects whose
-row is gone are deleted).
+sum of those digests (a ``GROUP BY`` over every bucket of ``BUCKET`` ids, rows
+and references apart) and Weaviate for the count and the sum of the stored ones
+(a filtered aggregate). Equal: nothing in the range changed, and it is not
+read. A re-run with nothing changed costs a few queries per collection instead
+of reading every row. Different: the range is halved (Weaviate side; the
+database's buckets are summed in memory) down to single buckets, and only
+those are read, whole, through the usual path (content hashes decide what is
+written; objects whose row is gone are deleted). The edges step compares the
+references' sums alone.
 
 The blind spot: a range where changes cancel out in both count and sum, about
 one chance in ``MODULUS`` (2^31) per changed range; the parity check and forced
 runs read everything. Sums stay exact in Weaviate's aggregates (doubles)
-because no measured range holds more than ``MAX_BUCKETS`` buckets.
+because no measured range holds more than ``MAX_BUCKETS`` buckets: 2^20 ids,
+each adding less than 2^32.
 
 PostgreSQL computes the digests with ``md5``; SQLite (the demo) with the same
 function registered on each connection. Other databases, ``column`` vectors
@@ -45,13 +49,14 @@ from sqlalchemy.sql.functions import FunctionElement
 from tercul_sync.engine.registry import EntityType, Kind
 from tercul_sync.engine.settings import Settings
 
-DIGEST_PROPERTY = "sync_digest"
+DIGEST_PROPERTY = "sync_digest"  # the row's part (and the fingerprint's)
+REF_DIGEST_PROPERTY = "sync_ref_digest"  # the references' part
 ROW_DIGEST_COLUMN = "sync_row_digest"  # the row's part, as the reading queries label it
 MODULUS = 2**31
 BUCKET = 4_096  # ids per range read when its digests differ
-# At most this many buckets per measured range: 2^22 ids, whose digests sum below 2^53.
-MAX_BUCKETS = 2**22 // BUCKET
-DIGEST_VERSION = "1"  # bump when what the digest covers changes: every object is then read again
+# At most this many buckets per measured range: 2^20 ids, whose two digests sum below 2^53.
+MAX_BUCKETS = 2**20 // BUCKET
+DIGEST_VERSION = "2"  # bump when what the digest covers changes: every object is then read again
 _NULL = "\\N"
 _SEPARATOR = "\x1f"
 DIALECTS = ("postgresql", "sqlite")
@@ -92,9 +97,14 @@ def passage_fingerprint(e: EntityType, settings: Settings, target: str) -> int:
     return text_digest(repr((DIGEST_VERSION, "passages", e.collection, specs, target, vectors)))
 
 
-def object_digest(row_digest: int, fingerprint_value: int, references: Sequence[int]) -> int:
-    """An object's ``sync_digest``: its row's digest, the fingerprint and its references' digests."""
-    return (row_digest + fingerprint_value + sum(references)) % MODULUS
+def object_digest(row_digest: int, fingerprint_value: int) -> int:
+    """An object's ``sync_digest``: its row's digest and the fingerprint."""
+    return (row_digest + fingerprint_value) % MODULUS
+
+
+def references_digest(references: Sequence[int]) -> int:
+    """An object's ``sync_ref_digest``: the digests of the references it carries."""
+    return sum(references) % MODULUS
 
 
 def applies(engine: Engine, settings: Settings, force: bool) -> bool:

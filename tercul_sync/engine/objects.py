@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from tercul_sync.engine.digests import DIGEST_PROPERTY
+from tercul_sync.engine.digests import DIGEST_PROPERTY, REF_DIGEST_PROPERTY
 from tercul_sync.engine.registry import SOURCE_ID_PROPERTY, EntityType, Kind, object_uuid
 from tercul_sync.engine.vectors import VECTOR_HASH_PROPERTY, encode_hashes
 
@@ -24,6 +24,7 @@ BOOKKEEPING_PROPERTIES = (
     VECTOR_HASH_PROPERTY,
     PARENT_HASH_PROPERTY,
     DIGEST_PROPERTY,
+    REF_DIGEST_PROPERTY,
 )
 
 T = TypeVar("T")
@@ -113,8 +114,9 @@ def build_object(
     references: Mapping[str, Sequence[str]] | None = None,
     vector_hashes: Mapping[str, str] | None = None,
     digest: int | None = None,
+    ref_digest: int | None = None,
 ) -> ObjectWrite:
-    """The object for one row, with its references (sorted), its vectors' hashes, its range digest
+    """The object for one row, with its references (sorted), its vectors' hashes, its range digests
     (``digests.py``) and content hash."""
     refs = {name: sorted(set(uuids)) for name, uuids in (references or {}).items() if uuids}
     props = row_properties(e, row)
@@ -123,6 +125,8 @@ def build_object(
         props[VECTOR_HASH_PROPERTY] = encode_hashes(vector_hashes)
     if digest is not None:
         props[DIGEST_PROPERTY] = digest
+    if ref_digest is not None:
+        props[REF_DIGEST_PROPERTY] = ref_digest
     props[HASH_PROPERTY] = content_hash(props, refs)
     return ObjectWrite(row["id"], object_uuid(e.collection, row["id"]), props, refs)
 

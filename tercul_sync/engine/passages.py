@@ -70,7 +70,7 @@ def parent_mark(e: EntityType, row: Row, target: str | None, digest: int | None 
 def _first_passage_digest(row: Row, fingerprint: int) -> int | None:
     """The range digest of the first passage of ``row``'s text, when the read gave its row's part."""
     row_digest = row.get(digests.ROW_DIGEST_COLUMN)
-    return None if row_digest is None else digests.object_digest(int(row_digest), fingerprint, [])
+    return None if row_digest is None else digests.object_digest(int(row_digest), fingerprint)
 
 
 def _marker_uuid(e: EntityType, parent_id: int) -> str:

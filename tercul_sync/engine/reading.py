@@ -538,23 +538,32 @@ def digest_buckets(
     e: EntityType,
     fingerprint: int,
     low: int,
+    rows: bool = True,
     references: bool = True,
     where: sa.ColumnElement[bool] | None = None,
 ) -> dict[int, digests.Sums]:
-    """``{bucket: (live rows, sum of their objects' digests)}`` for the live rows with ids from ``low``
-    (and ``where``), bucket ``b`` holding ids ``[low + b * BUCKET, low + (b + 1) * BUCKET)``: one
-    query, one scan. Without ``references``, a digest is the row's and the fingerprint only (the
-    first passage of a parent's text)."""
+    """``{bucket: (live rows, sum of their digests)}`` for the live rows with ids from ``low`` (and
+    ``where``), bucket ``b`` holding ids ``[low + b * BUCKET, low + (b + 1) * BUCKET)``. The sum
+    adds the rows' parts (``sync_digest``, with ``rows``) and their references' (``sync_ref_digest``,
+    with ``references``), each from one query of its own: joined, they cost more than apart."""
     t = table_for(e)
-    total: sa.ColumnElement[Any] = row_digest(e, t).element + fingerprint
-    q = sa.select(t.c.id).where(t.c[e.soft_delete_column].is_(None), t.c.id >= low)
+    bucket = ((t.c.id - low) // digests.BUCKET).label("bucket")
+    part = (row_digest(e, t).element + fingerprint) % digests.MODULUS
+    q = sa.select(bucket, sa.func.count(), sa.func.sum(part) if rows else sa.literal(0))
+    q = q.where(t.c[e.soft_delete_column].is_(None), t.c.id >= low).group_by(bucket)
     if where is not None:
         q = q.where(where)
-    if references and relations_from(e.collection):
-        refs = _reference_digests(e)
-        total = total + sa.func.coalesce(refs.c.digest, 0)
-        q = q.outerjoin(refs, refs.c.source_id == t.c.id)
-    bucket = ((t.c.id - low) // digests.BUCKET).label("bucket")
-    q = q.with_only_columns(bucket, sa.func.count(), sa.func.sum(total % digests.MODULUS)).group_by(bucket)
     with engine.connect() as conn:
-        return {int(b): (int(n), int(s)) for b, n, s in conn.execute(q)}
+        out = {int(b): (int(n), int(s)) for b, n, s in conn.execute(q)}
+        if references and relations_from(e.collection):
+            refs = _reference_digests(e)
+            q = (
+                sa.select(bucket, sa.func.sum(refs.c.digest % digests.MODULUS))
+                .select_from(refs.join(t, t.c.id == refs.c.source_id))
+                .where(t.c[e.soft_delete_column].is_(None), t.c.id >= low)
+                .group_by(bucket)
+            )
+            for b, s in conn.execute(q):
+                n, rest = out.get(int(b), (0, 0))
+                out[int(b)] = (n, rest + int(s))
+    return out

@@ -43,6 +43,7 @@ from tercul_sync.engine.registry import (
     entity,
     object_uuid,
     passage_parents,
+    relations_from,
 )
 from tercul_sync.engine.reports import MAX_SAMPLE, FailureRule, ReasonLog, add_sample, write_failure_report
 from tercul_sync.engine.writing import ObjectSyncer, ObjectSyncReport, SyncContext, sweep_orphans
@@ -260,9 +261,10 @@ def _id_range(ctx: SyncContext, e: EntityType) -> tuple[int, int] | None:
 
 
 def _ranges_to_read(
-    ctx: SyncContext, e: EntityType, report: ObjectSyncReport
+    ctx: SyncContext, e: EntityType, report: ObjectSyncReport, rows: bool = True
 ) -> list[tuple[int, int]] | None:
-    """The id ranges of ``e`` whose digests differ between the database and Weaviate (``digests.py``);
+    """The id ranges of ``e`` whose digests differ between the database and Weaviate (``digests.py``):
+    the rows' and the references', or (without ``rows``: the edges step) the references' alone;
     None when the check does not apply or the differences are everywhere (then everything is read).
     Notes in ``report`` how many live rows matched and how many ranges are to be read."""
     if not digests.applies(ctx.db, ctx.settings, ctx.force):
@@ -271,10 +273,14 @@ def _ranges_to_read(
     if span is None:
         return []
     stored_in = ctx.collection(e.collection)
+    summed = [digests.DIGEST_PROPERTY] if rows else []
+    if relations_from(e.collection):
+        summed.append(digests.REF_DIGEST_PROPERTY)
+    fingerprint = digests.fingerprint(e, ctx.settings)
     found = _differing_ranges(
         span,
-        lambda low: reading.digest_buckets(ctx.db, e, digests.fingerprint(e, ctx.settings), low),
-        lambda low, high: weaviate_client.digest_between(ctx.client, stored_in, low, high),
+        lambda low: reading.digest_buckets(ctx.db, e, fingerprint, low, rows=rows),
+        lambda low, high: weaviate_client.digest_between(ctx.client, stored_in, low, high, summed),
     )
     if found is None:
         return None
@@ -560,7 +566,8 @@ def run_edges(
         for s in syncers.values():  # the targets known to exist, before the walks' own memory
             s.forget_targets()
         for collection, s in syncers.items():
-            ranges = _ranges_to_read(ctx, entity(collection), s.report) if mode == FULL else None
+            full = mode == FULL
+            ranges = _ranges_to_read(ctx, entity(collection), s.report, rows=False) if full else None
             if ranges is not None:  # by digests: references deferred or gone leave a range's sum off
                 written = s.report.write.written
                 s.sync_ranges(ranges)

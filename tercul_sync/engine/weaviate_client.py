@@ -428,20 +428,22 @@ def digest_between(
     collection: str,
     low: int,
     high: int,
+    summed: Sequence[str] = (DIGEST_PROPERTY,),
     prop: str = SOURCE_ID_PROPERTY,
     where: Any = None,
 ) -> tuple[int, int]:
-    """``(objects, sum of their sync_digest)`` over the objects whose ``prop`` (``source_id``) is in
-    ``[low, high)`` and that match ``where`` (an object without a digest counts, adding nothing)."""
+    """``(objects, sum of their ``summed`` properties)`` over the objects whose ``prop``
+    (``source_id``) is in ``[low, high)`` and that match ``where`` (an object without a digest
+    counts, adding nothing)."""
     filters = _between(low, high, prop)
     res = client.collections.use(collection).aggregate.over_all(
         filters=filters if where is None else filters & where,
         total_count=True,
-        return_metrics=Metrics(DIGEST_PROPERTY).integer(sum_=True),
+        return_metrics=[Metrics(p).integer(sum_=True) for p in summed],
     )
-    metric = res.properties[DIGEST_PROPERTY]
-    digest = int(metric.sum_ or 0) if isinstance(metric, AggregateInteger) else 0
-    return int(res.total_count or 0), digest
+    metrics = [res.properties[p] for p in summed]
+    total = sum(int(m.sum_ or 0) for m in metrics if isinstance(m, AggregateInteger))
+    return int(res.total_count or 0), total
 
 
 @retry_transient

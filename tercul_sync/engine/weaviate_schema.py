@@ -30,7 +30,7 @@ from weaviate.collections.classes.config import CollectionConfig
 from weaviate.collections.classes.config_vectors import _VectorConfigCreate
 from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateInvalidInputError
 
-from tercul_sync.engine.digests import DIGEST_PROPERTY
+from tercul_sync.engine.digests import DIGEST_PROPERTY, REF_DIGEST_PROPERTY
 from tercul_sync.engine.objects import HASH_PROPERTY, PARENT_HASH_PROPERTY, REF_COUNT_PROPERTY
 from tercul_sync.engine.registry import (
     ENTITIES,
@@ -87,6 +87,7 @@ def property_specs(e: EntityType) -> list[PropertySpec]:
     specs.append(PropertySpec(REF_COUNT_PROPERTY, DataType.INT))
     specs.append(PropertySpec(VECTOR_HASH_PROPERTY, DataType.TEXT))
     specs.append(PropertySpec(DIGEST_PROPERTY, DataType.INT))
+    specs.append(PropertySpec(REF_DIGEST_PROPERTY, DataType.INT))
     return specs
 
 
@@ -103,7 +104,7 @@ def _create_property(spec: PropertySpec) -> Property:
             index_filterable=False,
             skip_vectorization=True,
         )
-    if spec.name in (REF_COUNT_PROPERTY, DIGEST_PROPERTY):  # summed over ranges of ids
+    if spec.name in (REF_COUNT_PROPERTY, DIGEST_PROPERTY, REF_DIGEST_PROPERTY):  # summed over id ranges
         return Property(name=spec.name, data_type=spec.data_type, skip_vectorization=True)
     # Ranges on ints and dates make `source_id` and `updated_at` cheap to filter by. Only text is
     # ever vectorized: ids, numbers and timestamps are kept out, whatever module the server runs.

@@ -114,6 +114,7 @@ class ObjectSyncer:
         # Set when the collection held no object as the step began (a first sync): nothing stored to compare.
         self.collection_was_empty = False
         self._fingerprint = digests.fingerprint(e, ctx.settings)
+        self._has_relations = bool(relations_from(e.collection))
 
     def forget_targets(self) -> None:
         """Drop the targets seen to exist (they are looked up again when needed): frees memory that
@@ -201,7 +202,7 @@ class ObjectSyncer:
                 row,
                 references.get(row["id"], {}),
                 self._hashes(inputs.get(row["id"])),
-                self._digest(row, reference_digests.get(row["id"], [])),
+                *self._digests(row, reference_digests.get(row["id"], [])),
             )
             for row in rows
             if self._mode not in ("client", "column") or row["id"] in inputs
@@ -263,12 +264,14 @@ class ObjectSyncer:
     def _columns(self, names: list[str]) -> list[str]:
         return [self.settings.vector_column.format(vector=n) for n in names]
 
-    def _digest(self, row: Row, reference_digests: list[int]) -> int | None:
-        """The object's range digest, when the read gave its row's part (``digests.py``)."""
+    def _digests(self, row: Row, reference_digests: list[int]) -> tuple[int | None, int | None]:
+        """The object's range digests (``digests.py``), when the read gave its row's part: the row's,
+        and its references' (for a type that has relations)."""
         row_digest = row.get(digests.ROW_DIGEST_COLUMN)
         if row_digest is None:
-            return None
-        return digests.object_digest(int(row_digest), self._fingerprint, reference_digests)
+            return None, None
+        references = digests.references_digest(reference_digests) if self._has_relations else None
+        return digests.object_digest(int(row_digest), self._fingerprint), references
 
     def _hashes(self, inputs: dict[str, Any] | None) -> dict[str, str] | None:
         if self._mode == "client" and self._embedder is not None:
