@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -100,6 +100,12 @@ def passage_fingerprint(e: EntityType, settings: Settings, target: str) -> int:
 def object_digest(row_digest: int, fingerprint_value: int) -> int:
     """An object's ``sync_digest``: its row's digest and the fingerprint."""
     return (row_digest + fingerprint_value) % MODULUS
+
+
+def stored_digest(row: Mapping[Any, Any], fingerprint_value: int) -> int | None:
+    """``object_digest`` of a row read with its ``ROW_DIGEST_COLUMN``; None when the read had none."""
+    row_digest = row.get(ROW_DIGEST_COLUMN)
+    return None if row_digest is None else object_digest(int(row_digest), fingerprint_value)
 
 
 def references_digest(references: Sequence[int]) -> int:

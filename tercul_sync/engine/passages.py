@@ -67,12 +67,6 @@ def parent_mark(e: EntityType, row: Row, target: str | None, digest: int | None 
     return content_hash({"passages": doc, "target": target or e.collection, "digest": digest}, {})
 
 
-def _first_passage_digest(row: Row, fingerprint: int) -> int | None:
-    """The range digest of the first passage of ``row``'s text, when the read gave its row's part."""
-    row_digest = row.get(digests.ROW_DIGEST_COLUMN)
-    return None if row_digest is None else digests.object_digest(int(row_digest), fingerprint)
-
-
 def _marker_uuid(e: EntityType, parent_id: int) -> str:
     """The passage that carries a parent's mark: the first of its first passage property."""
     return passage_uuid(e.collection, parent_id, e.passages[0].property, 0)
@@ -192,7 +186,7 @@ class PassageSyncer:
         self.report.parents_read += len(live)
         target = self.parent_target(e)
         fingerprint = digests.passage_fingerprint(e, self.ctx.settings, target)
-        digest_of = {row["id"]: _first_passage_digest(row, fingerprint) for row in live}
+        digest_of = {row["id"]: digests.stored_digest(row, fingerprint) for row in live}
         marks = {row["id"]: parent_mark(e, row, target, digest_of[row["id"]]) for row in live}
         stored_marks = {} if self.ctx.force else self._stored_marks(e, [r["id"] for r in live])
         changed = [r for r in live if stored_marks.get(r["id"]) != marks[r["id"]]]

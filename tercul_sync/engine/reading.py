@@ -19,7 +19,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, RowMapping
 
 from tercul_sync.engine import digests
-from tercul_sync.engine.digests import row_digest
 from tercul_sync.engine.id_tables import SortedIds
 from tercul_sync.engine.registry import (
     EDGES_TABLE,
@@ -149,7 +148,8 @@ def row_columns(e: EntityType, extra: Sequence[str] = ()) -> list[sa.ColumnEleme
     """What every read of rows to write selects: the id, the ``extra`` columns, the object's
     columns, and the row's part of its digest (``digests.row_digest``)."""
     t = table_for(e)
-    return [t.c.id, *(t.c[c] for c in extra), *(t.c[c.name] for c in e.property_columns), row_digest(e, t)]
+    columns = [t.c[c] for c in extra] + [t.c[c.name] for c in e.property_columns]
+    return [t.c.id, *columns, digests.row_digest(e, t)]
 
 
 def select_live_page(
@@ -548,7 +548,7 @@ def digest_buckets(
     with ``references``), each from one query of its own: joined, they cost more than apart."""
     t = table_for(e)
     bucket = ((t.c.id - low) // digests.BUCKET).label("bucket")
-    part = (row_digest(e, t).element + fingerprint) % digests.MODULUS
+    part = (digests.row_digest(e, t).element + fingerprint) % digests.MODULUS
     q = sa.select(bucket, sa.func.count(), sa.func.sum(part) if rows else sa.literal(0))
     q = q.where(t.c[e.soft_delete_column].is_(None), t.c.id >= low).group_by(bucket)
     if where is not None:

@@ -345,14 +345,18 @@ def _differing_ranges(
 def _orphans_in(ctx: SyncContext, e: EntityType, ranges: Sequence[tuple[int, int]]) -> list[int]:
     """Ids in ``ranges`` of objects whose row is gone or soft-deleted (stored ids read first: a row
     inserted meanwhile is live, not an orphan)."""
-    orphans: list[int] = []
-    for low, high in ranges:
-        for a in range(low, high, digests.BUCKET):
-            b = min(a + digests.BUCKET, high)
-            stored = weaviate_client.objects_between(ctx.client, ctx.collection(e.collection), a, b)
-            if stored:
-                orphans += sorted(set(stored) - reading.live_ids_between(ctx.db, e, a, b))
-    return orphans
+    return [
+        i
+        for low, high in ranges
+        for a in range(low, high, digests.BUCKET)
+        for i in _orphans_between(ctx, e, a, min(a + digests.BUCKET, high))
+    ]
+
+
+def _orphans_between(ctx: SyncContext, e: EntityType, low: int, high: int) -> list[int]:
+    """Ids in ``[low, high)`` of objects whose row is gone or soft-deleted (at most ``ID_CHUNK`` ids)."""
+    stored = weaviate_client.objects_between(ctx.client, ctx.collection(e.collection), low, high)
+    return sorted(set(stored) - reading.live_ids_between(ctx.db, e, low, high)) if stored else []
 
 
 def _orphans_by_ranges(ctx: SyncContext, e: EntityType, shards: list[reading.Shard]) -> list[int] | None:
@@ -362,15 +366,11 @@ def _orphans_by_ranges(ctx: SyncContext, e: EntityType, shards: list[reading.Sha
     if span is None:
         return []
 
-    def leaf(low: int, high: int) -> list[int]:
-        stored = weaviate_client.objects_between(ctx.client, ctx.collection(e.collection), low, high)
-        return sorted(set(stored) - reading.live_ids_between(ctx.db, e, low, high))
-
     found = bisect_mismatches(
         *span,
         database=lambda a, b: reading.count_live_between(ctx.db, e, a, b),
         weaviate=lambda a, b: weaviate_client.count_between(ctx.client, ctx.collection(e.collection), a, b),
-        leaf=leaf,
+        leaf=lambda a, b: _orphans_between(ctx, e, a, b),
         max_leaf_share=WALK_SHARE,
     )
     return None if found is None else [i for i in found if reading.in_shards(i, shards)]
@@ -565,8 +565,8 @@ def run_edges(
     if not (mode == FULL and (ctx.force or not covers_all(shards))):
         for s in syncers.values():  # the targets known to exist, before the walks' own memory
             s.forget_targets()
+        full = mode == FULL
         for collection, s in syncers.items():
-            full = mode == FULL
             ranges = _ranges_to_read(ctx, entity(collection), s.report, rows=False) if full else None
             if ranges is not None:  # by digests: references deferred or gone leave a range's sum off
                 written = s.report.write.written
@@ -574,7 +574,7 @@ def run_edges(
                 if s.report.write.written > written:
                     run.reconciled.append(f"{collection} ({s.report.write.written - written})")
                 continue
-            wrong = _sources_with_wrong_references(ctx, collection, list(shards.values()), walk=mode == FULL)
+            wrong = _sources_with_wrong_references(ctx, collection, list(shards.values()), walk=full)
             if wrong:
                 s.sync_ids(wrong)
                 run.reconciled.append(f"{collection} ({len(wrong)})")

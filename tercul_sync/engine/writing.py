@@ -267,11 +267,10 @@ class ObjectSyncer:
     def _digests(self, row: Row, reference_digests: list[int]) -> tuple[int | None, int | None]:
         """The object's range digests (``digests.py``), when the read gave its row's part: the row's,
         and its references' (for a type that has relations)."""
-        row_digest = row.get(digests.ROW_DIGEST_COLUMN)
-        if row_digest is None:
+        digest = digests.stored_digest(row, self._fingerprint)
+        if digest is None:
             return None, None
-        references = digests.references_digest(reference_digests) if self._has_relations else None
-        return digests.object_digest(int(row_digest), self._fingerprint), references
+        return digest, digests.references_digest(reference_digests) if self._has_relations else None
 
     def _hashes(self, inputs: dict[str, Any] | None) -> dict[str, str] | None:
         if self._mode == "client" and self._embedder is not None:
