@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from tercul_sync.engine.settings import DEMO_DATABASE_FILE, Settings, load_settings
 
 if TYPE_CHECKING:  # the CLI imports weaviate-client only for the commands that talk to Weaviate
+    import sqlalchemy as sa
     import weaviate
 
 
@@ -303,23 +304,42 @@ def _cmd_config_docs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_index(args: argparse.Namespace) -> int:
-    """Create (or drop) the PostgreSQL expression indexes on ``(id % n, id)`` (docs/deployment.md)."""
-    from tercul_sync.engine import reading, shard_index
+def _on_database(command: str, url: str | None, action: Callable[[sa.Engine], list[str]]) -> int:
+    """Run ``action`` on the database (``url``, else ``TERCUL_DATABASE_URL``) and print the lines it
+    returns; a ``ValueError`` is the command's error."""
+    from tercul_sync.engine import reading
 
-    settings = load_settings()
-    shards = args.shards or settings.shards
-    url = args.url or settings.effective_database_url
-    engine = reading.make_engine(url)
+    engine = reading.make_engine(url or load_settings().effective_database_url)
     try:
-        for statement in shard_index.create_shard_indexes(engine, shards, drop=args.drop):
-            print(statement)
+        for line in action(engine):
+            print(line)
     except ValueError as exc:
-        print(f"tercul-sync index: {exc}", file=sys.stderr)
+        print(f"tercul-sync {command}: {exc}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()
     return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    """Create (or drop) the PostgreSQL expression indexes on ``(id % n, id)`` (docs/deployment.md)."""
+    from tercul_sync.engine import shard_index
+
+    shards = args.shards or load_settings().shards
+    return _on_database(
+        "index", args.url, lambda engine: shard_index.create_shard_indexes(engine, shards, drop=args.drop)
+    )
+
+
+def _cmd_delete_log(args: argparse.Namespace) -> int:
+    """Install (or drop, or report on) the delete log's table and triggers (docs/incremental.md)."""
+    from tercul_sync.engine import delete_log
+
+    def act(engine: sa.Engine) -> list[str]:
+        done = [] if args.status else delete_log.install(engine, drop=args.drop, grant_to=args.grant)
+        return [*done, f"delete log: {delete_log.status(engine)}"]
+
+    return _on_database("delete-log", args.url, act)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,6 +429,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", help="the database (default: TERCUL_DATABASE_URL)")
     p.add_argument("--drop", action="store_true", help="drop that shard count's indexes instead")
     p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser(
+        "delete-log",
+        help="install triggers that log rows deleted outright, so incremental runs need not search for them",
+    )
+    p.add_argument("--url", help="the database, as its tables' owner (default: TERCUL_DATABASE_URL)")
+    p.add_argument("--grant", metavar="ROLE", help="let the sync's role read and prune the log")
+    p.add_argument("--drop", action="store_true", help="remove the triggers, their functions and the log")
+    p.add_argument("--status", action="store_true", help="only say whether the log is installed and readable")
+    p.set_defaults(func=_cmd_delete_log)
 
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func

@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, RowMapping
 
-from tercul_sync.engine import reading
+from tercul_sync.engine import delete_log, reading
 from tercul_sync.engine.id_tables import IdCounts
 from tercul_sync.engine.objects import as_utc
 from tercul_sync.engine.registry import ENTITIES, EntityType, Relation, entity, relations_from, relations_to
@@ -35,39 +35,52 @@ def _aware(value: datetime | str | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class Cursor:
-    """How far a sync of one table (and shard) has got."""
+    """How far a sync of one table (and shard) has got: the newest ``(updated_at, id)``, the newest
+    ``deleted_at``, and the newest delete logged (``delete_log.py``; None without the log)."""
 
     updated_at: datetime | None = None
     id: int = 0
     deleted_at: datetime | None = None
+    removed_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
             "id": self.id,
             "deleted_at": self.deleted_at.isoformat() if self.deleted_at else None,
+            "removed_at": self.removed_at.isoformat() if self.removed_at else None,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Cursor | None:
         if not data:
             return None
-        return cls(_aware(data.get("updated_at")), int(data.get("id") or 0), _aware(data.get("deleted_at")))
+        return cls(
+            _aware(data.get("updated_at")),
+            int(data.get("id") or 0),
+            _aware(data.get("deleted_at")),
+            _aware(data.get("removed_at")),
+        )
 
-    def advanced(self, updated_at: Any, row_id: int, deleted_at: Any) -> Cursor:
+    def advanced(self, updated_at: Any, row_id: int, deleted_at: Any, removed_at: Any = None) -> Cursor:
         """The cursor moved past one more row (never backwards)."""
-        u, d = _aware(updated_at), _aware(deleted_at)
+        u = _aware(updated_at)
         new_u, new_id = self.updated_at, self.id
         if u is not None and (new_u is None or (u, row_id) > (new_u, new_id)):
             new_u, new_id = u, row_id
-        new_d = self.deleted_at if d is None or (self.deleted_at and self.deleted_at >= d) else d
-        return Cursor(new_u, new_id, new_d)
+        return Cursor(new_u, new_id, _later(self.deleted_at, deleted_at), _later(self.removed_at, removed_at))
+
+
+def _later(mine: datetime | None, seen: Any) -> datetime | None:
+    at = _aware(seen)
+    return mine if at is None or (mine is not None and mine >= at) else at
 
 
 def high_water(
     engine: Engine, table: sa.Table, shards: Sequence[reading.Shard], id_column: str = "id"
 ) -> Cursor:
-    """The newest change in ``shards`` right now: the cursor a full pass starting now may record."""
+    """The newest change in ``shards`` right now: the cursor a full pass starting now may record
+    (with the newest delete logged of the whole table, when the delete log is installed)."""
     scope = reading.shards_clause(table.c[id_column], shards)
     with engine.connect() as conn:
         newest = conn.execute(
@@ -77,9 +90,10 @@ def high_water(
             .limit(1)
         ).first()
         deleted = conn.execute(sa.select(sa.func.max(table.c.deleted_at)).where(scope)).scalar()
+    removed = delete_log.newest(engine, table.name)
     if newest is None:
-        return Cursor(None, 0, _aware(deleted))
-    return Cursor(_aware(newest[0]), newest[1], _aware(deleted))
+        return Cursor(None, 0, _aware(deleted), removed)
+    return Cursor(_aware(newest[0]), newest[1], _aware(deleted), removed)
 
 
 def _start(cursor: Cursor, overlap: timedelta) -> tuple[datetime, int] | None:

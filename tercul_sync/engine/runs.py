@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from tercul_sync.engine import digests, reading, weaviate_client
+from tercul_sync.engine import delete_log, digests, reading, weaviate_client
 from tercul_sync.engine import edges as edge_rules
 from tercul_sync.engine.batching import WriteReport
 from tercul_sync.engine.changes import (
@@ -159,6 +159,7 @@ class EntityRun:
     cursors: dict[str, CursorJson] = field(default_factory=dict)
     object_count: int = 0  # objects in the collection when the step ended
     removed: list[int] = field(default_factory=list)  # ids of objects deleted because their row was gone
+    logged_removals: int = 0  # objects deleted because the delete log named their rows (delete_log.py)
 
     def metadata(self, mode: str, previous: Mapping[str, CursorJson]) -> dict[str, Any]:
         return {
@@ -168,6 +169,7 @@ class EntityRun:
             "deleted_sample_ids": self.deleted_sample,
             # Every one when there are few: the edges step rewrites the sources that pointed at them.
             "objects_removed_as_orphans": len(self.removed),
+            "objects_removed_by_delete_log": self.logged_removals,
             "removed_ids": self.removed if len(self.removed) <= REMOVED_KEPT else [],
             "orphan_sweep": self.swept,
             "cursor_before": dict(previous),
@@ -449,6 +451,17 @@ def _incremental_shard(
     _delete(ctx, e, [i for i, _ in gone], run)
     for row_id, deleted_at in gone:
         new = new.advanced(None, row_id, deleted_at)
+    # Rows removed outright, when the delete log is installed: their objects go (the edges step reads
+    # the log too, for the sources that pointed at them). An id logged but live again stays.
+    logged = delete_log.removed_rows(ctx.db, e.table, [shard], cursor.removed_at, overlap)
+    if logged:
+        live = reading.live_ids_among(ctx.db, e, [i for i, _ in logged])
+        removed = sorted({i for i, _ in logged} - live)
+        run.rows_changed += len(removed)
+        deleted_before = run.deleted
+        _delete(ctx, e, removed, run)  # ids read again inside the overlap window are gone already
+        run.logged_removals += run.deleted - deleted_before
+        new = new.advanced(None, 0, None, max(at for _, at in logged))
     return new
 
 
@@ -472,6 +485,7 @@ class EdgesRun:
     cursors: dict[str, CursorJson] = field(default_factory=dict)
     removed_targets: int = 0  # target rows removed outright that the entity steps named
     sources_of_removed: int = 0  # sources (per target) found pointing at them, rewritten
+    log_pruned: int = 0  # entries of the delete log a full run pruned
 
 
 def _target_high_water(ctx: SyncContext) -> dict[str, Any]:
@@ -500,7 +514,7 @@ def run_edges(
 
     target_marks: dict[str, Any] | None = None
     # Target tables are read whole, whatever the shard: each distinct cursor is read once per run.
-    changed_targets: dict[tuple[str, str], list[tuple[int, Any, Any]]] = {}
+    changed_targets: dict[tuple[str, str], tuple[list[tuple[int, Any, Any]], list[tuple[int, Any]]]] = {}
     # Incremental: the sources every shard touched, written once per type after the loop (one
     # sync_ids per type, not one per shard and type); the shards' new marks wait for those writes.
     touched_all: dict[str, set[int]] = {}
@@ -522,26 +536,35 @@ def run_edges(
         marks = dict(cursors)
         edge_cursor = Cursor.from_json(cursors.get("edges")) or Cursor()
         rows = changed_edges(ctx.db, [shard], edge_cursor, overlap)
-        run.edges_changed += len(rows)
+        # Edges removed outright, when the delete log is installed: their sources lost a reference.
+        logged = delete_log.removed_edges(ctx.db, [shard], edge_cursor.removed_at, overlap)
+        run.edges_changed += len(rows) + len(logged)
         run.changed_edge_ids.extend(r["id"] for r in rows)
-        touched = edge_rules.touched_sources(
-            [(r["id"], r["source_table"], r["source_id"], r["relation"]) for r in rows], [shard]
-        )
+        seen = [(r["id"], r["source_table"], r["source_id"], r["relation"]) for r in rows]
+        seen += [(g["id"], g["source_table"], g["source_id"], g["relation"]) for g in logged]
+        touched = edge_rules.touched_sources(seen, [shard])
         for r in rows:
             edge_cursor = edge_cursor.advanced(r["updated_at"], r["id"], r["deleted_at"])
+        for g in logged:
+            edge_cursor = edge_cursor.advanced(None, 0, None, g["logged_at"])
         marks["edges"] = edge_cursor.to_json()
         for t in edge_targets():
             c = Cursor.from_json(cursors.get(t.table)) or Cursor()
             memo_key = (t.table, repr(c))
             if memo_key not in changed_targets:
-                changed_targets[memo_key] = changed_target_ids(ctx.db, t, c, overlap)
-            changed = changed_targets[memo_key]
-            for collection, ids in sources_pointing_at(
-                ctx.db, t, [i for i, _, _ in changed], [shard]
-            ).items():
+                changed_targets[memo_key] = (
+                    changed_target_ids(ctx.db, t, c, overlap),
+                    delete_log.removed_rows(ctx.db, t.table, [], c.removed_at, overlap),
+                )
+            changed, logged_targets = changed_targets[memo_key]
+            # Changed targets, and targets removed outright that the delete log names.
+            pointed_at = [i for i, _, _ in changed] + [i for i, _ in logged_targets]
+            for collection, ids in sources_pointing_at(ctx.db, t, pointed_at, [shard]).items():
                 touched.setdefault(collection, set()).update(ids)
             for row_id, updated_at, deleted_at in changed:
                 c = c.advanced(updated_at, row_id, deleted_at)
+            for _, logged_at in logged_targets:
+                c = c.advanced(None, 0, None, logged_at)
             marks[t.table] = c.to_json()
             # Rows removed outright leave their edges behind (no foreign key on a generic table): the
             # sources those edges name still carry a reference to the removed object.
@@ -580,6 +603,8 @@ def run_edges(
                 run.reconciled.append(f"{collection} ({len(wrong)})")
     if gave_up() == before:
         run.cursors.update(pending)
+    if mode == FULL and covers_all(shards):  # a full run needs no log: old entries can go
+        run.log_pruned = delete_log.prune(ctx.db, timedelta(days=ctx.settings.delete_log_days))
     return run
 
 
@@ -656,6 +681,8 @@ def edges_step(
         "sources_of_removed_targets": run.sources_of_removed,
         # the source types whose reference counts were off, with how many sources were rewritten
         "reconciled_by_count_check": ", ".join(run.reconciled) or "none",
+        "delete_log": delete_log.status(ctx.db),
+        "delete_log_pruned": run.log_pruned,
         "cursor_before": dict(previous),
         "cursor_after": run.cursors,
     }

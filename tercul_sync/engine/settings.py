@@ -161,6 +161,13 @@ class Settings(BaseModel):
         "ranges that differ (docs/digests.md); `false`: they read every row, as `force` does, but "
         "rewrite only what changed.",
     )
+    delete_log_days: int = _env(
+        "TERCUL_SYNC_DELETE_LOG_DAYS",
+        default=7,
+        ge=1,
+        description="The full sync prunes entries of the delete log (`tercul-sync delete-log`, "
+        "docs/incremental.md) older than this many days.",
+    )
     max_concurrent_steps: int = _env(
         "TERCUL_SYNC_MAX_CONCURRENT_STEPS",
         default=4,

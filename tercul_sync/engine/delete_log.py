@@ -1,0 +1,193 @@
+"""An optional log of rows removed outright, kept by triggers in Tercul's PostgreSQL database.
+
+A hard ``DELETE`` leaves nothing for a cursor to follow. Without the log, an
+incremental run finds such rows by comparing counts over id ranges, and when
+they are everywhere it walks every object (docs/incremental.md). With the log,
+each ``DELETE`` on an entity table or on ``edges`` also writes the removed ids
+into ``tercul_sync_deletes``, in the same transaction. An incremental run then
+reads the ids logged since its cursor, as it reads soft deletes: the objects of
+removed rows are deleted, and the sources of removed edges and removed targets
+are rewritten. The count checks still run after it, so a delete the log missed
+(one before the log was installed, a ``TRUNCATE``, rows pruned before a run read
+them) is still found, the slower way.
+
+``tercul-sync delete-log`` installs it (``--drop`` removes it). It is used when
+the table exists; nothing needs to be configured. The triggers are statement
+triggers with a transition table: one ``INSERT ... SELECT`` per ``DELETE``
+statement, however many rows it removes. Their function is ``SECURITY DEFINER``,
+so the roles that delete rows need no grant on the log. The full sync's edges
+step prunes entries older than ``TERCUL_SYNC_DELETE_LOG_DAYS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tercul_sync.engine import reading
+from tercul_sync.engine.objects import as_utc
+from tercul_sync.engine.registry import EDGES_TABLE, ENTITIES
+
+LOG_TABLE = "tercul_sync_deletes"
+TRIGGER = "tercul_sync_log_deletes"
+ROW_FUNCTION = "tercul_sync_log_row_deletes"
+EDGE_FUNCTION = "tercul_sync_log_edge_deletes"
+
+LOG = sa.Table(
+    LOG_TABLE,
+    sa.MetaData(),
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("table_name", sa.Text, nullable=False),
+    sa.Column("row_id", sa.BigInteger, nullable=False),
+    # For edges: the source whose references the removed edge changed.
+    sa.Column("source_table", sa.Text),
+    sa.Column("source_id", sa.BigInteger),
+    sa.Column("relation", sa.Text),
+    sa.Column("logged_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def logged_tables() -> list[str]:
+    """The tables whose deletes are logged: every entity table of the registry, and ``edges``."""
+    return [e.table for e in ENTITIES] + [EDGES_TABLE]
+
+
+def install_statements(schema: str, drop: bool = False) -> list[str]:
+    """The DDL that installs the log in ``schema`` (idempotent), or with ``drop`` removes it."""
+    tables = logged_tables()
+    if drop:
+        return [f'DROP TRIGGER IF EXISTS {TRIGGER} ON "{t}"' for t in tables] + [
+            f'DROP FUNCTION IF EXISTS "{schema}".{ROW_FUNCTION}()',
+            f'DROP FUNCTION IF EXISTS "{schema}".{EDGE_FUNCTION}()',
+            f'DROP TABLE IF EXISTS "{schema}".{LOG_TABLE}',
+        ]
+    log = f'"{schema}".{LOG_TABLE}'
+    out = [
+        f"CREATE TABLE IF NOT EXISTS {log} ("
+        " id bigserial PRIMARY KEY, table_name text NOT NULL, row_id bigint NOT NULL,"
+        " source_table text, source_id bigint, relation text,"
+        " logged_at timestamptz NOT NULL DEFAULT now())",
+        f"CREATE INDEX IF NOT EXISTS {LOG_TABLE}_by_table ON {log} (table_name, logged_at)",
+    ]
+    edge_columns = "source_table, source_id, relation"
+    for function, extra in ((ROW_FUNCTION, ""), (EDGE_FUNCTION, f", {edge_columns}")):
+        # SECURITY DEFINER: whoever deletes needs no grant on the log. Such a function must not depend
+        # on the caller's search_path, so it has none of its own and names the log's schema.
+        out.append(
+            f'CREATE OR REPLACE FUNCTION "{schema}".{function}() RETURNS trigger LANGUAGE plpgsql'
+            " SECURITY DEFINER SET search_path = pg_catalog AS $body$"
+            f" BEGIN INSERT INTO {log} (table_name, row_id{extra})"
+            f" SELECT TG_TABLE_NAME, id{extra} FROM gone; RETURN NULL; END $body$"
+        )
+    for t in tables:
+        function = EDGE_FUNCTION if t == EDGES_TABLE else ROW_FUNCTION
+        out.append(
+            f'CREATE OR REPLACE TRIGGER {TRIGGER} AFTER DELETE ON "{t}"'
+            f' REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".{function}()'
+        )
+    return out
+
+
+def install(engine: Engine, drop: bool = False, grant_to: str | None = None) -> list[str]:
+    """Install the log in the connection's current schema, in one transaction (PostgreSQL 14 or
+    later, for ``CREATE OR REPLACE TRIGGER``), or with ``drop`` remove it; the statements run.
+    ``grant_to``: the sync's role, which reads the log and prunes it."""
+    if engine.dialect.name != "postgresql":
+        raise ValueError(f"the delete log is for PostgreSQL; this database is {engine.dialect.name}")
+    with engine.begin() as conn:
+        schema = conn.execute(sa.text("SELECT current_schema()")).scalar_one()
+        statements = install_statements(schema, drop)
+        if grant_to and not drop:
+            statements.append(f'GRANT SELECT, DELETE ON "{schema}".{LOG_TABLE} TO "{grant_to}"')
+        for statement in statements:
+            conn.execute(sa.text(statement))
+    return statements
+
+
+def _privilege(engine: Engine, privilege: str) -> bool | None:
+    """None when the log is not installed (or not on PostgreSQL); else whether this role has
+    ``privilege`` on it."""
+    if engine.dialect.name != "postgresql":
+        return None
+    q = sa.text("SELECT CASE WHEN to_regclass(:t) IS NULL THEN NULL ELSE has_table_privilege(:t, :p) END")
+    with engine.connect() as conn:
+        return conn.execute(q, {"t": LOG_TABLE, "p": privilege}).scalar()
+
+
+def present(engine: Engine) -> bool:
+    """Whether the log is installed and this role may read it: then incremental runs read it.
+    (Installed but not readable, it is not used: ``status`` says so, and the count checks find
+    what it would have.)"""
+    return bool(_privilege(engine, "SELECT"))
+
+
+def status(engine: Engine) -> str:
+    """``installed``, ``absent``, or why it is installed but not used."""
+    readable = _privilege(engine, "SELECT")
+    if readable is None:
+        return "absent"
+    if not readable:
+        return f"installed, but this role may not read it (GRANT SELECT, DELETE ON {LOG_TABLE} TO ...)"
+    return "installed"
+
+
+def newest(engine: Engine, table: str) -> datetime | None:
+    """When the newest delete of ``table`` was logged; None without a log or an entry."""
+    if not present(engine):
+        return None
+    with engine.connect() as conn:
+        q = sa.select(sa.func.max(LOG.c.logged_at)).where(LOG.c.table_name == table)
+        value = conn.execute(q).scalar()
+    return None if value is None else as_utc(value)
+
+
+def _since(table: str, after: datetime | None, overlap: timedelta) -> sa.ColumnElement[bool]:
+    clause = LOG.c.table_name == table
+    return clause if after is None else sa.and_(clause, LOG.c.logged_at > after - overlap)
+
+
+def removed_rows(
+    engine: Engine,
+    table: str,
+    shards: Sequence[reading.Shard],
+    after: datetime | None,
+    overlap: timedelta,
+) -> list[tuple[int, datetime]]:
+    """``(row id, logged_at)`` of rows of ``table`` in ``shards`` whose deletes were logged after
+    ``after - overlap`` (every entry when ``after`` is None). Empty without a log."""
+    if not present(engine):
+        return []
+    q = sa.select(LOG.c.row_id, LOG.c.logged_at).where(
+        _since(table, after, overlap), reading.shards_clause(LOG.c.row_id, shards)
+    )
+    with engine.connect() as conn:
+        return [(int(i), as_utc(at)) for i, at in conn.execute(q.order_by(LOG.c.id))]
+
+
+def removed_edges(
+    engine: Engine, shards: Sequence[reading.Shard], after: datetime | None, overlap: timedelta
+) -> list[dict[str, Any]]:
+    """The edges (by source id in ``shards``) whose deletes were logged after ``after - overlap``:
+    ``id``, ``source_table``, ``source_id``, ``relation`` and ``logged_at`` each. Empty without a log."""
+    if not present(engine):
+        return []
+    q = sa.select(
+        LOG.c.row_id.label("id"), LOG.c.source_table, LOG.c.source_id, LOG.c.relation, LOG.c.logged_at
+    ).where(_since(EDGES_TABLE, after, overlap), reading.shards_clause(LOG.c.source_id, shards))
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(q.order_by(LOG.c.id)).mappings()]
+
+
+def prune(engine: Engine, older_than: timedelta) -> int:
+    """Delete the entries logged more than ``older_than`` ago; how many. 0 without a log, or when
+    this role may not delete from it. A run that has not read them by then finds those deletes by
+    the count checks instead."""
+    if not _privilege(engine, "DELETE"):
+        return 0
+    cutoff = datetime.now(UTC) - older_than
+    with engine.begin() as conn:
+        return int(conn.execute(LOG.delete().where(LOG.c.logged_at < cutoff)).rowcount or 0)
