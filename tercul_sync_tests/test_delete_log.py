@@ -71,13 +71,24 @@ def test_rows_and_edges_deleted_outright_are_found_from_the_log(
         assert not md["orphan_sweep"], collection  # the counts matched: no search, no walk
     edges = metadata(result, "edges")
     assert edges["delete_log"] == "installed"
-    assert edges["reconciled_by_count_check"] == "none"  # the log named every source that changed
+    # The cursors were taken before the log was installed, so the count check ran; the log had
+    # named every source that changed, and it found nothing more.
+    assert edges["reconciled_by_count_check"] == "none"
     assert_objects_match(engine, weaviate_client)
     assert_references_match(engine, weaviate_server_proc)
 
-    # Read again inside the overlap window, the log deletes nothing more.
+    # Now the cursors have read the log: the next run trusts it and skips the count check. The
+    # log alone must then be enough for references to removed edges and removed targets.
+    with engine.begin() as conn:
+        more = _delete_every(conn, "authors", 9)
+        _delete_every(conn, "edges", 5, "source_table = 'translations'")
     again = run_sync(pg_database, weaviate_server_proc, STEPS, instance=instance, mode="incremental")
-    assert all(metadata(again, c)["objects_removed_by_delete_log"] == 0 for c in deleted)
+    assert metadata(again, "edges")["reconciled_by_count_check"] == "skipped: the delete log covers this run"
+    # Read again inside the overlap window, the first round's removals delete nothing more.
+    assert metadata(again, "Author")["objects_removed_by_delete_log"] == len(more)
+    assert metadata(again, "Work")["objects_removed_by_delete_log"] == 0
+    assert_objects_match(engine, weaviate_client)
+    assert_references_match(engine, weaviate_server_proc)
 
 
 def test_the_full_sync_prunes_old_entries_and_the_log_can_be_dropped(

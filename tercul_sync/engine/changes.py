@@ -36,7 +36,7 @@ def _aware(value: datetime | str | None) -> datetime | None:
 @dataclass(frozen=True)
 class Cursor:
     """How far a sync of one table (and shard) has got: the newest ``(updated_at, id)``, the newest
-    ``deleted_at``, and the newest delete logged (``delete_log.py``; None without the log)."""
+    ``deleted_at``, and when it last read the delete log (``delete_log.py``; None without the log)."""
 
     updated_at: datetime | None = None
     id: int = 0
@@ -80,7 +80,7 @@ def high_water(
     engine: Engine, table: sa.Table, shards: Sequence[reading.Shard], id_column: str = "id"
 ) -> Cursor:
     """The newest change in ``shards`` right now: the cursor a full pass starting now may record
-    (with the newest delete logged of the whole table, when the delete log is installed)."""
+    (and, when the delete log is installed, the time now: a full pass needs none of it before)."""
     scope = reading.shards_clause(table.c[id_column], shards)
     with engine.connect() as conn:
         newest = conn.execute(
@@ -90,7 +90,7 @@ def high_water(
             .limit(1)
         ).first()
         deleted = conn.execute(sa.select(sa.func.max(table.c.deleted_at)).where(scope)).scalar()
-    removed = delete_log.newest(engine, table.name)
+    removed = delete_log.mark(engine)
     if newest is None:
         return Cursor(None, 0, _aware(deleted), removed)
     return Cursor(_aware(newest[0]), newest[1], _aware(deleted), removed)

@@ -135,14 +135,20 @@ def status(engine: Engine) -> str:
     return "installed"
 
 
-def newest(engine: Engine, table: str) -> datetime | None:
-    """When the newest delete of ``table`` was logged; None without a log or an entry."""
+def mark(engine: Engine) -> datetime | None:
+    """The database's time now, when the log is installed and readable (else None). A cursor that
+    records it has read every delete logged before it; one committed late with an older time is
+    read again inside the overlap window, as rows are."""
     if not present(engine):
         return None
     with engine.connect() as conn:
-        q = sa.select(sa.func.max(LOG.c.logged_at)).where(LOG.c.table_name == table)
-        value = conn.execute(q).scalar()
-    return None if value is None else as_utc(value)
+        return as_utc(conn.execute(sa.select(sa.func.now())).scalar_one())
+
+
+def covers(read_at: datetime | None, now: datetime, keep: timedelta) -> bool:
+    """Whether a cursor that read the log at ``read_at`` can trust it to name every delete since:
+    it read the log at all, and recently enough that nothing it had not read yet was pruned."""
+    return read_at is not None and now - read_at < keep
 
 
 def _since(table: str, after: datetime | None, overlap: timedelta) -> sa.ColumnElement[bool]:
@@ -158,9 +164,7 @@ def removed_rows(
     overlap: timedelta,
 ) -> list[tuple[int, datetime]]:
     """``(row id, logged_at)`` of rows of ``table`` in ``shards`` whose deletes were logged after
-    ``after - overlap`` (every entry when ``after`` is None). Empty without a log."""
-    if not present(engine):
-        return []
+    ``after - overlap`` (every entry when ``after`` is None)."""
     q = sa.select(LOG.c.row_id, LOG.c.logged_at).where(
         _since(table, after, overlap), reading.shards_clause(LOG.c.row_id, shards)
     )
@@ -172,9 +176,7 @@ def removed_edges(
     engine: Engine, shards: Sequence[reading.Shard], after: datetime | None, overlap: timedelta
 ) -> list[dict[str, Any]]:
     """The edges (by source id in ``shards``) whose deletes were logged after ``after - overlap``:
-    ``id``, ``source_table``, ``source_id``, ``relation`` and ``logged_at`` each. Empty without a log."""
-    if not present(engine):
-        return []
+    ``id``, ``source_table``, ``source_id``, ``relation`` and ``logged_at`` each."""
     q = sa.select(
         LOG.c.row_id.label("id"), LOG.c.source_table, LOG.c.source_id, LOG.c.relation, LOG.c.logged_at
     ).where(_since(EDGES_TABLE, after, overlap), reading.shards_clause(LOG.c.source_id, shards))

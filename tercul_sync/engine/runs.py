@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,7 @@ class EntityRun:
     object_count: int = 0  # objects in the collection when the step ended
     removed: list[int] = field(default_factory=list)  # ids of objects deleted because their row was gone
     logged_removals: int = 0  # objects deleted because the delete log named their rows (delete_log.py)
+    unmatched: list[str] = field(default_factory=list)  # uuids deleted that the id filter did not find
 
     def metadata(self, mode: str, previous: Mapping[str, CursorJson]) -> dict[str, Any]:
         return {
@@ -212,17 +213,21 @@ def run_entity(
         stalled = [i for i in syncer.report.write.gave_up_keys() if isinstance(i, int)]
         held = shards_holding(whole, stalled)
         run.cursors.update({k: m.to_json() for k, m in marks.items() if k not in held})
+    log_read_at = delete_log.mark(ctx.db) if len(whole) < len(shards) and mode != SWEEP else None
     for key, shard in shards.items():
         cursor = cursors[key]
         if mode == SWEEP or key in whole or cursor is None:
             continue
         gave_up_before = syncer.report.write.gave_up
-        new = _incremental_shard(ctx, syncer, run, shard, cursor, overlap)
+        new = _incremental_shard(ctx, syncer, run, shard, cursor, overlap, log_read_at)
         if syncer.report.write.gave_up == gave_up_before:
             run.cursors[key] = new.to_json()
     # Rows removed outright leave no trace to follow: compare counts, sweep when they differ.
     live = reading.count_live(ctx.db, e)
     objects = weaviate_client.count_objects(ctx.client, ctx.collection(e.collection))
+    if objects != live and run.unmatched:  # an object the id filter missed may be left over
+        _delete_unmatched(ctx, e, run)
+        objects = weaviate_client.count_objects(ctx.client, ctx.collection(e.collection))
     if needs_sweep(
         mode,
         covers_all(shards),
@@ -395,6 +400,7 @@ def run_entity_ids(
     live = reading.live_ids_among(ctx.db, e, chosen)
     gone = [i for i in chosen if i not in live]
     _delete(ctx, e, gone, run)
+    _delete_unmatched(ctx, e, run)
     run.removed += gone
     run.object_count = weaviate_client.count_objects(ctx.client, ctx.collection(e.collection))
     return run
@@ -434,8 +440,10 @@ def _incremental_shard(
     shard: reading.Shard,
     cursor: Cursor,
     overlap: timedelta,
+    log_read_at: datetime | None,
 ) -> Cursor:
-    """Write the shard's rows changed since ``cursor`` and delete its soft-deleted ones.
+    """Write the shard's rows changed since ``cursor`` and delete its soft-deleted ones, and those
+    the delete log names (when it is installed: ``log_read_at``, read before it).
 
     Returns the new cursor.
     """
@@ -453,24 +461,33 @@ def _incremental_shard(
         new = new.advanced(None, row_id, deleted_at)
     # Rows removed outright, when the delete log is installed: their objects go (the edges step reads
     # the log too, for the sources that pointed at them). An id logged but live again stays.
-    logged = delete_log.removed_rows(ctx.db, e.table, [shard], cursor.removed_at, overlap)
-    if logged:
-        live = reading.live_ids_among(ctx.db, e, [i for i, _ in logged])
-        removed = sorted({i for i, _ in logged} - live)
-        run.rows_changed += len(removed)
-        deleted_before = run.deleted
-        _delete(ctx, e, removed, run)  # ids read again inside the overlap window are gone already
-        run.logged_removals += run.deleted - deleted_before
-        new = new.advanced(None, 0, None, max(at for _, at in logged))
-    return new
+    if log_read_at is None:
+        return new
+    logged = [i for i, _ in delete_log.removed_rows(ctx.db, e.table, [shard], cursor.removed_at, overlap)]
+    removed = sorted(set(logged) - reading.live_ids_among(ctx.db, e, logged)) if logged else []
+    run.rows_changed += len(removed)
+    deleted_before = run.deleted
+    _delete(ctx, e, removed, run)  # ids read again inside the overlap window are gone already
+    run.logged_removals += run.deleted - deleted_before
+    return new.advanced(None, 0, None, log_read_at)
 
 
 def _delete(ctx: SyncContext, e: EntityType, ids: list[int], run: EntityRun) -> None:
     if ids:
         add_sample(run.deleted_sample, ids)
-        run.deleted += weaviate_client.delete_uuids(
-            ctx.client, ctx.collection(e.collection), [object_uuid(e.collection, i) for i in ids]
+        uuids = [object_uuid(e.collection, i) for i in ids]
+        stored_in = ctx.collection(e.collection)
+        run.deleted += weaviate_client.delete_uuids(ctx.client, stored_in, uuids, run.unmatched)
+
+
+def _delete_unmatched(ctx: SyncContext, e: EntityType, run: EntityRun) -> None:
+    """Delete by uuid, one by one, the objects the id filter did not find (gone already, or stored
+    with their index entries lost)."""
+    if run.unmatched:
+        run.deleted += weaviate_client.delete_by_uuid(
+            ctx.client, ctx.collection(e.collection), sorted(set(run.unmatched))
         )
+        run.unmatched.clear()
 
 
 # --- the edges step ------------------------------------------------------------------------
@@ -512,6 +529,11 @@ def run_edges(
     def gave_up() -> int:
         return sum(s.report.write.gave_up for s in syncers.values())
 
+    # The delete log, when installed: read once for the run; its count check is needed only when
+    # a cursor had not read the log yet, or so long ago that entries it had not read were pruned.
+    log_read_at = delete_log.mark(ctx.db) if mode == INCREMENTAL else None
+    log_covers = log_read_at is not None
+    keep = timedelta(days=ctx.settings.delete_log_days)
     target_marks: dict[str, Any] | None = None
     # Target tables are read whole, whatever the shard: each distinct cursor is read once per run.
     changed_targets: dict[tuple[str, str], tuple[list[tuple[int, Any, Any]], list[tuple[int, Any]]]] = {}
@@ -524,6 +546,7 @@ def run_edges(
         before = gave_up()
         cursors = previous.get(key)
         if mode == FULL or not cursors:
+            log_covers = False  # nothing was read from the log for this shard
             target_marks = target_marks or _target_high_water(ctx)
             edge_mark = high_water(ctx.db, reading.edges_table(), [shard], id_column="source_id")
             marks = {"edges": edge_mark.to_json(), **target_marks}
@@ -537,7 +560,10 @@ def run_edges(
         edge_cursor = Cursor.from_json(cursors.get("edges")) or Cursor()
         rows = changed_edges(ctx.db, [shard], edge_cursor, overlap)
         # Edges removed outright, when the delete log is installed: their sources lost a reference.
-        logged = delete_log.removed_edges(ctx.db, [shard], edge_cursor.removed_at, overlap)
+        logged = []
+        if log_read_at is not None:
+            logged = delete_log.removed_edges(ctx.db, [shard], edge_cursor.removed_at, overlap)
+            log_covers &= delete_log.covers(edge_cursor.removed_at, log_read_at, keep)
         run.edges_changed += len(rows) + len(logged)
         run.changed_edge_ids.extend(r["id"] for r in rows)
         seen = [(r["id"], r["source_table"], r["source_id"], r["relation"]) for r in rows]
@@ -545,17 +571,17 @@ def run_edges(
         touched = edge_rules.touched_sources(seen, [shard])
         for r in rows:
             edge_cursor = edge_cursor.advanced(r["updated_at"], r["id"], r["deleted_at"])
-        for g in logged:
-            edge_cursor = edge_cursor.advanced(None, 0, None, g["logged_at"])
+        edge_cursor = edge_cursor.advanced(None, 0, None, log_read_at)
         marks["edges"] = edge_cursor.to_json()
         for t in edge_targets():
             c = Cursor.from_json(cursors.get(t.table)) or Cursor()
             memo_key = (t.table, repr(c))
             if memo_key not in changed_targets:
-                changed_targets[memo_key] = (
-                    changed_target_ids(ctx.db, t, c, overlap),
-                    delete_log.removed_rows(ctx.db, t.table, [], c.removed_at, overlap),
-                )
+                logged_targets = []
+                if log_read_at is not None:
+                    logged_targets = delete_log.removed_rows(ctx.db, t.table, [], c.removed_at, overlap)
+                    log_covers &= delete_log.covers(c.removed_at, log_read_at, keep)
+                changed_targets[memo_key] = (changed_target_ids(ctx.db, t, c, overlap), logged_targets)
             changed, logged_targets = changed_targets[memo_key]
             # Changed targets, and targets removed outright that the delete log names.
             pointed_at = [i for i, _, _ in changed] + [i for i, _ in logged_targets]
@@ -563,9 +589,7 @@ def run_edges(
                 touched.setdefault(collection, set()).update(ids)
             for row_id, updated_at, deleted_at in changed:
                 c = c.advanced(updated_at, row_id, deleted_at)
-            for _, logged_at in logged_targets:
-                c = c.advanced(None, 0, None, logged_at)
-            marks[t.table] = c.to_json()
+            marks[t.table] = c.advanced(None, 0, None, log_read_at).to_json()
             # Rows removed outright leave their edges behind (no foreign key on a generic table): the
             # sources those edges name still carry a reference to the removed object.
             if t.collection not in sources_of_removed:  # the same ids for every shard: read once
@@ -585,7 +609,9 @@ def run_edges(
         syncers[collection].sync_ids(sorted(ids))
     # Then what no cursor shows (deferred references, targets or edges removed outright): found on the
     # state just written, so only the few sources still off are read.
-    if not (mode == FULL and (ctx.force or not covers_all(shards))):
+    if log_covers and pending:
+        run.reconciled.append("skipped: the delete log covers this run")
+    elif not (mode == FULL and (ctx.force or not covers_all(shards))):
         for s in syncers.values():  # the targets known to exist, before the walks' own memory
             s.forget_targets()
         full = mode == FULL

@@ -312,8 +312,16 @@ def count_objects(client: weaviate.WeaviateClient, collection: str) -> int:
 
 
 @retry_transient
-def delete_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Sequence[str]) -> int:
-    """Delete objects by id, in chunks that ``delete_many`` accepts whole; return how many went."""
+def delete_uuids(
+    client: weaviate.WeaviateClient, collection: str, uuids: Sequence[str], unmatched: list[str] | None = None
+) -> int:
+    """Delete objects by id, in chunks that ``delete_many`` accepts whole; return how many went.
+
+    A chunk the id filter matched only in part holds ids gone already, or objects whose index
+    entries a crash lost. Its ids are looked up one by one (``delete_by_uuid``), or, given
+    ``unmatched``, added to it: the caller looks them up only when its counts say an object is
+    left over (ids read again inside the overlap window are gone already, and one request each
+    would cost seconds)."""
     col = client.collections.use(collection)
     deleted = 0
     for start in range(0, len(uuids), ID_CHUNK):
@@ -326,7 +334,9 @@ def delete_uuids(client: weaviate.WeaviateClient, collection: str, uuids: Sequen
             matched += res.matches
             if res.matches == 0 or res.successful == 0:
                 break
-        if matched < len(part):  # gone already, or stored with its index entries lost (delete_by_uuid)
+        if matched < len(part) and unmatched is not None:
+            unmatched.extend(part)
+        elif matched < len(part):
             deleted += delete_by_uuid(client, collection, part)
     return deleted
 
