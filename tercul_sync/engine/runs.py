@@ -536,7 +536,7 @@ def run_edges(
     keep = timedelta(days=ctx.settings.delete_log_days)
     target_marks: dict[str, Any] | None = None
     # Target tables are read whole, whatever the shard: each distinct cursor is read once per run.
-    changed_targets: dict[tuple[str, str], tuple[list[tuple[int, Any, Any]], list[tuple[int, Any]]]] = {}
+    changed_targets: dict[tuple[str, str], tuple[list[tuple[int, Any, Any]], dict[str, set[int]]]] = {}
     # Incremental: the sources every shard touched, written once per type after the loop (one
     # sync_ids per type, not one per shard and type); the shards' new marks wait for those writes.
     touched_all: dict[str, set[int]] = {}
@@ -577,16 +577,19 @@ def run_edges(
             c = Cursor.from_json(cursors.get(t.table)) or Cursor()
             memo_key = (t.table, repr(c))
             if memo_key not in changed_targets:
-                logged_targets = []
-                if log_read_at is not None:
-                    logged_targets = delete_log.removed_rows(ctx.db, t.table, [], c.removed_at, overlap)
+                changed = changed_target_ids(ctx.db, t, c, overlap)
+                pointed_at = [i for i, _, _ in changed]
+                if log_read_at is not None:  # and targets removed outright that the delete log names
+                    pointed_at += [
+                        i for i, _ in delete_log.removed_rows(ctx.db, t.table, [], c.removed_at, overlap)
+                    ]
                     log_covers &= delete_log.covers(c.removed_at, log_read_at, keep)
-                changed_targets[memo_key] = (changed_target_ids(ctx.db, t, c, overlap), logged_targets)
-            changed, logged_targets = changed_targets[memo_key]
-            # Changed targets, and targets removed outright that the delete log names.
-            pointed_at = [i for i, _, _ in changed] + [i for i, _ in logged_targets]
-            for collection, ids in sources_pointing_at(ctx.db, t, pointed_at, [shard]).items():
-                touched.setdefault(collection, set()).update(ids)
+                # Their sources in every shard, read once; each shard takes its own below.
+                every_shard = sources_pointing_at(ctx.db, t, pointed_at, list(shards.values()))
+                changed_targets[memo_key] = (changed, every_shard)
+            changed, every_shard = changed_targets[memo_key]
+            for collection, ids in every_shard.items():
+                touched.setdefault(collection, set()).update(i for i in ids if shard.contains(i))
             for row_id, updated_at, deleted_at in changed:
                 c = c.advanced(updated_at, row_id, deleted_at)
             marks[t.table] = c.advanced(None, 0, None, log_read_at).to_json()
