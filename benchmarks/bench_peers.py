@@ -29,7 +29,9 @@ times:
    re-run with nothing changed;
 5. then 1% changes in every table (updates, soft and hard deletes, inserts;
    edges too), an incremental engine run from the re-run's cursors, and a
-   full engine run over the same data;
+   full engine run over the same data (with ``--delete-log``, the log of
+   rows deleted outright is installed before the first run, so the
+   incremental run reads it: docs/incremental.md);
 6. the limit again, to show how far the machine drifted during the run.
 
 Every "first" run starts from an empty Weaviate (``collections.delete_all()``).
@@ -517,6 +519,11 @@ def main() -> None:
     ap.add_argument(
         "--dlt-python", help="a python with dlt[weaviate,sqlalchemy] (default: .tercul/bench-venv, made once)"
     )
+    ap.add_argument(
+        "--delete-log",
+        action="store_true",
+        help="install the delete log (tercul-sync delete-log) in the database before any run",
+    )
     ap.add_argument("--out", help="write the Markdown report here (and a PNG chart beside it)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, Weaviate data)")
     ap.add_argument(
@@ -549,6 +556,14 @@ def main() -> None:
     say(f"work folder {work}")
     say(f"generating {args.rows:,} rows into PostgreSQL")
     db_url, data = prepare_database(args.rows, args.seed)
+    if args.delete_log:
+        from tercul_sync.engine import delete_log, reading
+
+        db = reading.make_engine(db_url)
+        delete_log.install(db)
+        data["delete_log"] = delete_log.status(db)
+        db.dispose()
+        say(f"delete log: {data['delete_log']}")
     say(f"{data['live_total']:,} live rows ({data['size_mb']:.0f} MB database) in {data['generate_s']:.0f} s")
     bench = Bench(args, work, db_url, data)
     try:

@@ -157,13 +157,17 @@ def _md(df: pd.DataFrame) -> str:
 def incremental_line(rows: list[dict[str, Any]]) -> str:
     by = {(r["tool"], r["run"]): r for r in rows}
     inc, full = by.get(("tercul_sync engine", "incremental")), by.get(("tercul_sync engine", "full"))
+    first = by.get(("tercul_sync engine", "first"))
     if not inc or not full:
         return ""
-    return (
+    line = (
         f"the incremental engine run after the changes took {inc['seconds']:.1f} s, against "
         f"{full['seconds']:.1f} s for a full engine run over the same data "
         f"({inc['seconds'] / full['seconds']:.0%} of it)"
     )
+    if first:
+        line += f" and {first['seconds']:.1f} s for the first sync ({inc['seconds'] / first['seconds']:.1%} of it)"
+    return line
 
 
 def print_summary(rows: list[dict[str, Any]], details: dict[str, Any], data: dict[str, Any]) -> None:
@@ -349,7 +353,14 @@ def write_report(
         f"- **Incremental**: {args.changed:.0%} of every table changed (below), then "
         "`runs.run_entity(..., runs.INCREMENTAL, cursors)` for each type and "
         "`runs.run_edges(..., runs.INCREMENTAL, ...)` from the engine re-run's cursors, then a full "
-        "engine run over the same data.",
+        "engine run over the same data. "
+        + (
+            "The delete log (`tercul-sync delete-log`) was installed before the first run "
+            "(`--delete-log`): the incremental run read the rows and edges deleted outright from it."
+            if data.get("delete_log")
+            else "No delete log: the incremental run found rows and edges deleted outright by its "
+            "count checks."
+        ),
         "- Every *first* run starts from an empty Weaviate (`client.collections.delete_all()`); runs go "
         "in the order of the table. With `--code REV` the package is measured as committed at REV "
         "(extracted with `git archive` into `.tercul/bench-code/`, first on every child's `PYTHONPATH`), "
