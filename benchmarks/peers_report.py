@@ -166,7 +166,8 @@ def incremental_line(rows: list[dict[str, Any]]) -> str:
         f"({inc['seconds'] / full['seconds']:.0%} of it)"
     )
     if first:
-        line += f" and {first['seconds']:.1f} s for the first sync ({inc['seconds'] / first['seconds']:.1%} of it)"
+        share = inc["seconds"] / first["seconds"]
+        line += f" and {first['seconds']:.1f} s for the first sync ({share:.1%} of it)"
     return line
 
 
