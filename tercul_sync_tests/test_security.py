@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -14,9 +15,9 @@ import sqlalchemy as sa
 from weaviate.classes.rbac import Permissions
 
 from tercul_sync.defs.resources import WeaviateResource
-from tercul_sync.devtools import demo_data
+from tercul_sync.devtools import cli, demo_data
 from tercul_sync.devtools.weaviate_server import rbac_env
-from tercul_sync.engine import reading
+from tercul_sync.engine import delete_log, reading
 from tercul_sync.engine import weaviate_client as wc
 from tercul_sync.engine.registry import ENTITIES, PASSAGE_COLLECTION
 from tercul_sync_tests.conftest import PG_HOST_PORT, start_weaviate
@@ -183,6 +184,33 @@ def test_a_missing_select_grant_names_the_table(
     message = _failure(result)
     assert f"the database role {role} may not read table books: a SELECT grant is missing" in message
     assert not weaviate_client.collections.exists("Book")  # refused before anything was written
+
+
+@pytest.mark.services
+def test_the_delete_log_needs_no_grant_to_delete_and_a_grant_to_be_read(readonly_role, pg_database, capsys):
+    """Installed by the tables' owner: a role that may delete works (and has no right on the log)
+    still logs its deletes, through the trigger's SECURITY DEFINER function; the sync's read-only
+    role does not use the log until ``--grant`` lets it read and prune it."""
+    url, role, _ = readonly_role
+    owner = reading.make_engine(pg_database)
+    reader = reading.make_engine(url)
+    delete_log.install(owner)
+    assert delete_log.status(reader).startswith("installed, but this role may not read it")
+    assert not delete_log.present(reader)
+    with owner.begin() as conn:
+        conn.execute(sa.text(f"GRANT DELETE ON works TO {role}"))
+        work = conn.execute(sa.text("SELECT min(id) FROM works")).scalar_one()
+    with reader.begin() as conn:
+        conn.execute(sa.text("DELETE FROM works WHERE id = :i"), {"i": work})
+    assert [i for i, _ in delete_log.removed_rows(owner, "works", [], None, timedelta(0))] == [work]
+
+    assert cli.main(["delete-log", "--url", pg_database, "--grant", role]) == 0
+    capsys.readouterr()
+    assert delete_log.status(reader) == "installed"
+    assert [i for i, _ in delete_log.removed_rows(reader, "works", [], None, timedelta(0))] == [work]
+    assert delete_log.prune(reader, timedelta(0)) == 1
+    owner.dispose()
+    reader.dispose()
 
 
 @pytest.mark.services
