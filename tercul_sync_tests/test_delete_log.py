@@ -21,7 +21,7 @@ from tercul_sync_tests.helpers import (
 
 pytestmark = pytest.mark.services
 
-STEPS = [e.collection for e in ENTITIES] + ["edges"]
+STEPS = [e.collection for e in ENTITIES] + ["edges", "passages"]
 
 
 def _delete_every(conn: sa.Connection, table: str, step: int, where: str = "TRUE") -> list[int]:
@@ -69,6 +69,8 @@ def test_rows_and_edges_deleted_outright_are_found_from_the_log(
         md = metadata(result, collection)
         assert md["objects_removed_by_delete_log"] == len(ids), collection
         assert not md["orphan_sweep"], collection  # the counts matched: no search, no walk
+    # The passages of removed works went without a walk over every passage.
+    assert metadata(result, "passages")["parents_swept"] == "none"
     edges = metadata(result, "edges")
     assert edges["delete_log"] == "installed"
     # The cursors were taken before the log was installed, so the count check ran; the log had

@@ -132,6 +132,7 @@ class PassageReport:
     parents_unchanged: int = 0  # parents skipped whole: their stored mark matched
     parents_matched_by_digest: int = 0  # full runs: parents in ranges whose digests matched, not read
     digest_ranges_read: int = 0  # ranges of parents whose digests differed, read whole
+    swept: list[str] = field(default_factory=list)  # parent types whose passages were walked for orphans
 
     def as_sync_report(self) -> ObjectSyncReport:
         """The same figures in the shape every step summarizes."""
@@ -331,6 +332,7 @@ class PassageSyncer:
 
     def sweep(self, e: EntityType, shards: Sequence[reading.Shard]) -> None:
         """Delete the passages whose parent row is gone or soft-deleted (a walk over parent ids)."""
+        self.report.swept.append(e.collection)
         stored: set[int] = set()
         for o in self._collection.iterator(
             return_properties=["parent_collection", "parent_id"], cache_size=5_000
@@ -352,4 +354,5 @@ def passages_metadata(report: PassageReport) -> dict[str, Any]:
         "passages_unchanged": report.unchanged,
         "passages_deleted": report.deleted,
         "deleted_parent_sample": report.deleted_sample[:MAX_SAMPLE],
+        "parents_swept": ", ".join(report.swept) or "none",
     }

@@ -463,13 +463,21 @@ def _incremental_shard(
     # the log too, for the sources that pointed at them). An id logged but live again stays.
     if log_read_at is None:
         return new
-    logged = [i for i, _ in delete_log.removed_rows(ctx.db, e.table, [shard], cursor.removed_at, overlap)]
-    removed = sorted(set(logged) - reading.live_ids_among(ctx.db, e, logged)) if logged else []
+    removed = _logged_removals(ctx, e, shard, cursor, overlap)
     run.rows_changed += len(removed)
     deleted_before = run.deleted
     _delete(ctx, e, removed, run)  # ids read again inside the overlap window are gone already
     run.logged_removals += run.deleted - deleted_before
     return new.advanced(None, 0, None, log_read_at)
+
+
+def _logged_removals(
+    ctx: SyncContext, e: EntityType, shard: reading.Shard, cursor: Cursor, overlap: timedelta
+) -> list[int]:
+    """Ids of rows of ``e`` in ``shard`` the delete log names since ``cursor`` (minus the overlap)
+    that are not live: a row deleted and inserted anew under the same id stays."""
+    logged = [i for i, _ in delete_log.removed_rows(ctx.db, e.table, [shard], cursor.removed_at, overlap)]
+    return sorted(set(logged) - reading.live_ids_among(ctx.db, e, logged)) if logged else []
 
 
 def _delete(ctx: SyncContext, e: EntityType, ids: list[int], run: EntityRun) -> None:
@@ -753,6 +761,7 @@ def run_passages(
     """
     syncer = PassageSyncer(ctx)
     overlap = timedelta(seconds=ctx.settings.overlap_seconds)
+    log_read_at = delete_log.mark(ctx.db) if mode == INCREMENTAL else None
     marks: dict[str, dict[str, Any]] = {k: dict(previous.get(k) or {}) for k in shards}
     try:
         for e in passage_parents() if mode != SWEEP else ():
@@ -772,7 +781,8 @@ def run_passages(
             for key, shard in shards.items():
                 cursor = old[key]
                 if key not in whole and cursor is not None:
-                    marks[key][e.table] = _changed_passages(ctx, syncer, e, shard, cursor, overlap).to_json()
+                    changed = _changed_passages(ctx, syncer, e, shard, cursor, overlap, log_read_at)
+                    marks[key][e.table] = changed.to_json()
         syncer.flush()
     finally:
         syncer.close()
@@ -794,8 +804,10 @@ def _changed_passages(
     shard: reading.Shard,
     cursor: Cursor,
     overlap: timedelta,
+    log_read_at: datetime | None,
 ) -> Cursor:
-    """Passages of the parents of ``shard`` changed since ``cursor``; the cursor they move it to."""
+    """Passages of the parents of ``shard`` changed since ``cursor``, soft-deleted, or (when the delete
+    log is installed: ``log_read_at``, read before it) removed outright; the cursor they move it to."""
     new = cursor
     for page in iter_changed_pages(ctx.db, e, [shard], cursor, overlap, ctx.settings.batch_size):
         syncer.sync_rows(e, [r for r in page if r[e.soft_delete_column] is None])
@@ -806,7 +818,10 @@ def _changed_passages(
     syncer.delete_parents(e, [i for i, _ in gone])
     for row_id, deleted_at in gone:
         new = new.advanced(None, row_id, deleted_at)
-    return new
+    if log_read_at is None:
+        return new
+    syncer.delete_parents(e, _logged_removals(ctx, e, shard, cursor, overlap))
+    return new.advanced(None, 0, None, log_read_at)
 
 
 def _passage_parents_differ(ctx: SyncContext, e: EntityType) -> bool:
