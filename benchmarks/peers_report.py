@@ -254,7 +254,10 @@ def write_report(
         f".venv/bin/python benchmarks/bench_peers.py --rows {args.rows}"
         + (" --skip-dlt" if args.skip_dlt else "")
         + (" --skip-dagster" if args.skip_dagster else "")
-        + (" --dagster-storage sqlite" if on_sqlite else "")
+        + (" --skip-limit" if getattr(args, "skip_limit", False) else "")
+        + (" --limit-once" if getattr(args, "limit_once", False) else "")
+        + (" --delete-log" if getattr(args, "delete_log", False) else "")
+        + (" --dagster-storage sqlite" if on_sqlite and not args.skip_dagster else "")
         + (f" --code {args.code}" if getattr(args, "code", None) else "")
         + f" --out {out}"
     )
