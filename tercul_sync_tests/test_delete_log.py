@@ -101,6 +101,15 @@ def test_the_full_sync_prunes_old_entries_and_the_log_can_be_dropped(
     assert delete_log.status(engine) == "absent"
     delete_log.install(engine)
     delete_log.install(engine)  # again: nothing changes, nothing fails
+    # A table made anew (or a trigger dropped) loses its deletes: the log is not trusted then.
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TRIGGER {delete_log.TRIGGER} ON tags"))
+    assert delete_log.status(engine) == (
+        "installed, but its trigger is missing on tags (run tercul-sync delete-log again)"
+    )
+    assert not delete_log.present(engine) and delete_log.mark(engine) is None
+    delete_log.install(engine)
+    assert delete_log.status(engine) == "installed"
     with engine.begin() as conn:
         gone = _delete_every(conn, "works", 4)
         conn.execute(

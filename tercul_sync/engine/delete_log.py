@@ -118,21 +118,41 @@ def _privilege(engine: Engine, privilege: str) -> bool | None:
         return conn.execute(q, {"t": LOG_TABLE, "p": privilege}).scalar()
 
 
-def present(engine: Engine) -> bool:
-    """Whether the log is installed and this role may read it: then incremental runs read it.
-    (Installed but not readable, it is not used: ``status`` says so, and the count checks find
-    what it would have.)"""
-    return bool(_privilege(engine, "SELECT"))
+def _unlogged_tables(engine: Engine) -> list[str]:
+    """The logged tables (``logged_tables``) on which the log's trigger is missing or disabled:
+    dropped, or gone with a table made anew. Their deletes are not in the log."""
+    q = sa.text(
+        "SELECT c.relname FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid"
+        " WHERE g.tgname = :trigger AND g.tgenabled <> 'D'"
+        " AND g.tgrelid = ANY(SELECT to_regclass(t) FROM unnest(CAST(:tables AS text[])) AS t)"
+    )
+    with engine.connect() as conn:
+        found = set(conn.execute(q, {"trigger": TRIGGER, "tables": logged_tables()}).scalars())
+    return [t for t in logged_tables() if t not in found]
 
 
 def status(engine: Engine) -> str:
-    """``installed``, ``absent``, or why it is installed but not used."""
+    """``installed`` (then incremental runs read it), ``absent``, or why it is installed but not
+    used: this role may not read it, or a table's trigger is missing (its deletes would not be
+    there, and a run that trusted the log would miss them)."""
     readable = _privilege(engine, "SELECT")
     if readable is None:
         return "absent"
     if not readable:
         return f"installed, but this role may not read it (GRANT SELECT, DELETE ON {LOG_TABLE} TO ...)"
+    unlogged = _unlogged_tables(engine)
+    if unlogged:
+        return (
+            f"installed, but its trigger is missing on {', '.join(unlogged)} "
+            "(run tercul-sync delete-log again)"
+        )
     return "installed"
+
+
+def present(engine: Engine) -> bool:
+    """Whether incremental runs read the log: it is installed, this role may read it, and every
+    logged table has its trigger. Otherwise the count checks find what it would have."""
+    return status(engine) == "installed"
 
 
 def mark(engine: Engine) -> datetime | None:
