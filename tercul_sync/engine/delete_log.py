@@ -7,16 +7,20 @@ each ``DELETE`` on an entity table or on ``edges`` also writes the removed ids
 into ``tercul_sync_deletes``, in the same transaction. An incremental run then
 reads the ids logged since its cursor, as it reads soft deletes: the objects of
 removed rows are deleted, and the sources of removed edges and removed targets
-are rewritten. The count checks still run after it, so a delete the log missed
-(one before the log was installed, a ``TRUNCATE``, rows pruned before a run read
-them) is still found, the slower way.
+are rewritten. The entity steps' counts still run after it; the edges step skips
+its costly count check only when every cursor it starts from had read the log
+recently (``covers``), so a delete the log missed (one before the log was
+installed, rows pruned before a run read them) is still found, the slower way.
+What no trigger sees (a ``TRUNCATE``) is left to the orphan sweep and the
+nightly full sync.
 
 ``tercul-sync delete-log`` installs it (``--drop`` removes it). It is used when
-the table exists; nothing needs to be configured. The triggers are statement
-triggers with a transition table: one ``INSERT ... SELECT`` per ``DELETE``
-statement, however many rows it removes. Their function is ``SECURITY DEFINER``,
-so the roles that delete rows need no grant on the log. The full sync's edges
-step prunes entries older than ``TERCUL_SYNC_DELETE_LOG_DAYS``.
+the table exists, the role may read it and every logged table has its trigger;
+nothing needs to be configured. The triggers are statement triggers with a
+transition table: one ``INSERT ... SELECT`` per ``DELETE`` statement, however
+many rows it removes. Their function is ``SECURITY DEFINER``, so the roles that
+delete rows need no grant on the log. The full sync's edges step prunes entries
+older than ``TERCUL_SYNC_DELETE_LOG_DAYS``.
 """
 
 from __future__ import annotations
