@@ -14,14 +14,14 @@ per shard), never in Tercul's database.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, RowMapping
 
-from tercul_sync.engine import delete_log, reading
+from tercul_sync.engine import reading
 from tercul_sync.engine.id_tables import IdCounts
 from tercul_sync.engine.objects import as_utc
 from tercul_sync.engine.registry import ENTITIES, EntityType, Relation, entity, relations_from, relations_to
@@ -62,13 +62,17 @@ class Cursor:
             _aware(data.get("removed_at")),
         )
 
-    def advanced(self, updated_at: Any, row_id: int, deleted_at: Any, removed_at: Any = None) -> Cursor:
+    def advanced(self, updated_at: Any, row_id: int, deleted_at: Any) -> Cursor:
         """The cursor moved past one more row (never backwards)."""
         u = _aware(updated_at)
         new_u, new_id = self.updated_at, self.id
         if u is not None and (new_u is None or (u, row_id) > (new_u, new_id)):
             new_u, new_id = u, row_id
-        return Cursor(new_u, new_id, _later(self.deleted_at, deleted_at), _later(self.removed_at, removed_at))
+        return replace(self, updated_at=new_u, id=new_id, deleted_at=_later(self.deleted_at, deleted_at))
+
+    def log_read(self, at: datetime | None) -> Cursor:
+        """The cursor once the delete log was read at ``at`` (``delete_log.mark``; None: no log)."""
+        return replace(self, removed_at=_later(self.removed_at, at))
 
 
 def _later(mine: datetime | None, seen: Any) -> datetime | None:
@@ -79,8 +83,7 @@ def _later(mine: datetime | None, seen: Any) -> datetime | None:
 def high_water(
     engine: Engine, table: sa.Table, shards: Sequence[reading.Shard], id_column: str = "id"
 ) -> Cursor:
-    """The newest change in ``shards`` right now: the cursor a full pass starting now may record
-    (and, when the delete log is installed, the time now: a full pass needs none of it before)."""
+    """The newest change in ``shards`` right now: the cursor a full pass starting now may record."""
     scope = reading.shards_clause(table.c[id_column], shards)
     with engine.connect() as conn:
         newest = conn.execute(
@@ -90,10 +93,9 @@ def high_water(
             .limit(1)
         ).first()
         deleted = conn.execute(sa.select(sa.func.max(table.c.deleted_at)).where(scope)).scalar()
-    removed = delete_log.mark(engine)
     if newest is None:
-        return Cursor(None, 0, _aware(deleted), removed)
-    return Cursor(_aware(newest[0]), newest[1], _aware(deleted), removed)
+        return Cursor(None, 0, _aware(deleted))
+    return Cursor(_aware(newest[0]), newest[1], _aware(deleted))
 
 
 def _start(cursor: Cursor, overlap: timedelta) -> tuple[datetime, int] | None:

@@ -196,10 +196,13 @@ def run_entity(
         syncer.collection_was_empty = True  # a first sync: no stored hash to read
     cursors = {k: Cursor.from_json(previous.get(k)) for k in shards}
     whole = {} if mode == SWEEP else {k: s for k, s in shards.items() if mode == FULL or cursors[k] is None}
+    # When the delete log was read (none: no log), once for the step, before anything is read.
+    log_read_at = delete_log.mark(ctx.db) if mode != SWEEP else None
     if whole:
         # Every shard read whole is one stream of pages (one scan of the table when they are all of
-        # them). Marks are read before the scan: later changes stay ahead of them.
-        marks = {k: high_water(ctx.db, table, [s]) for k, s in whole.items()}
+        # them). Marks are read before the scan: later changes stay ahead of them; a full pass needs
+        # nothing of the delete log logged before it.
+        marks = {k: high_water(ctx.db, table, [s]).log_read(log_read_at) for k, s in whole.items()}
         ranges = None
         if mode == FULL and not syncer.collection_was_empty and covers_all(shards):
             ranges = _ranges_to_read(ctx, e, syncer.report)  # those whose digests differ, if it applies
@@ -213,7 +216,6 @@ def run_entity(
         stalled = [i for i in syncer.report.write.gave_up_keys() if isinstance(i, int)]
         held = shards_holding(whole, stalled)
         run.cursors.update({k: m.to_json() for k, m in marks.items() if k not in held})
-    log_read_at = delete_log.mark(ctx.db) if len(whole) < len(shards) and mode != SWEEP else None
     for key, shard in shards.items():
         cursor = cursors[key]
         if mode == SWEEP or key in whole or cursor is None:
@@ -468,7 +470,7 @@ def _incremental_shard(
     deleted_before = run.deleted
     _delete(ctx, e, removed, run)  # ids read again inside the overlap window are gone already
     run.logged_removals += run.deleted - deleted_before
-    return new.advanced(None, 0, None, log_read_at)
+    return new.log_read(log_read_at)
 
 
 def _logged_removals(
@@ -513,9 +515,12 @@ class EdgesRun:
     log_pruned: int = 0  # entries of the delete log a full run pruned
 
 
-def _target_high_water(ctx: SyncContext) -> dict[str, Any]:
+def _target_high_water(ctx: SyncContext, log_read_at: datetime | None) -> dict[str, Any]:
     """Newest change of each target table (all shards): the same for every edges shard."""
-    return {t.table: high_water(ctx.db, reading.table_for(t), []).to_json() for t in edge_targets()}
+    return {
+        t.table: high_water(ctx.db, reading.table_for(t), []).log_read(log_read_at).to_json()
+        for t in edge_targets()
+    }
 
 
 def run_edges(
@@ -539,7 +544,7 @@ def run_edges(
 
     # The delete log, when installed: read once for the run; its count check is needed only when
     # a cursor had not read the log yet, or so long ago that entries it had not read were pruned.
-    log_read_at = delete_log.mark(ctx.db) if mode == INCREMENTAL else None
+    log_read_at = delete_log.mark(ctx.db)
     log_covers = log_read_at is not None
     keep = timedelta(days=ctx.settings.delete_log_days)
     target_marks: dict[str, Any] | None = None
@@ -555,8 +560,9 @@ def run_edges(
         cursors = previous.get(key)
         if mode == FULL or not cursors:
             log_covers = False  # nothing was read from the log for this shard
-            target_marks = target_marks or _target_high_water(ctx)
-            edge_mark = high_water(ctx.db, reading.edges_table(), [shard], id_column="source_id")
+            target_marks = target_marks or _target_high_water(ctx, log_read_at)
+            edges = reading.edges_table()
+            edge_mark = high_water(ctx.db, edges, [shard], id_column="source_id").log_read(log_read_at)
             marks = {"edges": edge_mark.to_json(), **target_marks}
             if ctx.force or not covers_all(shards):
                 for s in syncers.values():
@@ -579,7 +585,7 @@ def run_edges(
         touched = edge_rules.touched_sources(seen, [shard])
         for r in rows:
             edge_cursor = edge_cursor.advanced(r["updated_at"], r["id"], r["deleted_at"])
-        edge_cursor = edge_cursor.advanced(None, 0, None, log_read_at)
+        edge_cursor = edge_cursor.log_read(log_read_at)
         marks["edges"] = edge_cursor.to_json()
         for t in edge_targets():
             c = Cursor.from_json(cursors.get(t.table)) or Cursor()
@@ -600,7 +606,7 @@ def run_edges(
                 touched.setdefault(collection, set()).update(i for i in ids if shard.contains(i))
             for row_id, updated_at, deleted_at in changed:
                 c = c.advanced(updated_at, row_id, deleted_at)
-            marks[t.table] = c.advanced(None, 0, None, log_read_at).to_json()
+            marks[t.table] = c.log_read(log_read_at).to_json()
             # Rows removed outright leave their edges behind (no foreign key on a generic table): the
             # sources those edges name still carry a reference to the removed object.
             if t.collection not in sources_of_removed:  # the same ids for every shard: read once
@@ -641,7 +647,7 @@ def run_edges(
     if gave_up() == before:
         run.cursors.update(pending)
     if mode == FULL and covers_all(shards):  # a full run needs no log: old entries can go
-        run.log_pruned = delete_log.prune(ctx.db, timedelta(days=ctx.settings.delete_log_days))
+        run.log_pruned = delete_log.prune(ctx.db, keep)
     return run
 
 
@@ -761,7 +767,7 @@ def run_passages(
     """
     syncer = PassageSyncer(ctx)
     overlap = timedelta(seconds=ctx.settings.overlap_seconds)
-    log_read_at = delete_log.mark(ctx.db) if mode == INCREMENTAL else None
+    log_read_at = delete_log.mark(ctx.db) if mode != SWEEP else None
     marks: dict[str, dict[str, Any]] = {k: dict(previous.get(k) or {}) for k in shards}
     try:
         for e in passage_parents() if mode != SWEEP else ():
@@ -769,7 +775,7 @@ def run_passages(
             old = {k: Cursor.from_json(marks[k].get(e.table)) for k in shards}
             whole = [k for k in shards if mode == FULL or old[k] is None]
             for k in whole:  # read before the scan: later changes stay ahead of it
-                marks[k][e.table] = high_water(ctx.db, table, [shards[k]]).to_json()
+                marks[k][e.table] = high_water(ctx.db, table, [shards[k]]).log_read(log_read_at).to_json()
             ranges = None  # a full run over every shard reads only the ranges whose digests differ
             if mode == FULL and covers_all(shards):
                 ranges = _passage_ranges_to_read(ctx, syncer, e)
@@ -821,7 +827,7 @@ def _changed_passages(
     if log_read_at is None:
         return new
     syncer.delete_parents(e, _logged_removals(ctx, e, shard, cursor, overlap))
-    return new.advanced(None, 0, None, log_read_at)
+    return new.log_read(log_read_at)
 
 
 def _passage_parents_differ(ctx: SyncContext, e: EntityType) -> bool:
