@@ -155,11 +155,16 @@ def soft_deleted_since(
 def _changed_since(
     t: sa.Table, soft_delete_column: str, cursor: Cursor, overlap: timedelta
 ) -> sa.ColumnElement[bool]:
-    """Rows updated, or soft-deleted, after ``cursor - overlap`` (every row when the cursor is empty)."""
+    """Rows updated, or soft-deleted, after ``cursor - overlap`` (every row when the cursor is empty).
+
+    Without an overlap, "after" is by ``(updated_at, id)`` as the cursor recorded them: rows that
+    share the cursor's ``updated_at`` (a bulk change) are not read again on every run."""
     start = _start(cursor, overlap)
     if start is None:
         return sa.true()
-    changed = t.c.updated_at >= start[0]
+    changed: sa.ColumnElement[bool] = sa.tuple_(t.c.updated_at, t.c.id) > sa.tuple_(
+        sa.literal(start[0], t.c.updated_at.type), sa.literal(start[1])
+    )
     if cursor.deleted_at is not None:
         changed = sa.or_(changed, t.c[soft_delete_column] > cursor.deleted_at - overlap)
     return changed
