@@ -92,6 +92,17 @@ def test_rows_and_edges_deleted_outright_are_found_from_the_log(
     assert_objects_match(engine, weaviate_client)
     assert_references_match(engine, weaviate_server_proc)
 
+    # A reload of the edges (TRUNCATE, then half of them back, unchanged): no row is named, so the
+    # log does not cover the edges any more; the count check runs and finds the sources that lost some.
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TEMP TABLE kept ON COMMIT DROP AS SELECT * FROM edges WHERE id % 2 = 0"))
+        conn.execute(sa.text("TRUNCATE edges"))
+        conn.execute(sa.text("INSERT INTO edges SELECT * FROM kept"))
+    reloaded = run_sync(pg_database, weaviate_server_proc, STEPS, instance=instance, mode="incremental")
+    reconciled = metadata(reloaded, "edges")["reconciled_by_count_check"]
+    assert "Work (" in reconciled and "Translation (" in reconciled, reconciled
+    assert_references_match(engine, weaviate_server_proc)
+
 
 def test_the_full_sync_prunes_old_entries_and_the_log_can_be_dropped(
     pg_database, weaviate_server_proc, capsys
@@ -108,6 +119,11 @@ def test_the_full_sync_prunes_old_entries_and_the_log_can_be_dropped(
         "installed, but its trigger is missing on tags (run tercul-sync delete-log again)"
     )
     assert not delete_log.present(engine) and delete_log.mark(engine) is None
+    delete_log.install(engine)
+    assert delete_log.status(engine) == "installed"
+    with engine.begin() as conn:  # the TRUNCATE trigger counts as much
+        conn.execute(sa.text(f"DROP TRIGGER {delete_log.TRUNCATE_TRIGGER} ON edges"))
+    assert delete_log.status(engine).startswith("installed, but its trigger is missing on edges")
     delete_log.install(engine)
     assert delete_log.status(engine) == "installed"
     with engine.begin() as conn:

@@ -11,15 +11,18 @@ are rewritten. The entity steps' counts still run after it; the edges step skips
 its costly count check only when every cursor it starts from had read the log
 recently (``covers``), so a delete the log missed (one before the log was
 installed, rows pruned before a run read them) is still found, the slower way.
-What no trigger sees (a ``TRUNCATE``) is left to the orphan sweep and the
-nightly full sync.
+A ``TRUNCATE`` names no rows: a statement trigger logs the table alone (an entry
+without a row id), and a run that finds one since its cursor does not trust the
+log for that table: the counts find what went, as without the log.
 
 ``tercul-sync delete-log`` installs it (``--drop`` removes it). It is used when
 the table exists, the role may read it and every logged table has its trigger;
 nothing needs to be configured. The triggers are statement triggers with a
 transition table: one ``INSERT ... SELECT`` per ``DELETE`` statement, however
-many rows it removes. Their function is ``SECURITY DEFINER``, so the roles that
-delete rows need no grant on the log. The full sync's edges step prunes entries
+many rows it removes. Their functions are ``SECURITY DEFINER``, so the roles that
+delete rows need no grant on the log. They are enabled ``ALWAYS``: they fire in
+sessions with ``session_replication_role = replica`` too (a logical replication
+subscriber applying deletes, some restore tools). The full sync's edges step prunes entries
 older than ``TERCUL_SYNC_DELETE_LOG_DAYS``.
 """
 
@@ -38,15 +41,18 @@ from tercul_sync.engine.registry import EDGES_TABLE, ENTITIES
 
 LOG_TABLE = "tercul_sync_deletes"
 TRIGGER = "tercul_sync_log_deletes"
+TRUNCATE_TRIGGER = "tercul_sync_log_truncates"
+TRIGGERS = (TRIGGER, TRUNCATE_TRIGGER)
 ROW_FUNCTION = "tercul_sync_log_row_deletes"
 EDGE_FUNCTION = "tercul_sync_log_edge_deletes"
+TRUNCATE_FUNCTION = "tercul_sync_log_truncates"
 
 LOG = sa.Table(
     LOG_TABLE,
     sa.MetaData(),
     sa.Column("id", sa.BigInteger, primary_key=True),
     sa.Column("table_name", sa.Text, nullable=False),
-    sa.Column("row_id", sa.BigInteger, nullable=False),
+    sa.Column("row_id", sa.BigInteger),  # None: the whole table was truncated
     # For edges: the source whose references the removed edge changed.
     sa.Column("source_table", sa.Text),
     sa.Column("source_id", sa.BigInteger),
@@ -63,12 +69,13 @@ def logged_tables() -> list[str]:
 def install_statements(schema: str, drop: bool = False) -> list[str]:
     """The DDL that installs the log in ``schema`` (idempotent), or with ``drop`` removes it."""
     tables = logged_tables()
+    functions = (ROW_FUNCTION, EDGE_FUNCTION, TRUNCATE_FUNCTION)
     if drop:
-        return [f'DROP TRIGGER IF EXISTS {TRIGGER} ON "{t}"' for t in tables] + [
-            f'DROP FUNCTION IF EXISTS "{schema}".{ROW_FUNCTION}()',
-            f'DROP FUNCTION IF EXISTS "{schema}".{EDGE_FUNCTION}()',
-            f'DROP TABLE IF EXISTS "{schema}".{LOG_TABLE}',
-        ]
+        return (
+            [f'DROP TRIGGER IF EXISTS {trigger} ON "{t}"' for t in tables for trigger in TRIGGERS]
+            + [f'DROP FUNCTION IF EXISTS "{schema}".{f}()' for f in functions]
+            + [f'DROP TABLE IF EXISTS "{schema}".{LOG_TABLE}']
+        )
     log = f'"{schema}".{LOG_TABLE}'
     out = [
         f"CREATE TABLE IF NOT EXISTS {log} ("
@@ -76,6 +83,7 @@ def install_statements(schema: str, drop: bool = False) -> list[str]:
         " source_table text, source_id bigint, relation text,"
         " logged_at timestamptz NOT NULL DEFAULT now())",
         f"CREATE INDEX IF NOT EXISTS {LOG_TABLE}_by_table ON {log} (table_name, logged_at)",
+        f"ALTER TABLE {log} ALTER COLUMN row_id DROP NOT NULL",  # a log installed before truncates were
     ]
     edge_columns = "source_table, source_id, relation"
     for function, extra in ((ROW_FUNCTION, ""), (EDGE_FUNCTION, f", {edge_columns}")):
@@ -87,12 +95,22 @@ def install_statements(schema: str, drop: bool = False) -> list[str]:
             f" BEGIN INSERT INTO {log} (table_name, row_id{extra})"
             f" SELECT TG_TABLE_NAME, id{extra} FROM gone; RETURN NULL; END $body$"
         )
+    out.append(
+        f'CREATE OR REPLACE FUNCTION "{schema}".{TRUNCATE_FUNCTION}() RETURNS trigger LANGUAGE plpgsql'
+        " SECURITY DEFINER SET search_path = pg_catalog AS $body$"
+        f" BEGIN INSERT INTO {log} (table_name) VALUES (TG_TABLE_NAME); RETURN NULL; END $body$"
+    )
     for t in tables:
         function = EDGE_FUNCTION if t == EDGES_TABLE else ROW_FUNCTION
         out.append(
             f'CREATE OR REPLACE TRIGGER {TRIGGER} AFTER DELETE ON "{t}"'
             f' REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".{function}()'
         )
+        out.append(
+            f'CREATE OR REPLACE TRIGGER {TRUNCATE_TRIGGER} AFTER TRUNCATE ON "{t}"'
+            f' FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".{TRUNCATE_FUNCTION}()'
+        )
+        out += [f'ALTER TABLE "{t}" ENABLE ALWAYS TRIGGER {trigger}' for trigger in TRIGGERS]
     return out
 
 
@@ -123,15 +141,20 @@ def _privilege(engine: Engine, privilege: str) -> bool | None:
 
 
 def _unlogged_tables(engine: Engine) -> list[str]:
-    """The logged tables (``logged_tables``) on which the log's trigger is missing or disabled:
-    dropped, or gone with a table made anew. Their deletes are not in the log."""
+    """The logged tables (``logged_tables``) on which one of the log's triggers is missing or
+    disabled: dropped, or gone with a table made anew. Their deletes are not in the log."""
     q = sa.text(
         "SELECT c.relname FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid"
-        " WHERE g.tgname = :trigger AND g.tgenabled <> 'D'"
+        " WHERE g.tgname = ANY(CAST(:triggers AS text[])) AND g.tgenabled <> 'D'"
         " AND g.tgrelid = ANY(SELECT to_regclass(t) FROM unnest(CAST(:tables AS text[])) AS t)"
+        " GROUP BY c.relname HAVING count(*) = :n"
     )
     with engine.connect() as conn:
-        found = set(conn.execute(q, {"trigger": TRIGGER, "tables": logged_tables()}).scalars())
+        found = set(
+            conn.execute(
+                q, {"triggers": list(TRIGGERS), "tables": logged_tables(), "n": len(TRIGGERS)}
+            ).scalars()
+        )
     return [t for t in logged_tables() if t not in found]
 
 
@@ -180,6 +203,13 @@ def _since(table: str, after: datetime | None, overlap: timedelta) -> sa.ColumnE
     return clause if after is None else sa.and_(clause, LOG.c.logged_at > after - overlap)
 
 
+def truncated(engine: Engine, table: str, after: datetime | None, overlap: timedelta) -> bool:
+    """Whether ``table`` was truncated after ``after - overlap``: the log does not name its rows."""
+    q = sa.select(LOG.c.id).where(_since(table, after, overlap), LOG.c.row_id.is_(None)).limit(1)
+    with engine.connect() as conn:
+        return conn.execute(q).first() is not None
+
+
 def removed_rows(
     engine: Engine,
     table: str,
@@ -190,7 +220,7 @@ def removed_rows(
     """``(row id, logged_at)`` of rows of ``table`` in ``shards`` whose deletes were logged after
     ``after - overlap`` (every entry when ``after`` is None)."""
     q = sa.select(LOG.c.row_id, LOG.c.logged_at).where(
-        _since(table, after, overlap), reading.shards_clause(LOG.c.row_id, shards)
+        _since(table, after, overlap), LOG.c.row_id.is_not(None), reading.shards_clause(LOG.c.row_id, shards)
     )
     with engine.connect() as conn:
         return [(int(i), as_utc(at)) for i, at in conn.execute(q.order_by(LOG.c.id))]
@@ -203,7 +233,11 @@ def removed_edges(
     ``id``, ``source_table``, ``source_id``, ``relation`` and ``logged_at`` each."""
     q = sa.select(
         LOG.c.row_id.label("id"), LOG.c.source_table, LOG.c.source_id, LOG.c.relation, LOG.c.logged_at
-    ).where(_since(EDGES_TABLE, after, overlap), reading.shards_clause(LOG.c.source_id, shards))
+    ).where(
+        _since(EDGES_TABLE, after, overlap),
+        LOG.c.row_id.is_not(None),
+        reading.shards_clause(LOG.c.source_id, shards),
+    )
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(q.order_by(LOG.c.id)).mappings()]
 

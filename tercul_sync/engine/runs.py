@@ -36,6 +36,7 @@ from tercul_sync.engine.embedding import EmbedStats
 from tercul_sync.engine.passages import PassageReport, PassageSyncer, passage_parent_id
 from tercul_sync.engine.reconcile import WALK_SHARE, bisect_mismatches
 from tercul_sync.engine.registry import (
+    EDGES_TABLE,
     PASSAGE_COLLECTION,
     EntityType,
     edge_sources,
@@ -577,7 +578,7 @@ def run_edges(
         logged = []
         if log_read_at is not None:
             logged = delete_log.removed_edges(ctx.db, [shard], edge_cursor.removed_at, overlap)
-            log_covers &= delete_log.covers(edge_cursor.removed_at, log_read_at, keep)
+            log_covers &= _log_covers(ctx, EDGES_TABLE, edge_cursor, log_read_at, keep, overlap)
         run.edges_changed += len(rows) + len(logged)
         run.changed_edge_ids.extend(r["id"] for r in rows)
         seen = [(r["id"], r["source_table"], r["source_id"], r["relation"]) for r in rows]
@@ -597,7 +598,7 @@ def run_edges(
                     pointed_at += [
                         i for i, _ in delete_log.removed_rows(ctx.db, t.table, [], c.removed_at, overlap)
                     ]
-                    log_covers &= delete_log.covers(c.removed_at, log_read_at, keep)
+                    log_covers &= _log_covers(ctx, t.table, c, log_read_at, keep, overlap)
                 # Their sources in every shard, read once; each shard takes its own below.
                 every_shard = sources_pointing_at(ctx.db, t, pointed_at, list(shards.values()))
                 changed_targets[memo_key] = (changed, every_shard)
@@ -649,6 +650,16 @@ def run_edges(
     if mode == FULL and covers_all(shards):  # a full run needs no log: old entries can go
         run.log_pruned = delete_log.prune(ctx.db, keep)
     return run
+
+
+def _log_covers(
+    ctx: SyncContext, table: str, cursor: Cursor, now: datetime, keep: timedelta, overlap: timedelta
+) -> bool:
+    """Whether the delete log names every row of ``table`` removed since ``cursor`` read it: it was
+    read recently enough (``delete_log.covers``) and the table was not truncated since."""
+    return delete_log.covers(cursor.removed_at, now, keep) and not delete_log.truncated(
+        ctx.db, table, cursor.removed_at, overlap
+    )
 
 
 def _sources_with_wrong_references(
