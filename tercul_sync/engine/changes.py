@@ -13,7 +13,7 @@ per shard), never in Tercul's database.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -138,18 +138,40 @@ def iter_changed_pages(
             after = (as_utc(page[-1]["updated_at"]), page[-1]["id"])
 
 
+ShardCursors = Mapping[str, tuple[reading.Shard, Cursor]]  # {shard key: (shard, its cursor)}
+
+
+def _by_shard(rows: Sequence[Any], id_of: Any, scopes: ShardCursors) -> dict[str, list[Any]]:
+    """``rows`` split among the shards of ``scopes`` (shards do not overlap; a row of none is dropped)."""
+    out: dict[str, list[Any]] = {key: [] for key in scopes}
+    for row in rows:
+        key = next((k for k, (shard, _) in scopes.items() if shard.contains(id_of(row))), None)
+        if key is not None:
+            out[key].append(row)
+    return out
+
+
 def soft_deleted_since(
-    engine: Engine, e: EntityType, shards: Sequence[reading.Shard], cursor: Cursor, overlap: timedelta
-) -> list[tuple[int, Any]]:
-    """``(id, deleted_at)`` of rows soft-deleted after ``cursor.deleted_at - overlap``."""
+    engine: Engine, e: EntityType, scopes: ShardCursors, overlap: timedelta
+) -> dict[str, list[tuple[int, Any]]]:
+    """Per shard, ``(id, deleted_at)`` of its rows soft-deleted after its cursor's
+    ``deleted_at - overlap``. One query for every shard: without an index on ``deleted_at`` each
+    query scans the whole table."""
+    if not scopes:
+        return {}
     t = reading.table_for(e)
-    q = sa.select(t.c.id, t.c[e.soft_delete_column]).where(
-        reading.shards_clause(t.c.id, shards), t.c[e.soft_delete_column].is_not(None)
-    )
-    if cursor.deleted_at is not None:
-        q = q.where(t.c[e.soft_delete_column] > cursor.deleted_at - overlap)
+    deleted = t.c[e.soft_delete_column]
+    after = [
+        sa.and_(
+            reading.shards_clause(t.c.id, [shard]),
+            sa.true() if cursor.deleted_at is None else deleted > cursor.deleted_at - overlap,
+        )
+        for shard, cursor in scopes.values()
+    ]
+    q = sa.select(t.c.id, deleted).where(deleted.is_not(None), sa.or_(*after))
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(q)]
+        rows = [tuple(r) for r in conn.execute(q)]
+    return _by_shard(rows, lambda r: r[0], scopes)
 
 
 def _changed_since(
@@ -170,11 +192,11 @@ def _changed_since(
     return changed
 
 
-def changed_edges(
-    engine: Engine, shards: Sequence[reading.Shard], cursor: Cursor, overlap: timedelta
-) -> list[RowMapping]:
-    """Edge rows of ``shards`` (by source id) changed or soft-deleted after the cursor,
-    deleted ones included."""
+def changed_edges(engine: Engine, scopes: ShardCursors, overlap: timedelta) -> dict[str, list[RowMapping]]:
+    """Per shard (by source id), its edge rows changed or soft-deleted after its cursor, deleted
+    ones included, in id order. One query for every shard (one scan of ``edges``)."""
+    if not scopes:
+        return {}
     edges = reading.edges_table()
     q = sa.select(
         edges.c.id,
@@ -184,10 +206,16 @@ def changed_edges(
         edges.c.updated_at,
         edges.c.deleted_at,
     )
-    q = q.where(reading.shards_clause(edges.c.source_id, shards))
-    q = q.where(_changed_since(edges, "deleted_at", cursor, overlap))
+    changed = [
+        sa.and_(
+            reading.shards_clause(edges.c.source_id, [shard]),
+            _changed_since(edges, "deleted_at", cursor, overlap),
+        )
+        for shard, cursor in scopes.values()
+    ]
     with engine.connect() as conn:
-        return list(conn.execute(q.order_by(edges.c.id)).mappings())
+        rows = list(conn.execute(q.where(sa.or_(*changed)).order_by(edges.c.id)).mappings())
+    return _by_shard(rows, lambda r: r["source_id"], scopes)
 
 
 def changed_target_ids(

@@ -217,12 +217,15 @@ def run_entity(
         stalled = [i for i in syncer.report.write.gave_up_keys() if isinstance(i, int)]
         held = shards_holding(whole, stalled)
         run.cursors.update({k: m.to_json() for k, m in marks.items() if k not in held})
-    for key, shard in shards.items():
-        cursor = cursors[key]
-        if mode == SWEEP or key in whole or cursor is None:
-            continue
+    # The shards followed from a cursor; their soft deletes are read in one query (one table scan).
+    followed = {
+        k: (s, cursor) for k, s in shards.items() if (cursor := cursors[k]) is not None and k not in whole
+    }
+    followed = {} if mode == SWEEP else followed
+    soft_deleted = soft_deleted_since(ctx.db, e, followed, overlap)
+    for key, (shard, cursor) in followed.items():
         gave_up_before = syncer.report.write.gave_up
-        new = _incremental_shard(ctx, syncer, run, shard, cursor, overlap, log_read_at)
+        new = _incremental_shard(ctx, syncer, run, shard, cursor, soft_deleted[key], overlap, log_read_at)
         if syncer.report.write.gave_up == gave_up_before:
             run.cursors[key] = new.to_json()
     # Rows removed outright leave no trace to follow: compare counts, sweep when they differ.
@@ -442,11 +445,13 @@ def _incremental_shard(
     run: EntityRun,
     shard: reading.Shard,
     cursor: Cursor,
+    gone: list[tuple[int, Any]],
     overlap: timedelta,
     log_read_at: datetime | None,
 ) -> Cursor:
-    """Write the shard's rows changed since ``cursor`` and delete its soft-deleted ones, and those
-    the delete log names (when it is installed: ``log_read_at``, read before it).
+    """Write the shard's rows changed since ``cursor`` and delete its soft-deleted ones (``gone``:
+    ``(id, deleted_at)`` since the cursor), and those the delete log names (when it is installed:
+    ``log_read_at``, read before it).
 
     Returns the new cursor.
     """
@@ -457,7 +462,6 @@ def _incremental_shard(
         _delete(ctx, e, [r["id"] for r in page if r[e.soft_delete_column] is not None], run)
         for r in page:
             new = new.advanced(r["updated_at"], r["id"], r[e.soft_delete_column])
-    gone = soft_deleted_since(ctx.db, e, [shard], cursor, overlap)
     run.rows_changed += len(gone)
     _delete(ctx, e, [i for i, _ in gone], run)
     for row_id, deleted_at in gone:
@@ -556,6 +560,11 @@ def run_edges(
     touched_all: dict[str, set[int]] = {}
     sources_of_removed: dict[str, dict[str, set[int]]] = {}  # target collection -> sources, every shard
     pending: dict[str, CursorJson] = {}
+    followed = [k for k in shards if previous.get(k)]
+    edge_cursors = {k: Cursor.from_json((previous[k] or {}).get("edges")) or Cursor() for k in followed}
+    edges_by_shard: dict[str, list[Any]] = {}  # incremental: every shard's changed edges, one scan
+    if mode != FULL:
+        edges_by_shard = changed_edges(ctx.db, {k: (shards[k], c) for k, c in edge_cursors.items()}, overlap)
     for key, shard in shards.items():
         before = gave_up()
         cursors = previous.get(key)
@@ -572,8 +581,8 @@ def run_edges(
                 run.cursors[key] = marks
             continue
         marks = dict(cursors)
-        edge_cursor = Cursor.from_json(cursors.get("edges")) or Cursor()
-        rows = changed_edges(ctx.db, [shard], edge_cursor, overlap)
+        edge_cursor = edge_cursors[key]
+        rows = edges_by_shard[key]
         # Edges removed outright, when the delete log is installed: their sources lost a reference.
         logged = []
         if log_read_at is not None:
@@ -795,11 +804,15 @@ def run_passages(
             )
             for page in pages if whole else ():
                 syncer.sync_rows(e, page)
-            for key, shard in shards.items():
-                cursor = old[key]
-                if key not in whole and cursor is not None:
-                    changed = _changed_passages(ctx, syncer, e, shard, cursor, overlap, log_read_at)
-                    marks[key][e.table] = changed.to_json()
+            followed = {
+                k: (s, since) for k, s in shards.items() if k not in whole and (since := old[k]) is not None
+            }
+            soft_deleted = soft_deleted_since(ctx.db, e, followed, overlap)
+            for key, (shard, cursor) in followed.items():
+                changed = _changed_passages(
+                    ctx, syncer, e, shard, cursor, soft_deleted[key], overlap, log_read_at
+                )
+                marks[key][e.table] = changed.to_json()
         syncer.flush()
     finally:
         syncer.close()
@@ -820,18 +833,19 @@ def _changed_passages(
     e: EntityType,
     shard: reading.Shard,
     cursor: Cursor,
+    gone: list[tuple[int, Any]],
     overlap: timedelta,
     log_read_at: datetime | None,
 ) -> Cursor:
-    """Passages of the parents of ``shard`` changed since ``cursor``, soft-deleted, or (when the delete
-    log is installed: ``log_read_at``, read before it) removed outright; the cursor they move it to."""
+    """Passages of the parents of ``shard`` changed since ``cursor``, soft-deleted (``gone``), or
+    (when the delete log is installed: ``log_read_at``, read before it) removed outright; the cursor
+    they move it to."""
     new = cursor
     for page in iter_changed_pages(ctx.db, e, [shard], cursor, overlap, ctx.settings.batch_size):
         syncer.sync_rows(e, [r for r in page if r[e.soft_delete_column] is None])
         syncer.delete_parents(e, [r["id"] for r in page if r[e.soft_delete_column] is not None])
         for r in page:
             new = new.advanced(r["updated_at"], r["id"], r[e.soft_delete_column])
-    gone = soft_deleted_since(ctx.db, e, [shard], cursor, overlap)
     syncer.delete_parents(e, [i for i, _ in gone])
     for row_id, deleted_at in gone:
         new = new.advanced(None, row_id, deleted_at)
