@@ -13,7 +13,7 @@ per shard), never in Tercul's database.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -141,7 +141,7 @@ def iter_changed_pages(
 ShardCursors = Mapping[str, tuple[reading.Shard, Cursor]]  # {shard key: (shard, its cursor)}
 
 
-def _by_shard(rows: Sequence[Any], id_of: Any, scopes: ShardCursors) -> dict[str, list[Any]]:
+def _by_shard(rows: Sequence[Any], id_of: Callable[[Any], int], scopes: ShardCursors) -> dict[str, list[Any]]:
     """``rows`` split among the shards of ``scopes`` (shards do not overlap; a row of none is dropped)."""
     out: dict[str, list[Any]] = {key: [] for key in scopes}
     for row in rows:

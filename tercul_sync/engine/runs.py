@@ -217,11 +217,13 @@ def run_entity(
         stalled = [i for i in syncer.report.write.gave_up_keys() if isinstance(i, int)]
         held = shards_holding(whole, stalled)
         run.cursors.update({k: m.to_json() for k, m in marks.items() if k not in held})
-    # The shards followed from a cursor; their soft deletes are read in one query (one table scan).
+    # The shards followed from a cursor; their soft deletes are read in one query (one table scan),
+    # before their changed rows: the deleted cursors move with this read alone (_incremental_shard).
     followed = {
-        k: (s, cursor) for k, s in shards.items() if (cursor := cursors[k]) is not None and k not in whole
+        k: (s, cursor)
+        for k, s in shards.items()
+        if mode != SWEEP and k not in whole and (cursor := cursors[k]) is not None
     }
-    followed = {} if mode == SWEEP else followed
     soft_deleted = soft_deleted_since(ctx.db, e, followed, overlap)
     for key, (shard, cursor) in followed.items():
         gave_up_before = syncer.report.write.gave_up
@@ -460,8 +462,8 @@ def _incremental_shard(
         run.rows_changed += len(page)
         syncer.write_rows([r for r in page if r[e.soft_delete_column] is None])
         _delete(ctx, e, [r["id"] for r in page if r[e.soft_delete_column] is not None], run)
-        for r in page:
-            new = new.advanced(r["updated_at"], r["id"], r[e.soft_delete_column])
+        for r in page:  # not past ``gone``'s deletes: one made after that read waits for the next run
+            new = new.advanced(r["updated_at"], r["id"], None)
     run.rows_changed += len(gone)
     _delete(ctx, e, [i for i, _ in gone], run)
     for row_id, deleted_at in gone:
@@ -844,8 +846,8 @@ def _changed_passages(
     for page in iter_changed_pages(ctx.db, e, [shard], cursor, overlap, ctx.settings.batch_size):
         syncer.sync_rows(e, [r for r in page if r[e.soft_delete_column] is None])
         syncer.delete_parents(e, [r["id"] for r in page if r[e.soft_delete_column] is not None])
-        for r in page:
-            new = new.advanced(r["updated_at"], r["id"], r[e.soft_delete_column])
+        for r in page:  # not past ``gone``'s deletes: one made after that read waits for the next run
+            new = new.advanced(r["updated_at"], r["id"], None)
     syncer.delete_parents(e, [i for i, _ in gone])
     for row_id, deleted_at in gone:
         new = new.advanced(None, row_id, deleted_at)
