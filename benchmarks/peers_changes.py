@@ -6,7 +6,9 @@ gains a suffix, ``updated_at`` moves), soft deletes (``deleted_at`` set and
 ``updated_at`` left alone, as GORM does), hard deletes (``DELETE``) and
 inserts (copies of the picked rows under new ids, unique columns made
 unique). In ``edges`` the same share is split among soft deletes, hard
-deletes and inserts of new edges between live rows.
+deletes and inserts of new edges between live rows. New rows take their ids
+from the table's sequence on PostgreSQL, as Tercul's do, so they never take an
+id that a dangling edge names (``demo_data.REMOVED_IDS``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ def _unique_value(column: Any, value: Any, new_id: int) -> Any:
     return None
 
 
+def _new_ids(conn: sa.Connection, t: sa.Table, n: int) -> list[int]:
+    """``n`` ids for new rows of ``t``: from its sequence on PostgreSQL, else after the largest."""
+    if conn.dialect.name == "postgresql":
+        q = sa.text(f"SELECT nextval(pg_get_serial_sequence('{t.name}', 'id')) FROM generate_series(1, :n)")
+        return [int(i) for i in conn.execute(q, {"n": n}).scalars()]
+    start = int(conn.execute(sa.select(sa.func.max(t.c.id))).scalar_one() or 0) + 1
+    return list(range(start, start + n))
+
+
 def change_entities(conn: sa.Connection, e: EntityType, share: float, now: datetime) -> Counter[str]:
     t = reading.table_for(e)
     soft = t.c[e.soft_delete_column]
@@ -52,16 +63,15 @@ def change_entities(conn: sa.Connection, e: EntityType, share: float, now: datet
         t.update().where(t.c.id.in_(by_kind["soft_delete"])).values({soft: now})
     ).rowcount
     done["hard_delete"] = conn.execute(t.delete().where(t.c.id.in_(by_kind["hard_delete"]))).rowcount
-    next_id = int(conn.execute(sa.select(sa.func.max(t.c.id))).scalar_one() or 0) + 1
+    originals = list(conn.execute(sa.select(t).where(t.c.id.in_(by_kind["insert"]))).mappings())
     copies = []
-    for row in conn.execute(sa.select(t).where(t.c.id.in_(by_kind["insert"]))).mappings():
+    for row, new_id in zip(originals, _new_ids(conn, t, len(originals)), strict=True):
         new = dict(row)
-        new.update({"id": next_id, "created_at": now, "updated_at": now, e.soft_delete_column: None})
+        new.update({"id": new_id, "created_at": now, "updated_at": now, e.soft_delete_column: None})
         for c in t.columns:
             if c.unique and new.get(c.name) is not None:
-                new[c.name] = _unique_value(c, new[c.name], next_id)
+                new[c.name] = _unique_value(c, new[c.name], new_id)
         copies.append(new)
-        next_id += 1
     if copies:
         conn.execute(t.insert(), copies)
     done["insert"] = len(copies)
@@ -87,14 +97,14 @@ def change_edges(conn: sa.Connection, share: float, now: datetime, rng: random.R
         )
         for e in ENTITIES
     }
-    next_id = int(conn.execute(sa.select(sa.func.max(t.c.id))).scalar_one() or 0) + 1
+    originals = list(conn.execute(sa.select(t).where(t.c.id.in_(copy))).mappings())
     new_edges = []
-    for row in conn.execute(sa.select(t).where(t.c.id.in_(copy))).mappings():
+    for row, new_id in zip(originals, _new_ids(conn, t, len(originals)), strict=True):
         targets = live_ids.get(row["target_table"]) or [row["target_id"]]
         new = dict(row)
         new.update(
             {
-                "id": next_id,
+                "id": new_id,
                 "created_at": now,
                 "updated_at": now,
                 "deleted_at": None,
@@ -102,7 +112,6 @@ def change_edges(conn: sa.Connection, share: float, now: datetime, rng: random.R
             }
         )
         new_edges.append(new)
-        next_id += 1
     if new_edges:
         conn.execute(t.insert(), new_edges)
     done["insert"] = len(new_edges)
@@ -110,10 +119,7 @@ def change_edges(conn: sa.Connection, share: float, now: datetime, rng: random.R
 
 
 def apply_changes(db: sa.Engine, share: float, seed: int = 1) -> dict[str, dict[str, int]]:
-    """Change ``share`` of every table; returns ``{table: {kind: rows}}``.
-
-    PostgreSQL sequences are moved past the new ids.
-    """
+    """Change ``share`` of every table, in one transaction; returns ``{table: {kind: rows}}``."""
     now = datetime.now(UTC)
     rng = random.Random(seed)
     out: dict[str, dict[str, int]] = {}
@@ -121,11 +127,4 @@ def apply_changes(db: sa.Engine, share: float, seed: int = 1) -> dict[str, dict[
         for e in ENTITIES:
             out[e.table] = dict(change_entities(conn, e, share, now))
         out["edges"] = dict(change_edges(conn, share, now, rng))
-        if db.dialect.name == "postgresql":
-            for name in out:
-                conn.execute(
-                    sa.text(
-                        f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"
-                    )
-                )
     return out

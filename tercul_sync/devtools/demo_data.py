@@ -34,6 +34,10 @@ SHARES = {
 SOFT_DELETED = 0.03
 NULL_RATE = 0.15
 LONG_BODY_BYTES = 300_000
+# Dangling edges name ids just past each table's last row: rows that were created and then removed
+# outright. Their ids are used up (on PostgreSQL the sequence is moved past them), as in Tercul,
+# where a row gets its id from a sequence that never hands it out again.
+REMOVED_IDS = 1000
 BASE_TIME = datetime(2020, 1, 1, tzinfo=UTC)
 
 WORDS = [
@@ -180,7 +184,7 @@ def _edges(rng: random.Random, counts: dict[str, int]) -> Iterator[dict[str, Any
                 tid = rng.randint(1, counts[tgt])
                 roll = rng.random()
                 if roll < 0.02:
-                    tid = counts[tgt] + rng.randint(1, 1000)  # dangling: the target row does not exist
+                    tid = counts[tgt] + rng.randint(1, REMOVED_IDS)  # dangling: the row was removed
                 yield edge(s.table, sid, rel, t.table, tid)
                 if roll > 0.99:
                     yield edge(s.table, sid, rel, t.table, tid)  # the same relationship twice
@@ -232,9 +236,11 @@ def generate(
         written[EDGES_TABLE] = n
         if engine.dialect.name == "postgresql":  # explicit ids: move sequences past them
             for name in written:
+                removed = 0 if name == EDGES_TABLE else REMOVED_IDS  # and past the removed rows' ids
                 conn.execute(
                     sa.text(
-                        f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT max(id) FROM {name}))"
+                        f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
+                        f"(SELECT max(id) FROM {name}) + {removed})"
                     )
                 )
     return written
