@@ -38,7 +38,7 @@ def _backends(admin_url: str, db: str) -> int:
 
 
 def _backends_gone(admin_url: str, db: str, within_s: float) -> int:
-    """Connections still open to ``db`` once they are all gone, or ``within_s`` has passed."""
+    """Connections open to ``db`` after waiting up to ``within_s`` for them all to close."""
     deadline = time.monotonic() + within_s
     while (n := _backends(admin_url, db)) and time.monotonic() < deadline:
         time.sleep(0.2)
