@@ -52,6 +52,29 @@ def test_full_sync_copies_every_live_row_with_every_property(
         )
         assert md["weaviate_object_count"] == len(expected)
     assert total > 9_000  # 10,000 rows less the soft-deleted ones
+    _long_texts_are_searchable_not_filterable(engine, weaviate_client)
+
+
+def _long_texts_are_searchable_not_filterable(engine: sa.Engine, client) -> None:
+    """Texts cut into passages get no filterable index (docs/design.md, "Indexes"); BM25 still finds
+    a work by a word of its body alone, and short texts stay filterable."""
+    for e in (entity("Work"), entity("Translation")):
+        indexes = {
+            p.name: (p.index_filterable, p.index_searchable)
+            for p in client.collections.use(e.collection).config.get().properties
+        }
+        assert indexes["body"] == (False, True), e.collection
+        assert indexes["title"] == (True, True), e.collection
+    with engine.connect() as conn:
+        work_id, body, title = conn.execute(
+            sa.text(
+                "SELECT id, body, title FROM works "
+                "WHERE deleted_at IS NULL AND body <> '' ORDER BY id LIMIT 1"
+            )
+        ).one()
+    word = max((w for w in body.split() if w.isalpha() and w.lower() not in title.lower()), key=len)
+    hits = client.collections.use("Work").query.bm25(word, query_properties=["body"], limit=1000).objects
+    assert object_uuid("Work", work_id) in {str(o.uuid) for o in hits}, word
 
 
 def test_second_full_sync_changes_nothing_and_duplicates_nothing(

@@ -32,6 +32,16 @@ def test_uuid_is_the_contracts_uuid5():
             )
 
 
+def test_passage_ids_are_the_library_uuid5_of_their_names():
+    from tercul_sync.engine.passages import passage_uuid
+
+    for collection, parent, prop, position in [("Work", 7, "body", 0), ("Translation", 2**40, "body", 311)]:
+        name = f"Passage:{collection}:{parent}:{prop}:{position}"
+        assert passage_uuid(collection, parent, prop, position) == weaviate.util.generate_uuid5(name)
+    for name in ["", "ü" * 50, "作品:1", "a:b\n\x00"]:
+        assert registry.uuid5_text(name) == weaviate.util.generate_uuid5(name)
+
+
 def test_every_contract_table_and_relation_is_registered():
     assert {e.table: e.collection for e in ENTITIES} == {
         "authors": "Author",

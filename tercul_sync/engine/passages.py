@@ -20,7 +20,6 @@ from typing import Any
 
 from weaviate.classes.aggregate import GroupByAggregate
 from weaviate.classes.query import Filter
-from weaviate.util import generate_uuid5
 
 from tercul_sync.engine import digests, reading, weaviate_client
 from tercul_sync.engine.batching import BatchProcessor, WriteReport
@@ -42,6 +41,7 @@ from tercul_sync.engine.registry import (
     PassageSpec,
     object_uuid,
     passage_parents,
+    uuid5_text,
 )
 from tercul_sync.engine.reports import MAX_SAMPLE, add_sample
 from tercul_sync.engine.weaviate_schema import resolve
@@ -82,7 +82,7 @@ def passage_parent_id(key: str) -> int:
 
 
 def passage_uuid(collection: str, parent_id: int, prop: str, position: int) -> str:
-    return str(generate_uuid5(f"{PASSAGE_COLLECTION}:{collection}:{parent_id}:{prop}:{position}"))
+    return uuid5_text(f"{PASSAGE_COLLECTION}:{collection}:{parent_id}:{prop}:{position}")
 
 
 def build_passages(

@@ -37,6 +37,7 @@ from tercul_sync.engine.registry import (
     PASSAGE,
     PASSAGE_COLLECTION,
     PASSAGE_PARENT_REFERENCE,
+    PASSAGE_TEXT,
     RELATIONS,
     SOURCE_ID_PROPERTY,
     EntityType,
@@ -68,13 +69,17 @@ class PropertySpec:
     name: str
     data_type: DataType
     exact: bool = False  # a key filtered by equality: tokenized as one whole field
+    long_text: bool = False  # searched by keyword or vector, never filtered: no filterable index
 
 
 def property_specs(e: EntityType) -> list[PropertySpec]:
     """The properties the contract gives a collection, in registry order."""
     if e is PASSAGE:
         keys = ("parent_collection", "parent_key", "property", "language")
-        specs = [PropertySpec(c.name, WEAVIATE_TYPES[c.kind], c.name in keys) for c in e.columns]
+        specs = [
+            PropertySpec(c.name, WEAVIATE_TYPES[c.kind], c.name in keys, c.name == PASSAGE_TEXT)
+            for c in e.columns
+        ]
         return [
             *specs,
             PropertySpec(HASH_PROPERTY, DataType.TEXT),
@@ -82,7 +87,10 @@ def property_specs(e: EntityType) -> list[PropertySpec]:
             PropertySpec(DIGEST_PROPERTY, DataType.INT),
         ]
     specs = [PropertySpec(SOURCE_ID_PROPERTY, DataType.INT)]
-    specs += [PropertySpec(c.name, WEAVIATE_TYPES[c.kind]) for c in e.property_columns]
+    long = {p.property for p in e.passages}  # the texts long enough to be cut into passages
+    specs += [
+        PropertySpec(c.name, WEAVIATE_TYPES[c.kind], long_text=c.name in long) for c in e.property_columns
+    ]
     specs.append(PropertySpec(HASH_PROPERTY, DataType.TEXT))
     specs.append(PropertySpec(REF_COUNT_PROPERTY, DataType.INT))
     specs.append(PropertySpec(VECTOR_HASH_PROPERTY, DataType.TEXT))
@@ -115,6 +123,10 @@ def _create_property(spec: PropertySpec) -> Property:
         index_range_filters=ranged,
         skip_vectorization=spec.data_type != DataType.TEXT or spec.exact,
         tokenization=Tokenization.FIELD if spec.exact else None,
+        # A filterable index of every word of a long text costs Weaviate a roaring-bitmap insert per
+        # word and serves only `equal`/`like` filters on whole bodies, which nobody runs;
+        # BM25 uses the searchable index. See docs/design.md, "Indexes".
+        index_filterable=False if spec.long_text else None,
     )
 
 
