@@ -37,6 +37,7 @@ from tercul_sync.engine.objects import (
 from tercul_sync.engine.registry import (
     PASSAGE_COLLECTION,
     PASSAGE_PARENT_REFERENCE,
+    PASSAGE_TEXT,
     EntityType,
     PassageSpec,
     object_uuid,
@@ -112,7 +113,7 @@ def build_passages(
     target = {PASSAGE_PARENT_REFERENCE: parent_collection or e.collection}
     out = []
     for c in split_text(text, spec.max_chars, spec.overlap_chars):
-        props = {**common, "position": c.position, "text": c.text}
+        props = {**common, "position": c.position, PASSAGE_TEXT: c.text}
         props[HASH_PROPERTY] = content_hash(props, {})
         uuid = passage_uuid(e.collection, row["id"], spec.property, c.position)
         out.append(ObjectWrite(row["id"], uuid, props, dict(parent), reference_collections=target))
@@ -239,7 +240,7 @@ class PassageSyncer:
             todo += self._reuse_vectors(same, self.ctx.collection(PASSAGE_COLLECTION))
             if self._reuse_from:
                 todo = self._reuse_vectors(todo, self._reuse_from)
-            vectors = self._embedder.embed_passages([str(o.properties["text"]) for o in todo])
+            vectors = self._embedder.embed_passages([str(o.properties[PASSAGE_TEXT]) for o in todo])
             for o, vector in zip(todo, vectors, strict=True):
                 o.vectors[PASSAGE_VECTOR] = vector
         settings = self.ctx.settings

@@ -19,6 +19,7 @@ from weaviate.classes.query import Filter, MetadataQuery, QueryReference
 from tercul_sync.engine.embedding import Embedder
 from tercul_sync.engine.registry import (
     PASSAGE,
+    PASSAGE_TEXT,
     SOURCE_ID_PROPERTY,
     EntityType,
     entity,
@@ -157,7 +158,7 @@ def search_passages(
             source_id=key[1],
             score=float(o.metadata.score or 0.0),
             title="",
-            passage=str(props.get("text") or ""),
+            passage=str(props.get(PASSAGE_TEXT) or ""),
             position=int(cast("int", props.get("position") or 0)),
         )
     best = list(hits.values())[:limit]
