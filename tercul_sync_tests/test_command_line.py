@@ -121,6 +121,8 @@ def test_demo_front_door_prints_a_summary(tmp_path, weaviate_server_proc, weavia
     for e in ENTITIES:
         assert f"\n{e.collection:<12}" in out, out
     assert "run status: SUCCESS" in out
+    # Passages are off unless asked for (the local model takes minutes over the demo's long bodies).
+    assert "\npassages: off in the demo" in out and "\npassages " not in out, out
     first_work = next(line for line in out.splitlines() if line.startswith("Work "))
     assert int(first_work.split()[5].replace(",", "")) > 0  # texts embedded by the local model
     hits = out.split('search: tercul-sync search "winter river" --limit 5\n')[1].strip().splitlines()

@@ -126,6 +126,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     # Vectors from the local model, on short texts so that the demo stays quick on two cores.
     env.setdefault("TERCUL_SYNC_VECTORIZER", "client")
     env.setdefault("TERCUL_SYNC_EMBED_MAX_CHARS", "400")
+    # Passages only when asked: the local model embeds about 1.5 passages a second on two cores, and
+    # the demo's long bodies (300 KB, one work in 997) make hundreds of them: minutes, not seconds.
+    env.setdefault("TERCUL_SYNC_PASSAGES", "true" if args.passages else "false")
     db_path = home / DEMO_DATABASE_FILE
     if settings.database_url is None and (args.fresh or not db_path.exists()):
         _cmd_demo_db(argparse.Namespace(url=settings.demo_database_url, rows=args.rows, seed=7))
@@ -164,6 +167,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"full_sync finished in {time.perf_counter() - started:.1f}s (Dagster's log: {log})\n")
         status, rows = _run_summary(dagster_home, "full_sync")
         print_summary(status, rows)
+        if env["TERCUL_SYNC_PASSAGES"] != "true":
+            print("passages: off in the demo (--passages splits long bodies and embeds them: minutes)")
         if proc.returncode == 0:
             query = "winter river"
             print(f'\nsearch: tercul-sync search "{query}" --limit 5')
@@ -352,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--fresh", action="store_true", help="regenerate the demo database and empty the local Weaviate"
+    )
+    p.add_argument(
+        "--passages",
+        action="store_true",
+        help="also split long bodies into passages and embed them (minutes on two cores)",
     )
     p.set_defaults(func=_cmd_demo)
 
