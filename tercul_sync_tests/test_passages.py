@@ -283,5 +283,11 @@ def test_a_sentence_from_deep_inside_a_long_body_finds_its_work(catalog: Catalog
     hits = search_passages(ctx.client, query, limit=3, embedder=make_embedder(ctx.settings))
     assert hits and (hits[0].collection, hits[0].source_id) == ("Work", 3), hits
     assert hits[0].position is not None and hits[0].position > 2 and "cartographer" in (hits[0].passage or "")
-    text = next(p for p in ctx.client.collections.use("Passage").config.get().properties if p.name == "text")
-    assert (text.index_filterable, text.index_searchable) == (False, True)  # searched, never filtered
+    indexes = {
+        p.name: (p.index_filterable, p.index_searchable, p.index_range_filters)
+        for p in ctx.client.collections.use("Passage").config.get().properties
+    }
+    assert indexes["text"] == (False, True, False)  # searched, never filtered
+    assert indexes["parent_key"] == (True, False, False)  # matched whole, never searched
+    assert indexes["parent_id"] == (True, False, True)  # summed over ranges of parents
+    assert indexes["position"] == (True, False, False)

@@ -223,6 +223,7 @@ RELATIONS: tuple[Relation, ...] = (
 EDGES_TABLE = "edges"
 PASSAGE_COLLECTION = "Passage"  # one object per passage of a long text (see PassageSpec)
 PASSAGE_TEXT = "text"  # the property holding a passage's text
+PASSAGE_PARENT_ID = "parent_id"  # the parent row's id: passages are summed over ranges of it
 
 _BY_COLLECTION = {e.collection: e for e in ENTITIES}
 
@@ -293,7 +294,7 @@ def _passage_columns() -> tuple[Column, ...]:
             copied.update({name: by_name[name] for name in spec.copied})
     return (
         _text("parent_collection", nullable=False),
-        _bigint("parent_id"),
+        _bigint(PASSAGE_PARENT_ID),
         _text("parent_key", nullable=False),
         _text("property", nullable=False),
         _int("position"),

@@ -38,6 +38,7 @@ from tercul_sync.engine.reconcile import WALK_SHARE, bisect_mismatches
 from tercul_sync.engine.registry import (
     EDGES_TABLE,
     PASSAGE_COLLECTION,
+    PASSAGE_PARENT_ID,
     EntityType,
     edge_sources,
     edge_targets,
@@ -323,7 +324,7 @@ def _passage_ranges_to_read(
         (bounds[0], bounds[1] + 1),
         lambda low: reading.digest_buckets(ctx.db, e, fingerprint, low, references=False, where=with_text),
         lambda low, high: weaviate_client.digest_between(
-            ctx.client, ctx.collection(PASSAGE_COLLECTION), low, high, prop="parent_id", where=firsts
+            ctx.client, ctx.collection(PASSAGE_COLLECTION), low, high, prop=PASSAGE_PARENT_ID, where=firsts
         ),
     )
     if found is None:

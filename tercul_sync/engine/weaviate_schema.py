@@ -36,6 +36,7 @@ from tercul_sync.engine.registry import (
     ENTITIES,
     PASSAGE,
     PASSAGE_COLLECTION,
+    PASSAGE_PARENT_ID,
     PASSAGE_PARENT_REFERENCE,
     PASSAGE_TEXT,
     RELATIONS,
@@ -68,8 +69,9 @@ class SchemaMismatchError(RuntimeError):
 class PropertySpec:
     name: str
     data_type: DataType
-    exact: bool = False  # a key filtered by equality: tokenized as one whole field
+    exact: bool = False  # a key filtered by equality: tokenized as one whole field, never searched
     long_text: bool = False  # searched by keyword or vector, never filtered: no filterable index
+    ranged: bool = False  # filtered by id ranges (shard scans, digest sums): a range index too
 
 
 def property_specs(e: EntityType) -> list[PropertySpec]:
@@ -77,7 +79,13 @@ def property_specs(e: EntityType) -> list[PropertySpec]:
     if e is PASSAGE:
         keys = ("parent_collection", "parent_key", "property", "language")
         specs = [
-            PropertySpec(c.name, WEAVIATE_TYPES[c.kind], c.name in keys, c.name == PASSAGE_TEXT)
+            PropertySpec(
+                c.name,
+                WEAVIATE_TYPES[c.kind],
+                exact=c.name in keys,
+                long_text=c.name == PASSAGE_TEXT,
+                ranged=c.name == PASSAGE_PARENT_ID,
+            )
             for c in e.columns
         ]
         return [
@@ -86,7 +94,7 @@ def property_specs(e: EntityType) -> list[PropertySpec]:
             PropertySpec(PARENT_HASH_PROPERTY, DataType.TEXT),
             PropertySpec(DIGEST_PROPERTY, DataType.INT),
         ]
-    specs = [PropertySpec(SOURCE_ID_PROPERTY, DataType.INT)]
+    specs = [PropertySpec(SOURCE_ID_PROPERTY, DataType.INT, ranged=True)]
     long = {p.property for p in e.passages}  # the texts long enough to be cut into passages
     specs += [
         PropertySpec(c.name, WEAVIATE_TYPES[c.kind], long_text=c.name in long) for c in e.property_columns
@@ -99,33 +107,44 @@ def property_specs(e: EntityType) -> list[PropertySpec]:
     return specs
 
 
+# Bookkeeping nobody filters by: hashes compared after a read by id, and digests and reference
+# counts summed under a filter on `source_id` ranges (a filtered aggregation reads the objects it
+# matched, so the summed property needs no index of its own; an unfiltered sum would).
+UNINDEXED = (
+    HASH_PROPERTY,
+    VECTOR_HASH_PROPERTY,
+    PARENT_HASH_PROPERTY,
+    REF_COUNT_PROPERTY,
+    DIGEST_PROPERTY,
+    REF_DIGEST_PROPERTY,
+)
+
+
 def _create_property(spec: PropertySpec) -> Property:
-    if spec.name in (
-        HASH_PROPERTY,
-        VECTOR_HASH_PROPERTY,
-        PARENT_HASH_PROPERTY,
-    ):  # bookkeeping, never searched
+    if spec.name in UNINDEXED:
         return Property(
             name=spec.name,
             data_type=spec.data_type,
             index_searchable=False,
             index_filterable=False,
+            index_range_filters=False,
             skip_vectorization=True,
         )
-    if spec.name in (REF_COUNT_PROPERTY, DIGEST_PROPERTY, REF_DIGEST_PROPERTY):  # summed over id ranges
-        return Property(name=spec.name, data_type=spec.data_type, skip_vectorization=True)
-    # Ranges on ints and dates make `source_id` and `updated_at` cheap to filter by. Only text is
-    # ever vectorized: ids, numbers and timestamps are kept out, whatever module the server runs.
-    ranged = spec.data_type in (DataType.INT, DataType.DATE)
+    # Only text is ever vectorized: ids, numbers and timestamps are kept out, whatever module the
+    # server runs. Each index costs Weaviate work on every write; which one a property gets is
+    # decided by what is asked of it (docs/design.md, "Indexes"):
     return Property(
         name=spec.name,
         data_type=spec.data_type,
-        index_range_filters=ranged,
+        # id ranges (`source_id`, a passage's `parent_id`); other numbers and dates can still be
+        # filtered by range through their filterable index
+        index_range_filters=spec.ranged,
         skip_vectorization=spec.data_type != DataType.TEXT or spec.exact,
         tokenization=Tokenization.FIELD if spec.exact else None,
-        # A filterable index of every word of a long text costs Weaviate a roaring-bitmap insert per
-        # word and serves only `equal`/`like` filters on whole bodies, which nobody runs;
-        # BM25 uses the searchable index. See docs/design.md, "Indexes".
+        # a key is matched whole, never ranked by BM25
+        index_searchable=False if spec.exact else None,
+        # a long text is ranked, never matched whole: a filterable index of every word would serve
+        # only `equal`/`like` filters on whole bodies, which nobody runs
         index_filterable=False if spec.long_text else None,
     )
 
