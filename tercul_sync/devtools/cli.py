@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="sync a demo database into a local Weaviate and print a summary")
     p.add_argument(
-        "--rows", type=int, default=2_000, help="entity rows in the demo database (edges come on top)"
+        "--rows", type=int, default=500, help="entity rows in the demo database (edges come on top)"
     )
     p.add_argument(
         "--fresh", action="store_true", help="regenerate the demo database and empty the local Weaviate"
