@@ -152,6 +152,8 @@ class PassageSyncer:
     def __init__(self, ctx: SyncContext) -> None:
         self.ctx = ctx
         self.report = PassageReport()
+        # A first sync (Passage was empty when the step began): no stored mark, hash or count to read.
+        self.collection_was_empty = False
         self._processor: BatchProcessor[ObjectWrite] = BatchProcessor(
             lambda items: ctx.send(ctx.client, ctx.collection(PASSAGE_COLLECTION), items),
             key_of=lambda o: f"{o.properties[PARENT_KEY]}#{o.properties['position']}",
@@ -190,7 +192,8 @@ class PassageSyncer:
         fingerprint = digests.passage_fingerprint(e, self.ctx.settings, target)
         digest_of = {row["id"]: digests.stored_digest(row, fingerprint) for row in live}
         marks = {row["id"]: parent_mark(e, row, target, digest_of[row["id"]]) for row in live}
-        stored_marks = {} if self.ctx.force else self._stored_marks(e, [r["id"] for r in live])
+        skip_stored = self.ctx.force or self.collection_was_empty
+        stored_marks = {} if skip_stored else self._stored_marks(e, [r["id"] for r in live])
         changed = [r for r in live if stored_marks.get(r["id"]) != marks[r["id"]]]
         self.report.parents_unchanged += len(live) - len(changed)
         if not changed:
@@ -224,8 +227,12 @@ class PassageSyncer:
             objects += mine
         self.report.passages += len(objects)
         self._delete_tails(counts)
-        stored = weaviate_client.stored_hashes(
-            self.ctx.client, self.ctx.collection(PASSAGE_COLLECTION), [o.uuid for o in objects]
+        stored = (
+            {}
+            if self.collection_was_empty
+            else weaviate_client.stored_hashes(
+                self.ctx.client, self.ctx.collection(PASSAGE_COLLECTION), [o.uuid for o in objects]
+            )
         )
         fresh = [
             o
@@ -290,7 +297,7 @@ class PassageSyncer:
 
     def _delete_tails(self, counts: Mapping[str, int]) -> None:
         """Delete the passages at or past each parent's new count (its text got shorter or empty)."""
-        if not counts:
+        if not counts or self.collection_was_empty:
             return
         stored = self._stored_counts(list(counts))
         for key, had in stored.items():

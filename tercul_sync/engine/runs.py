@@ -792,6 +792,8 @@ def run_passages(
     overlap = timedelta(seconds=ctx.settings.overlap_seconds)
     log_read_at = delete_log.mark(ctx.db) if mode != SWEEP else None
     marks: dict[str, dict[str, Any]] = {k: dict(previous.get(k) or {}) for k in shards}
+    if mode == FULL and weaviate_client.count_objects(ctx.client, ctx.collection(PASSAGE_COLLECTION)) == 0:
+        syncer.collection_was_empty = True  # a first sync: nothing stored to compare with
     try:
         for e in passage_parents() if mode != SWEEP else ():
             table = reading.table_for(e)
@@ -800,7 +802,7 @@ def run_passages(
             for k in whole:  # read before the scan: later changes stay ahead of it
                 marks[k][e.table] = high_water(ctx.db, table, [shards[k]]).log_read(log_read_at).to_json()
             ranges = None  # a full run over every shard reads only the ranges whose digests differ
-            if mode == FULL and covers_all(shards):
+            if mode == FULL and covers_all(shards) and not syncer.collection_was_empty:
                 ranges = _passage_ranges_to_read(ctx, syncer, e)
             pages = reading.iter_live_pages(
                 ctx.db, e, [shards[k] for k in whole], ctx.settings.batch_size, ranges
