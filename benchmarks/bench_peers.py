@@ -65,7 +65,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from peers_measure import MB, Measured, run_measured
+from peers_measure import MB, Measured, code_snapshot, run_measured
 
 # tercul_sync is imported inside the functions: with --code REV this script first starts again
 # on a snapshot of the package, before anything of it is loaded.
@@ -471,19 +471,7 @@ def run_on_snapshot(rev: str) -> None:
     ``.tercul/bench-code/<sha>/``; every child (phases, the Dagster command) inherits the path, so
     a work tree being edited while the benchmark runs changes nothing it measures. Does not return.
     """
-    sha = subprocess.run(
-        ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    target = ROOT / ".tercul" / "bench-code" / sha
-    if not (target / "dagster.yaml").exists():  # the instance config travels with the package
-        target.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(
-            ["git", "archive", "--format=tar", sha, "tercul_sync", "dagster.yaml"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    sha, target = code_snapshot(rev, ROOT)
     say(f"running on tercul_sync as committed at {sha} ({target})")
     path = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONPATH": path, SNAPSHOT_ENV: sha}

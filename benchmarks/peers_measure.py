@@ -230,3 +230,23 @@ def reset_peak_rss() -> bool:
 def emit(result: Mapping[str, Any]) -> None:
     """A phase script's report to the benchmark: one line on stdout."""
     print(RESULT_PREFIX + json.dumps(result, default=str), flush=True)
+
+
+def code_snapshot(rev: str, root: Path) -> tuple[str, Path]:
+    """``(short sha, folder)``: tercul_sync and ``dagster.yaml`` as committed at ``rev``, extracted
+    once with ``git archive`` into ``.tercul/bench-code/<sha>/``. Put the folder first on a child's
+    ``PYTHONPATH`` to run that commit; a work tree edited meanwhile changes nothing it measures."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    target = root / ".tercul" / "bench-code" / sha
+    if not (target / "dagster.yaml").exists():  # the instance config travels with the package
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", sha, "tercul_sync", "dagster.yaml"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return sha, target

@@ -1,0 +1,114 @@
+"""Two commits of the engine, back to back: where a change's seconds and CPU went.
+
+    .venv/bin/python benchmarks/bench_commits.py --db-url URL OLD NEW [--repeat 2]
+
+Each run is a child process on one commit's tercul_sync (extracted with ``git
+archive``, as ``bench_peers.py --code`` does) with a fresh Weaviate of its
+own: the schema, every entity type over 8 shards, the edges, then the
+passages, all first syncs, no vectors. It prints, for each phase, the wall
+seconds and the CPU seconds of Python (this child) and of Weaviate (from
+``/proc/<pid>/stat``): on two busy cores, CPU saved on either side is what
+shortens a run. The commits alternate (OLD, NEW, OLD, NEW, ...) so that a
+machine getting slower or faster during the run weighs on both alike.
+The database is any tercul database, e.g. ``tercul_bench_100000`` that
+``bench_peers.py --rows 100000`` leaves behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from statistics import mean
+
+from peers_measure import code_snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT = "BENCH-COMMIT "
+
+CHILD = r"""
+import json, os, shutil, sys, tempfile, time
+from pathlib import Path
+from tercul_sync.devtools import weaviate_server
+from tercul_sync.engine import reading, runs, weaviate_client
+from tercul_sync.engine.registry import sync_order
+from tercul_sync.engine.settings import load_settings
+from tercul_sync.engine.weaviate_schema import ensure_schema
+from tercul_sync.engine.writing import SyncContext
+
+shards = {f"shard-{i}": reading.Shard(i, 8) for i in range(8)}
+folder = Path(tempfile.mkdtemp(prefix="tercul-commits-"))
+server = weaviate_server.start(folder / "data", log_file=folder / "weaviate.log")
+
+def weaviate_cpu():
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+def python_cpu():
+    t = os.times()
+    return t.user + t.system
+
+def phase(name, work, out):
+    wall, wv, py = time.perf_counter(), weaviate_cpu(), python_cpu()
+    work()
+    out[name] = {"wall": time.perf_counter() - wall, "python_cpu": python_cpu() - py,
+                 "weaviate_cpu": weaviate_cpu() - wv}
+
+out = {}
+try:
+    settings = load_settings({"TERCUL_SYNC_VECTORIZER": "none"})
+    ctx = SyncContext(reading.make_engine(sys.argv[1]),
+                      weaviate_client.connect(server.url, server.grpc_port, None, 60), settings)
+    phase("schema", lambda: ensure_schema(ctx.client, settings), out)
+    phase("entities", lambda: [runs.run_entity(ctx, e, shards, runs.FULL, {}) for e in sync_order()], out)
+    phase("edges", lambda: runs.run_edges(ctx, shards, runs.FULL, {}), out)
+    phase("passages", lambda: runs.run_passages(ctx, shards, runs.FULL, {}), out)
+    ctx.client.close()
+finally:
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+print("BENCH-COMMIT " + json.dumps(out))
+"""
+
+
+def run_once(code: Path, db_url: str) -> dict[str, dict[str, float]]:
+    env = {**os.environ, "PYTHONPATH": str(code), "TERCUL_SYNC_VECTORIZER": "none"}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, db_url], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"run on {code} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1].removeprefix(RESULT))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("old", help="a commit (the baseline)")
+    ap.add_argument("new", help="a commit (the change)")
+    ap.add_argument("--db-url", required=True, help="SQLAlchemy URL of a tercul database")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each commit, alternating")
+    args = ap.parse_args()
+    commits = [code_snapshot(rev, ROOT) for rev in (args.old, args.new)]
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {sha: [] for sha, _ in commits}
+    for i in range(args.repeat):
+        for sha, code in commits:
+            result = run_once(code, args.db_url)
+            runs[sha].append(result)
+            figures = ", ".join(f"{k} {v['wall']:.1f} s" for k, v in result.items())
+            print(f"[{i + 1}/{args.repeat}] {sha}: {figures}", flush=True)
+    print(f"\n{'phase':<10} {'commit':<9} {'wall, s':>18} {'Python CPU-s':>18} {'Weaviate CPU-s':>18}")
+    for name in runs[commits[0][0]][0]:
+        for sha, _ in commits:
+            cells = []
+            for key in ("wall", "python_cpu", "weaviate_cpu"):
+                values = [r[name][key] for r in runs[sha]]
+                cells.append(f"{mean(values):6.1f} ({' / '.join(f'{v:.1f}' for v in values)})")
+            print(f"{name:<10} {sha:<9} " + " ".join(f"{c:>18}" for c in cells))
+
+
+if __name__ == "__main__":
+    main()
