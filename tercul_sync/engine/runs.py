@@ -181,6 +181,11 @@ class EntityRun:
         }
 
 
+def _first_sync(ctx: SyncContext, collection: str, mode: str) -> bool:
+    """A full run into an empty collection: nothing stored to read back or compare with."""
+    return mode == FULL and weaviate_client.count_objects(ctx.client, ctx.collection(collection)) == 0
+
+
 def run_entity(
     ctx: SyncContext, e: EntityType, shards: Shards, mode: str, previous: Mapping[str, CursorJson]
 ) -> EntityRun:
@@ -194,8 +199,7 @@ def run_entity(
     run = EntityRun(syncer.report, cursors=dict(previous))
     overlap = timedelta(seconds=ctx.settings.overlap_seconds)
     table = reading.table_for(e)
-    if mode == FULL and weaviate_client.count_objects(ctx.client, ctx.collection(e.collection)) == 0:
-        syncer.collection_was_empty = True  # a first sync: no stored hash to read
+    syncer.collection_was_empty = _first_sync(ctx, e.collection, mode)  # no stored hash to read
     cursors = {k: Cursor.from_json(previous.get(k)) for k in shards}
     whole = {} if mode == SWEEP else {k: s for k, s in shards.items() if mode == FULL or cursors[k] is None}
     # When the delete log was read (none: no log), once for the step, before anything is read.
@@ -792,8 +796,7 @@ def run_passages(
     overlap = timedelta(seconds=ctx.settings.overlap_seconds)
     log_read_at = delete_log.mark(ctx.db) if mode != SWEEP else None
     marks: dict[str, dict[str, Any]] = {k: dict(previous.get(k) or {}) for k in shards}
-    if mode == FULL and weaviate_client.count_objects(ctx.client, ctx.collection(PASSAGE_COLLECTION)) == 0:
-        syncer.collection_was_empty = True  # a first sync: nothing stored to compare with
+    syncer.collection_was_empty = _first_sync(ctx, PASSAGE_COLLECTION, mode)  # nothing stored to compare
     try:
         for e in passage_parents() if mode != SWEEP else ():
             table = reading.table_for(e)
