@@ -630,7 +630,8 @@ def _hold_mid_write(pid: int, works: Any, total: int, batch: int, slice_s: float
 
     Polling while the step runs free lost the race on a loaded CI machine: the step wrote its last
     batches and materialized between the poll that saw the first batch and the signal. Stopped, the
-    step cannot move while its progress is read.
+    step cannot move while its progress is read. The caller stops it before its first read of the
+    table, so no write can have landed before the first slice.
     """
     landed_filter = Filter.by_property("title").like("step killed*")
     deadline = time.monotonic() + 300
@@ -690,6 +691,12 @@ def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
                     "UPDATE works SET title = 'step killed ' || id, updated_at = now() + interval '1 second'"
                 )
             )
+        # The test holds the works table (ACCESS EXCLUSIVE) until the Work step is found and stopped:
+        # the step cannot write a work before it has read one, so however late the poll below sees
+        # its STEP_START, nothing has landed yet. CI once saw all 230 land before the signal.
+        holder = engine.connect()
+        hold = holder.begin()
+        holder.execute(sa.text("LOCK TABLE works IN ACCESS EXCLUSIVE MODE"))
         run_id = _submit(client, "incremental_sync")
         works = weaviate_client.collections.use("Work")
 
@@ -699,13 +706,17 @@ def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
                     return int(json.loads(event)["dagster_event"]["pid"])
             return None
 
-        # Watched closely and stopped at once: the step writes its 230 works in under a second, and
-        # once found it moves only in the short slices of _hold_mid_write.
-        pid = _wait(step_pid, 600, "the Work step to start", interval_s=0.02)
+        # Stopped as soon as found, then the table let go: from here the step moves only in the short
+        # slices of _hold_mid_write.
         try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
-            pytest.fail(f"the Work step (pid {pid}) had ended before it was stopped")
+            pid = _wait(step_pid, 600, "the Work step to start", interval_s=0.02)
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pytest.fail(f"the Work step (pid {pid}) had ended before it was stopped")
+        finally:
+            hold.commit()
+            holder.close()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         assert "python" in cmdline, cmdline  # the step's own process (a child of the run worker we launched)
         with engine.connect() as conn:
