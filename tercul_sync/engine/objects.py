@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -89,23 +90,23 @@ def row_properties(e: EntityType, row: Mapping[str, Any]) -> dict[str, Any]:
     return props
 
 
-def _canonical(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
+# What ``json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str)`` builds on every call,
+# made once: the hash is of the same text, and it runs once per object (and per passage).
+_HASHED_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
+_NOT_HASHED = (HASH_PROPERTY, PARENT_HASH_PROPERTY)
 
 
 def content_hash(properties: Mapping[str, Any], references: Mapping[str, Sequence[str]]) -> str:
-    """A stable digest of an object's properties and reference lists."""
+    """A stable digest of an object's properties and reference lists (keys sorted by the encoder)."""
     doc = {
         "p": {
-            k: _canonical(v)
-            for k, v in sorted(properties.items())
-            if k not in (HASH_PROPERTY, PARENT_HASH_PROPERTY)
+            k: v.isoformat() if isinstance(v, datetime) else v
+            for k, v in properties.items()
+            if k not in _NOT_HASHED
         },
-        "r": {k: sorted(v) for k, v in sorted(references.items()) if v},
+        "r": {k: sorted(v) for k, v in references.items() if v},
     }
-    return hashlib.sha256(
-        json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str).encode()
-    ).hexdigest()
+    return hashlib.sha256(_HASHED_JSON.encode(doc).encode()).hexdigest()
 
 
 def build_object(
@@ -159,19 +160,41 @@ def chunk(
 MAX_EXACT_INT = 2**53
 
 
+_TEXT, _INT, _TIME = "text", "int", "time"  # what row_problem checks in a column, by its kind
+_CHECKED = {
+    Kind.TEXT: _TEXT,
+    Kind.VARCHAR: _TEXT,
+    Kind.CHAR: _TEXT,
+    Kind.INT: _INT,
+    Kind.BIGINT: _INT,
+    Kind.TIMESTAMP: _TIME,
+}
+
+
+@functools.cache
+def _checked_columns(e: EntityType) -> tuple[tuple[str, str], ...]:
+    """(column, check) for the row id and every stored column that can hold a bad value, in order."""
+    columns = [("id", _INT)]
+    columns += [(c.name, _CHECKED[c.kind]) for c in e.property_columns if c.kind in _CHECKED]
+    return tuple(columns)
+
+
 def row_problem(e: EntityType, row: Mapping[str, Any]) -> str | None:
     """Why a row cannot be stored as it is, or None: the reason goes to the failure report.
 
     Text that is not valid Unicode (a lone surrogate, from bytes no UTF-8 encoder
     wrote), an integer Weaviate would round, a timestamp Python cannot hold
-    (``reading.OutOfRange``, e.g. year 1 at +05:00 is year 0 in UTC).
+    (``reading.OutOfRange``, e.g. year 1 at +05:00 is year 0 in UTC). It runs for
+    every row read: the columns to check are worked out once per type.
     """
-    values = [("id", Kind.BIGINT, row["id"])]
-    values += [(c.name, c.kind, row[c.name]) for c in e.property_columns]
-    for name, kind, value in values:
+    for name, check in _checked_columns(e):
+        value = row[name]
         if value is None:
             continue
-        if isinstance(value, str) and kind in (Kind.TEXT, Kind.VARCHAR, Kind.CHAR):
+        if check is _TEXT:
+            # ASCII holds no surrogate: only other text is encoded (copied) to find one
+            if not isinstance(value, str) or value.isascii():
+                continue
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError as exc:
@@ -180,13 +203,13 @@ def row_problem(e: EntityType, row: Mapping[str, Any]) -> str | None:
                     f"column {name} is not valid Unicode text: U+{ord(bad):04X} (a lone surrogate) at "
                     f"character {exc.start}; Weaviate stores only text that encodes as UTF-8"
                 )
-        elif kind in (Kind.INT, Kind.BIGINT) and isinstance(value, int) and not isinstance(value, bool):
-            if abs(value) > MAX_EXACT_INT:
+        elif check is _INT:
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_EXACT_INT:
                 return (
                     f"column {name} is {value}, beyond ±2^53: Weaviate's batch API carries numbers as "
                     f"doubles and would store it rounded"
                 )
-        elif kind is Kind.TIMESTAMP and not isinstance(value, datetime):
+        elif not isinstance(value, datetime):
             return (
                 f"column {name} holds {value!s}, not a timestamp Python can represent "
                 "(years 1 to 9999 in UTC)"
