@@ -6,9 +6,10 @@ Each run is a child process on one commit's tercul_sync (extracted with ``git
 archive``, as ``bench_peers.py --code`` does) with a fresh Weaviate of its
 own: the schema, every entity type over 8 shards, the edges, then the
 passages, all first syncs, no vectors. It prints, for each phase, the wall
-seconds and the CPU seconds of Python (this child) and of Weaviate (from
-``/proc/<pid>/stat``): on two busy cores, CPU saved on either side is what
-shortens a run. The commits alternate (OLD, NEW, OLD, NEW, ...) so that a
+seconds and the CPU seconds of Python (this child), of Weaviate (from
+``/proc/<pid>/stat``) and of PostgreSQL when it runs on this machine (every
+``postgres`` process, ended backends included): on two busy cores, CPU saved
+on any side is what shortens a run. The commits alternate (OLD, NEW, OLD, NEW, ...) so that a
 machine getting slower or faster during the run weighs on both alike.
 The database is any tercul database, e.g. ``tercul_bench_100000`` that
 ``bench_peers.py --rows 100000`` leaves behind.
@@ -51,11 +52,25 @@ def python_cpu():
     t = os.times()
     return t.user + t.system
 
+def database_cpu():
+    # every process named postgres: live backends by their own times, ended ones by the postmaster's
+    # (it reaps them); 0 when the database is not a PostgreSQL server on this machine
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if text[text.index("(") + 1 : text.rindex(")")] == "postgres":
+            fields = text.rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
 def phase(name, work, out):
-    wall, wv, py = time.perf_counter(), weaviate_cpu(), python_cpu()
+    wall, wv, py, db = time.perf_counter(), weaviate_cpu(), python_cpu(), database_cpu()
     work()
     out[name] = {"wall": time.perf_counter() - wall, "python_cpu": python_cpu() - py,
-                 "weaviate_cpu": weaviate_cpu() - wv}
+                 "weaviate_cpu": weaviate_cpu() - wv, "database_cpu": database_cpu() - db}
 
 out = {}
 try:
@@ -100,12 +115,13 @@ def main() -> None:
             runs[sha].append(result)
             figures = ", ".join(f"{k} {v['wall']:.1f} s" for k, v in result.items())
             print(f"[{i + 1}/{args.repeat}] {sha}: {figures}", flush=True)
-    print(f"\n{'phase':<10} {'commit':<9} {'wall, s':>18} {'Python CPU-s':>18} {'Weaviate CPU-s':>18}")
+    header = ("wall, s", "Python CPU-s", "Weaviate CPU-s", "PostgreSQL CPU-s")
+    print(f"\n{'phase':<10} {'commit':<9} " + " ".join(f"{h:>18}" for h in header))
     for name in runs[commits[0][0]][0]:
         for sha, _ in commits:
             cells = []
-            for key in ("wall", "python_cpu", "weaviate_cpu"):
-                values = [r[name][key] for r in runs[sha]]
+            for key in ("wall", "python_cpu", "weaviate_cpu", "database_cpu"):
+                values = [r[name].get(key, 0.0) for r in runs[sha]]
                 cells.append(f"{mean(values):6.1f} ({' / '.join(f'{v:.1f}' for v in values)})")
             print(f"{name:<10} {sha:<9} " + " ".join(f"{c:>18}" for c in cells))
 
