@@ -85,19 +85,28 @@ try:
 finally:
     server.stop()
     shutil.rmtree(folder, ignore_errors=True)
-print("BENCH-COMMIT " + json.dumps(out))
+import tercul_sync
+print("BENCH-COMMIT " + json.dumps({"code": tercul_sync.__file__, "phases": out}))
 """
 
 
 def run_once(code: Path, db_url: str) -> dict[str, dict[str, float]]:
-    env = {**os.environ, "PYTHONPATH": str(code), "TERCUL_SYNC_VECTORIZER": "none"}
+    # The local state (the Weaviate binary) stays the repository's: the child runs elsewhere.
+    home = str(Path(os.environ.get("TERCUL_SYNC_HOME", ROOT / ".tercul")).resolve())
+    env = {**os.environ, "PYTHONPATH": str(code), "TERCUL_SYNC_VECTORIZER": "none", "TERCUL_SYNC_HOME": home}
+    # `python -c` puts its working folder first on sys.path: the child runs in the snapshot, or the
+    # work tree's package is imported whatever PYTHONPATH says (as it was for both commits until
+    # this was found: every comparison made with this script before then ran one code twice).
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, db_url], env=env, capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-c", CHILD, db_url], env=env, capture_output=True, text=True, cwd=code
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"run on {code} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1].removeprefix(RESULT))
+    result = json.loads(lines[-1].removeprefix(RESULT))
+    if not Path(result["code"]).resolve().is_relative_to(code.resolve()):
+        raise SystemExit(f"the run meant for {code} imported {result['code']}")
+    return result["phases"]
 
 
 def main() -> None:
