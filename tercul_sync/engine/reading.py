@@ -355,7 +355,8 @@ def live_edges_from(
     It runs once per page of sources. The page's edges are read first, by the source index alone
     (a materialized CTE on PostgreSQL), and each target is then looked up by its key. Written as
     one join per relation, the planner scanned the edges' target index and whole target tables
-    for every page, in parallel workers: twice the database's CPU (4.2 s more at 100,000 rows).
+    for every page, in parallel workers: a first sync of the 100k benchmark data cost PostgreSQL
+    7.7 CPU-s that way, 3.3 CPU-s this way (``benchmarks/bench_commits.py``).
     """
     out: dict[str, dict[int, list[tuple[int, int]]]] = {r.name: {} for r in rels}
     if not source_ids or not rels:
