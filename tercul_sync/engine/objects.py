@@ -191,7 +191,7 @@ def row_problem(e: EntityType, row: Mapping[str, Any]) -> str | None:
         value = row[name]
         if value is None:
             continue
-        if check is _TEXT:
+        if check == _TEXT:
             # ASCII holds no surrogate: only other text is encoded (copied) to find one
             if not isinstance(value, str) or value.isascii():
                 continue
@@ -203,7 +203,7 @@ def row_problem(e: EntityType, row: Mapping[str, Any]) -> str | None:
                     f"column {name} is not valid Unicode text: U+{ord(bad):04X} (a lone surrogate) at "
                     f"character {exc.start}; Weaviate stores only text that encodes as UTF-8"
                 )
-        elif check is _INT:
+        elif check == _INT:
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_EXACT_INT:
                 return (
                     f"column {name} is {value}, beyond ±2^53: Weaviate's batch API carries numbers as "

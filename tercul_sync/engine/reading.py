@@ -333,8 +333,9 @@ def _permission_denied(exc: sa.exc.DBAPIError) -> bool:
     return code == "42501" or "permission denied" in str(exc.orig).lower()
 
 
-def relation_clause(edges: sa.Table, rel: Relation) -> sa.ColumnElement[bool]:
-    """The ``edges`` rows that stand for ``rel`` (whatever their endpoints' state)."""
+def relation_clause(edges: sa.FromClause, rel: Relation) -> sa.ColumnElement[bool]:
+    """The ``edges`` rows (the table, or a selection of its columns) that stand for ``rel``
+    (whatever their endpoints' state)."""
     return sa.and_(
         edges.c.source_table == entity(rel.source).table,
         edges.c.relation == rel.name,
@@ -363,7 +364,14 @@ def live_edges_from(
         return out
     edges = edges_table()
     page = (
-        sa.select(edges.c.id, edges.c.source_id, edges.c.relation, edges.c.target_table, edges.c.target_id)
+        sa.select(
+            edges.c.id,
+            edges.c.source_table,
+            edges.c.source_id,
+            edges.c.relation,
+            edges.c.target_table,
+            edges.c.target_id,
+        )
         .where(
             edges.c.source_table == entity(rels[0].source).table,
             edges.c.source_id.in_(sorted(set(source_ids))),
@@ -377,7 +385,7 @@ def live_edges_from(
     for i, rel in enumerate(rels):
         tgt = entity(rel.target)
         target = table_for(tgt)
-        is_rel = sa.and_(page.c.relation == rel.name, page.c.target_table == tgt.table)
+        is_rel = relation_clause(page, rel)
         target_live = sa.exists().where(
             target.c.id == page.c.target_id, target.c[tgt.soft_delete_column].is_(None)
         )
