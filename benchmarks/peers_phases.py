@@ -243,7 +243,7 @@ def parity(args: argparse.Namespace) -> dict[str, Any]:
     )
     reset_peak_rss()
     started = time.perf_counter()
-    reports = [check_parity(db, client, e, list(SHARDS.values())) for e in sync_order()]
+    reports = [check_parity(db, client, e, list(SHARDS.values()), settings) for e in sync_order()]
     seconds = time.perf_counter() - started
     client.close()
     return {

@@ -28,6 +28,7 @@ from tercul_sync.devtools import demo_data
 from tercul_sync.engine import reading
 from tercul_sync.engine.parity import check_parity
 from tercul_sync.engine.registry import sync_order
+from tercul_sync.engine.settings import load_settings
 from tercul_sync_tests.conftest import PG_PASSWORD, PG_USER, ROOT, drop_database, new_database
 from tercul_sync_tests.helpers import assert_references_match
 
@@ -164,7 +165,7 @@ def test_full_sync_on_two_celery_workers_survives_losing_one(
 
     shards = [reading.Shard(0, 1)]
     for e in sync_order():
-        report = check_parity(engine, weaviate_client, e, shards)
+        report = check_parity(engine, weaviate_client, e, shards, load_settings(env))
         assert report.exact, report.describe()
     assert_references_match(engine, weaviate_server_proc)
     # Every step ran on a Celery worker, none in the run's own process.

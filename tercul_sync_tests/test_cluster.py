@@ -53,7 +53,7 @@ def _parity_at_all(engine, client: weaviate.WeaviateClient) -> list[str]:
     every = with_consistency(client, ConsistencyLevel.ALL)
     problems = []
     for e in sync_order():
-        report = check_parity(engine, every, e, [reading.Shard(0, 1)])
+        report = check_parity(engine, every, e, [reading.Shard(0, 1)], load_settings())
         if not report.exact:
             problems.append(report.describe())
         collection = every.collections.use(e.collection)

@@ -21,7 +21,7 @@ from tercul_sync.engine import reading
 from tercul_sync.engine import weaviate_client as wc
 from tercul_sync.engine.parity import check_parity
 from tercul_sync.engine.registry import ENTITIES, entity, object_uuid
-from tercul_sync.engine.settings import load_settings
+from tercul_sync.engine.settings import Settings, load_settings
 from tercul_sync.trigger import (
     RunOutcome,
     SyncTrigger,
@@ -212,7 +212,9 @@ def _sensor_syncs_a_change_with_no_manual_step(port: int, engine: sa.Engine, wea
     return [r["runId"] for r in new]
 
 
-def _backfill_runs_one_run_per_shard(port: int, engine: sa.Engine, weaviate_client) -> None:
+def _backfill_runs_one_run_per_shard(
+    port: int, engine: sa.Engine, weaviate_client, settings: Settings
+) -> None:
     """With ``TERCUL_SYNC_BACKFILL_POLICY=multi_run``, a backfill of three Tag shards from the asset
     graph (what the UI's "Materialize selected" over a range does) is three runs, one per shard."""
     keys = ["shard-1", "shard-3", "shard-5"]
@@ -235,7 +237,8 @@ def _backfill_runs_one_run_per_shard(port: int, engine: sa.Engine, weaviate_clie
     ends = sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == RANGE_END_TAG)
     assert partitions == keys and ends in ([], keys), [r["tags"] for r in runs]
     assert {r["status"] for r in runs} == {"SUCCESS"}
-    report = check_parity(engine, weaviate_client, entity("Tag"), [shard_from_key(k, 8) for k in keys])
+    shards = [shard_from_key(k, 8) for k in keys]
+    report = check_parity(engine, weaviate_client, entity("Tag"), shards, settings)
     assert report.exact, report.describe()
 
 
@@ -313,7 +316,7 @@ def test_webserver_and_daemon_run_full_sync_on_postgres_storage(
 
         _enqueue_functions_launch_runs_that_sync(port, engine, weaviate_client)
         sensor_runs = _sensor_syncs_a_change_with_no_manual_step(port, engine, weaviate_client)
-        _backfill_runs_one_run_per_shard(port, engine, weaviate_client)
+        _backfill_runs_one_run_per_shard(port, engine, weaviate_client, load_settings(env))
     finally:
         deployment.stop()
 

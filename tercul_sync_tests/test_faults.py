@@ -47,6 +47,7 @@ from tercul_sync.engine import weaviate_client as wc
 from tercul_sync.engine.objects import ObjectWrite
 from tercul_sync.engine.parity import check_parity
 from tercul_sync.engine.registry import ENTITIES
+from tercul_sync.engine.settings import Settings, load_settings
 from tercul_sync_tests.conftest import PG_PASSWORD, PG_USER, start_weaviate
 from tercul_sync_tests.helpers import (
     SHARDS,
@@ -76,10 +77,14 @@ def connect(server: LocalWeaviate) -> weaviate.WeaviateClient:
     return wc.connect(server.url, server.grpc_port, None, timeout_s=60)
 
 
-def assert_parity_exact(engine: sa.Engine, client: weaviate.WeaviateClient) -> None:
-    """Every collection holds exactly the live rows: nothing missing, orphan, stale, no wrong reference."""
+def assert_parity_exact(
+    engine: sa.Engine, client: weaviate.WeaviateClient, settings: Settings | None = None
+) -> None:
+    """Every collection holds exactly the live rows: nothing missing, orphan, stale, no wrong reference.
+    ``settings``: those the objects were written with (by default this process's, as in-process runs use)."""
     shards = [reading.Shard(0, 1)]
-    reports = [check_parity(engine, client, e, shards) for e in ENTITIES]
+    settings = settings or load_settings()
+    reports = [check_parity(engine, client, e, shards, settings) for e in ENTITIES]
     off = [r.describe() for r in reports if not r.exact]
     assert not off, off
     assert sum(r.rows for r in reports) > 0
@@ -96,7 +101,7 @@ def assert_converged(engine: sa.Engine, server: LocalWeaviate) -> None:
 
 def parity_counts(engine: sa.Engine, client: weaviate.WeaviateClient, collection: str) -> dict[str, int]:
     [e] = [e for e in ENTITIES if e.collection == collection]
-    return check_parity(engine, client, e, [reading.Shard(0, 1)]).counts
+    return check_parity(engine, client, e, [reading.Shard(0, 1)], load_settings()).counts
 
 
 def failure_descriptions(result: dg.ExecuteInProcessResult) -> dict[str, str]:
@@ -682,7 +687,7 @@ def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
         first = _submit(client, "full_sync")
         assert _wait(lambda: _finished(client, first), 900, "the full sync") == "SUCCESS"
-        assert_parity_exact(engine, weaviate_client)
+        assert_parity_exact(engine, weaviate_client, load_settings(settings))
 
         # --- the step process, SIGKILLed while it writes ---
         with engine.begin() as conn:
@@ -750,7 +755,7 @@ def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
             assert _wait(lambda: _finished(client, child), 900, "the re-execution") == "SUCCESS"
         else:  # the executor saw the crash and the asset's RetryPolicy ran the step again
             assert status == "SUCCESS" and "STEP_UP_FOR_RETRY" in work_events, (status, work_events)
-        assert_parity_exact(engine, weaviate_client)
+        assert_parity_exact(engine, weaviate_client, load_settings(settings))
         fault(
             "step_process_sigkill",
             run_status=status,
@@ -795,7 +800,8 @@ def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
                 assert end <= start, f"two {step} steps ran at once: {ordered}"
         # Some of them did run side by side (different types), or the test proves nothing about pools.
         assert max(len(v) for v in spans.values()) >= 3
-        assert_parity_exact(engine, weaviate_client)  # all eight read one state: together they reach it
+        # All eight read one state: together they reach it.
+        assert_parity_exact(engine, weaviate_client, load_settings(settings))
         fault(
             "eight_concurrent_runs",
             all_ended_s=all_s,

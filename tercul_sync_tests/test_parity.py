@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -13,8 +11,9 @@ from weaviate.classes.data import DataObject
 from tercul_sync.devtools import demo_data
 from tercul_sync.engine import reading, runs
 from tercul_sync.engine import weaviate_client as weaviate_client_module
+from tercul_sync.engine.digests import DIGEST_PROPERTY
 from tercul_sync.engine.objects import REF_COUNT_PROPERTY
-from tercul_sync.engine.parity import ParityReport, check_parity, diff
+from tercul_sync.engine.parity import FRAME_COLUMNS, ParityReport, check_parity, diff
 from tercul_sync.engine.registry import entity, object_uuid, sync_order
 from tercul_sync.engine.settings import load_settings
 from tercul_sync.engine.weaviate_schema import ensure_schema
@@ -23,27 +22,29 @@ from tercul_sync.engine.writing import SyncContext
 SHARDS = {f"shard-{i}": reading.Shard(i, 3) for i in range(3)}
 
 
-def _frame(rows: dict[int, tuple[int, int]]) -> pd.DataFrame:
+def _frame(rows: dict[int, tuple[int, int, int]]) -> pd.DataFrame:
+    """``{id: (digest, ref_count, ref_digest)}`` as either side's frame."""
     ids = list(rows)
-    data = {"updated_us": [rows[i][0] for i in ids], "ref_count": [rows[i][1] for i in ids]}
+    data = {name: [rows[i][k] for i in ids] for k, name in enumerate(FRAME_COLUMNS)}
     return pd.DataFrame(data, index=pd.Index(ids, name="id", dtype="int64"), dtype="int64")
 
 
 @pytest.mark.unit
 def test_the_diff_names_every_kind_of_difference():
-    db = _frame({1: (10, 0), 2: (20, 2), 3: (30, 1), 4: (40, 0)})
-    wv = _frame({1: (10, 0), 2: (21, 2), 3: (30, 3), 9: (90, 0)})
+    db = _frame({1: (10, 0, 0), 2: (20, 2, 7), 3: (30, 1, 5), 4: (40, 0, 0), 5: (50, 2, 8)})
+    wv = _frame({1: (10, 0, 0), 2: (21, 2, 7), 3: (30, 3, 5), 5: (50, 2, 9), 9: (90, 0, 0)})
     report = ParityReport("Work")
     diff(db, wv, report)
-    assert report.counts == {"missing": 1, "orphan": 1, "stale": 1, "wrong_references": 1}
-    assert report.samples == {"missing": [4], "orphan": [9], "stale": [2], "wrong_references": [3]}
-    assert (report.rows, report.objects, report.exact) == (4, 4, False)
-    assert "1 missing, 1 orphan, 1 stale, 1 wrong references" in report.describe()
+    # 3 carries another number of references, 5 as many as it should but to other targets.
+    assert report.counts == {"missing": 1, "orphan": 1, "stale": 1, "wrong_references": 2}
+    assert report.samples == {"missing": [4], "orphan": [9], "stale": [2], "wrong_references": [3, 5]}
+    assert (report.rows, report.objects, report.exact) == (5, 5, False)
+    assert "1 missing, 1 orphan, 1 stale, 2 wrong references" in report.describe()
 
 
 @pytest.mark.unit
 def test_equal_frames_are_exact():
-    frame = _frame({1: (10, 0), 2: (20, 2)})
+    frame = _frame({1: (10, 0, 0), 2: (20, 2, 3)})
     report = ParityReport("Tag")
     diff(frame, frame.copy(), report)
     assert report.exact and report.describe() == "Tag: exact (2 live rows, 2 objects)"
@@ -63,40 +64,71 @@ def test_parity_is_exact_after_a_sync_and_finds_each_kind_of_damage(
     runs.run_edges(ctx, SHARDS, runs.FULL, {})
     shards = list(SHARDS.values())
     for e in sync_order():
-        assert check_parity(engine, weaviate_client, e, shards).exact, e.collection
+        assert check_parity(engine, weaviate_client, e, shards, settings).exact, e.collection
 
     work = weaviate_client.collections.use("Work")
     with engine.connect() as conn:
         live = list(
             conn.execute(sa.text("SELECT id FROM works WHERE deleted_at IS NULL ORDER BY id")).scalars()
         )
-    missing, stale, wrong = live[0], live[1], live[2]
+        # One live Work -> Author edge to a live author, and a live author that work does not name.
+        edge, source, old_target = conn.execute(
+            sa.text(
+                "SELECT e.id, e.source_id, e.target_id FROM edges e"
+                " JOIN works w ON w.id = e.source_id AND w.deleted_at IS NULL"
+                " JOIN authors a ON a.id = e.target_id AND a.deleted_at IS NULL"
+                " WHERE e.source_table = 'works' AND e.relation = 'authors'"
+                " AND e.target_table = 'authors' AND e.deleted_at IS NULL AND e.source_id > :after"
+                " ORDER BY e.id LIMIT 1"
+            ),
+            {"after": live[3]},
+        ).one()
+        new_target = conn.execute(
+            sa.text(
+                "SELECT min(id) FROM authors WHERE deleted_at IS NULL AND id NOT IN"
+                " (SELECT target_id FROM edges WHERE source_table = 'works' AND source_id = :s)"
+            ),
+            {"s": source},
+        ).scalar_one()
+    missing, edited, wrong, revised = live[0], live[1], live[2], live[3]
     work.data.delete_by_id(object_uuid("Work", missing))
-    work.data.update(
-        uuid=object_uuid("Work", stale), properties={"updated_at": datetime(1999, 1, 1, tzinfo=UTC)}
-    )
+    # Behind the sync's back in Weaviate: a digest and a reference count edited by hand.
+    work.data.update(uuid=object_uuid("Work", edited), properties={DIGEST_PROPERTY: 12345})
     work.data.update(uuid=object_uuid("Work", wrong), properties={REF_COUNT_PROPERTY: 99})
     orphan = max(live) + 1000
     work.data.insert_many(
         [DataObject(properties={"source_id": orphan, "title": "ghost"}, uuid=object_uuid("Work", orphan))]
     )
+    # In the database, with no sync since: a title changed without touching updated_at (a check of
+    # updated_at could not see it), and an edge moved to another author (as many references as
+    # before, to another target).
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE works SET title = title || ' (revised)' WHERE id = :i"), {"i": revised})
+        conn.execute(sa.text("UPDATE edges SET target_id = :t WHERE id = :e"), {"t": new_target, "e": edge})
+    assert old_target != new_target
 
-    report = check_parity(engine, weaviate_client, entity("Work"), shards)
-    assert report.counts == {"missing": 1, "orphan": 1, "stale": 1, "wrong_references": 1}
+    report = check_parity(engine, weaviate_client, entity("Work"), shards, settings)
+    assert report.counts == {"missing": 1, "orphan": 1, "stale": 2, "wrong_references": 2}
     assert report.samples["missing"] == [missing] and report.samples["orphan"] == [orphan]
-    assert report.samples["stale"] == [stale] and report.samples["wrong_references"] == [wrong]
-    assert check_parity(engine, weaviate_client, entity("Author"), shards).exact  # the others are untouched
+    assert sorted(report.samples["stale"]) == sorted([edited, revised])
+    assert sorted(report.samples["wrong_references"]) == sorted([wrong, source])
+    assert check_parity(engine, weaviate_client, entity("Author"), shards, settings).exact  # untouched
 
-    runs.run_entity(
-        ctx, entity("Work"), SHARDS, runs.FULL, {}
-    )  # a full run writes the missing, sweeps the orphan
-    after = check_parity(engine, weaviate_client, entity("Work"), shards)
+    # A full run writes the missing, sweeps the orphan, and rewrites what the database changed.
+    runs.run_entity(ctx, entity("Work"), SHARDS, runs.FULL, {})
+    after = check_parity(engine, weaviate_client, entity("Work"), shards, settings)
     # Objects edited behind the sync's back keep their content hash, so a full run skips them: parity is
     # what shows them, and a forced run rewrites them.
     assert after.counts == {"missing": 0, "orphan": 0, "stale": 1, "wrong_references": 1}
+    assert after.samples["stale"] == [edited] and after.samples["wrong_references"] == [wrong]
+    # The objects written with other settings (here another vectorizer) are stale, every one.
+    other = check_parity(
+        engine, weaviate_client, entity("Author"), shards, load_settings(vectorizer="weaviate")
+    )
+    assert other.counts["stale"] == other.rows > 0
     forced = SyncContext(engine, weaviate_client, settings, force=True)
     runs.run_entity(forced, entity("Work"), SHARDS, runs.FULL, {})
-    assert check_parity(engine, weaviate_client, entity("Work"), shards).exact
+    assert check_parity(engine, weaviate_client, entity("Work"), shards, settings).exact
 
 
 @pytest.mark.services

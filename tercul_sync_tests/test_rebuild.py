@@ -113,7 +113,7 @@ def _named_vectors(client: weaviate.WeaviateClient, collection: str) -> dict[int
 
 def _exact(ctx: SyncContext) -> None:
     for e in sync_order():
-        report = check_parity(ctx.db, ctx.client, e, list(ALL.values()))
+        report = check_parity(ctx.db, ctx.client, e, list(ALL.values()), ctx.settings)
         assert report.exact, report.describe()
 
 

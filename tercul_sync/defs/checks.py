@@ -16,7 +16,7 @@ import dagster as dg
 
 from tercul_sync.defs.assets import EDGES_ASSET, PASSAGES_ASSET
 from tercul_sync.defs.jobs import TRIGGER_TAG
-from tercul_sync.defs.resources import SETTINGS, TerculDatabase, WeaviateResource
+from tercul_sync.defs.resources import SETTINGS, SyncSettings, TerculDatabase, WeaviateResource
 from tercul_sync.engine.parity import ParityReport, check_parity, check_passage_parity
 from tercul_sync.engine.reading import Shard
 from tercul_sync.engine.registry import ENTITIES, EntityType, passage_parents, relations_from
@@ -64,16 +64,20 @@ def build_parity_checks(shard_count: int, passages: bool) -> dg.AssetChecksDefin
         description="Compare each selected collection with its table.",
     )
     def _parity(
-        context: dg.AssetCheckExecutionContext, weaviate: WeaviateResource, tercul_db: TerculDatabase
+        context: dg.AssetCheckExecutionContext,
+        weaviate: WeaviateResource,
+        tercul_db: TerculDatabase,
+        sync_settings: SyncSettings,
     ) -> Iterator[dg.AssetCheckResult]:
         shards = [Shard(i, shard_count) for i in range(shard_count)]
+        settings = sync_settings.settings()  # the assets' own: they shape the digests compared
         selected = [spec for spec in specs if spec.key in context.selected_asset_check_keys]
 
         def check(spec: dg.AssetCheckSpec) -> ParityReport:
             name = spec.asset_key.to_user_string()
             if name == PASSAGES_ASSET:
                 return check_passage_parity(tercul_db.engine, weaviate.client, shards)
-            return check_parity(tercul_db.engine, weaviate.client, by_asset[name], shards)
+            return check_parity(tercul_db.engine, weaviate.client, by_asset[name], shards, settings)
 
         with ThreadPoolExecutor(PARITY_THREADS, thread_name_prefix="tercul-parity") as pool:
             # The passages check first: the longest, it overlaps the entity checks.

@@ -1,50 +1,52 @@
 """Parity: does Weaviate hold exactly what the database says it should? Both sides as frames, diffed.
 
-For one collection, the database side is every live row's ``(id, updated_at,
-references it should carry)``; the Weaviate side is every object's
-``(source_id, updated_at, sync_ref_count)``. pandas joins them on the id:
+For one collection, the database side is every live row's ``(id, digest, references it should
+carry, their digest)``; the Weaviate side is every object's ``(source_id, sync_digest,
+sync_ref_count, sync_ref_digest)``. The digests are those of the range digests (``digests.py``):
+the database computes a row's from its columns, so no text crosses the wire and no date is
+parsed. pandas joins the two sides on the id:
 
 - **missing**: a live row without an object;
 - **orphan**: an object whose row is gone or soft-deleted;
-- **stale**: an object whose ``updated_at`` is not the row's (GORM sets it on
-  every write, so a missed update shows here without reading any text);
-- **wrong references**: an object carrying another number of references than
+- **stale**: an object whose ``sync_digest`` is not the one the row (and the settings that shape
+  its object, such as the vectorizer) gives now: a row changed since its object was written,
+  whether or not ``updated_at`` moved;
+- **wrong references**: an object carrying another number of references, or other targets, than
   the live edges between live rows give it.
 
-It works shard by shard on the database side (one query per shard, in id
-order); the Weaviate side is one cursor walk kept as three numeric columns,
-about 20 bytes an object. Duplicates cannot exist: object ids are
-deterministic, so a second copy of a row would be the same object.
+It works shard by shard on the database side (one query per shard, in id order); the Weaviate
+side is one cursor walk kept as four numeric columns, about 32 bytes an object. Duplicates cannot
+exist: object ids are deterministic, so a second copy of a row would be the same object.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 import weaviate
 from sqlalchemy.engine import Engine
 
-from tercul_sync.engine import reading
-from tercul_sync.engine.changes import valid_reference_counts
-from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, as_utc
+from tercul_sync.engine import digests, reading
+from tercul_sync.engine.digests import DIGEST_PROPERTY, REF_DIGEST_PROPERTY
+from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY
 from tercul_sync.engine.passages import build_passages
 from tercul_sync.engine.registry import (
     PASSAGE_COLLECTION,
     SOURCE_ID_PROPERTY,
     EntityType,
     passage_parents,
-    relations_from,
 )
 from tercul_sync.engine.reports import MAX_SAMPLE
+from tercul_sync.engine.settings import Settings
 
 if TYPE_CHECKING:  # imported where used: pandas costs half a second at every step process's start
     import pandas as pd
 
 KINDS = ("missing", "orphan", "stale", "wrong_references")
+FRAME_COLUMNS = ("digest", "ref_count", "ref_digest")  # both sides' frames, indexed by row id
 
 
 @dataclass
@@ -72,51 +74,54 @@ class ParityReport:
         return f"{self.collection}: " + (off or "exact") + f" ({self.rows} live rows, {self.objects} objects)"
 
 
-_EPOCH, _MICROSECOND = datetime(1970, 1, 1, tzinfo=UTC), timedelta(microseconds=1)
-
-
-def _us(value: Any) -> int:
-    """A timestamp as integer microseconds since the epoch (both sides compare exactly; any year
-    PostgreSQL or SQLite hands back fits in 64 bits)."""
-    if value is None:
-        return 0
-    return (as_utc(value) - _EPOCH) // _MICROSECOND
-
-
 def weaviate_side(client: weaviate.WeaviateClient, collection: str) -> pd.DataFrame:
-    """``source_id`` (index), ``updated_us``, ``ref_count`` of every object, from one cursor walk."""
+    """``source_id`` (index), ``digest``, ``ref_count``, ``ref_digest`` of every object, from one
+    cursor walk (a property an object lacks counts as 0)."""
     import pandas as pd
 
-    ids, stamps, refs = [], [], []
+    names = [DIGEST_PROPERTY, REF_COUNT_PROPERTY, REF_DIGEST_PROPERTY]
+    ids: list[int] = []
+    columns: list[list[int]] = [[], [], []]
     walk = client.collections.use(collection).iterator(
-        return_properties=[SOURCE_ID_PROPERTY, "updated_at", REF_COUNT_PROPERTY], cache_size=5_000
+        return_properties=[SOURCE_ID_PROPERTY, *names], cache_size=5_000
     )
     for o in walk:
         p = o.properties
         ids.append(int(cast("int", p.get(SOURCE_ID_PROPERTY) or 0)))
-        stamps.append(_us(p.get("updated_at")))
-        refs.append(int(cast("int", p.get(REF_COUNT_PROPERTY) or 0)))
-    columns = {"updated_us": stamps, "ref_count": refs}
-    return pd.DataFrame(columns, index=pd.Index(ids, name="id", dtype="int64"), dtype="int64")
+        for column, name in zip(columns, names, strict=True):
+            column.append(int(cast("int", p.get(name) or 0)))
+    return pd.DataFrame(
+        dict(zip(FRAME_COLUMNS, columns, strict=True)),
+        index=pd.Index(ids, name="id", dtype="int64"),
+        dtype="int64",
+    )
 
 
 def database_side(
-    engine: Engine, e: EntityType, shard: reading.Shard, expected_refs: dict[int, int]
+    engine: Engine,
+    e: EntityType,
+    shard: reading.Shard,
+    fingerprint: int,
+    expected_refs: dict[int, tuple[int, int]],
 ) -> pd.DataFrame:
-    """``id`` (index), ``updated_us``, ``ref_count`` of the shard's live rows."""
+    """``id`` (index), ``digest``, ``ref_count``, ``ref_digest`` of the shard's live rows, as their
+    objects should hold them (``expected_refs``: ``reading.reference_sums``)."""
     import pandas as pd
 
     t = reading.table_for(e)
+    digest = (digests.row_digest(e, t).element + fingerprint) % digests.MODULUS
     q = (
-        sa.select(t.c.id, t.c.updated_at)
+        sa.select(t.c.id, digest)
         .where(t.c[e.soft_delete_column].is_(None), shard.clause(t.c.id))
         .order_by(t.c.id)
     )
     with engine.connect() as conn:
         rows = conn.execute(q).all()
     ids = [r[0] for r in rows]
+    refs = [expected_refs.get(i, (0, 0)) for i in ids]
+    columns = [[r[1] for r in rows], [n for n, _ in refs], [d for _, d in refs]]
     return pd.DataFrame(
-        {"updated_us": [_us(r[1]) for r in rows], "ref_count": [expected_refs.get(i, 0) for i in ids]},
+        dict(zip(FRAME_COLUMNS, columns, strict=True)),
         index=pd.Index(ids, name="id", dtype="int64"),
         dtype="int64",
     )
@@ -125,13 +130,16 @@ def database_side(
 def diff(db: pd.DataFrame, wv: pd.DataFrame, report: ParityReport) -> None:
     """Add the differences of one shard's two frames to ``report``."""
     joined = db.add_suffix("_db").join(wv.add_suffix("_wv"), how="outer", sort=True)
-    in_db, in_wv = joined["updated_us_db"].notna(), joined["updated_us_wv"].notna()
+    in_db, in_wv = joined["digest_db"].notna(), joined["digest_wv"].notna()
     both = in_db & in_wv
+    references_differ = (joined["ref_count_db"] != joined["ref_count_wv"]) | (
+        joined["ref_digest_db"] != joined["ref_digest_wv"]
+    )
     found = {
         "missing": joined.index[in_db & ~in_wv],
         "orphan": joined.index[~in_db & in_wv],
-        "stale": joined.index[both & (joined["updated_us_db"] != joined["updated_us_wv"])],
-        "wrong_references": joined.index[both & (joined["ref_count_db"] != joined["ref_count_wv"])],
+        "stale": joined.index[both & (joined["digest_db"] != joined["digest_wv"])],
+        "wrong_references": joined.index[both & references_differ],
     }
     report.rows += int(in_db.sum())
     report.objects += int(in_wv.sum())
@@ -146,15 +154,27 @@ def check_parity(
     client: weaviate.WeaviateClient,
     e: EntityType,
     shards: Sequence[reading.Shard],
+    settings: Settings,
     collection: str | None = None,
 ) -> ParityReport:
-    """Compare one collection (by default the entity's alias) with its table over ``shards``."""
+    """Compare one collection (by default the entity's alias) with its table over ``shards``.
+
+    ``settings`` are those the objects are written with: they shape the digests (the vectorizer,
+    for one). The digests are computed by PostgreSQL or SQLite (``digests.DIALECTS``); on another
+    database this raises ``ValueError``.
+    """
+    if engine.dialect.name not in digests.DIALECTS:
+        raise ValueError(
+            f"parity needs the row digests, which {engine.dialect.name} cannot compute here: "
+            f"use one of {', '.join(digests.DIALECTS)}"
+        )
     report = ParityReport(collection or e.collection)
     wv = weaviate_side(client, collection or e.collection)
-    expected_refs = valid_reference_counts(engine, e.collection) if relations_from(e.collection) else {}
+    expected_refs = reading.reference_sums(engine, e)
+    fingerprint = digests.fingerprint(e, settings)
     for shard in shards:
         mine = wv if shard.count == 1 else wv[(wv.index % shard.count) == shard.index]
-        diff(database_side(engine, e, shard, expected_refs), mine, report)
+        diff(database_side(engine, e, shard, fingerprint, expected_refs), mine, report)
     return report
 
 

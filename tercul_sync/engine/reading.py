@@ -550,10 +550,26 @@ def _reference_digests(e: EntityType) -> sa.Subquery:
     pairs = (sa.union(*parts) if len(parts) > 1 else parts[0].distinct()).subquery()
     digest = digests.Md5Digest(pairs.c.relation.concat(":").concat(sa.cast(pairs.c.target_id, sa.Text)))
     return (
-        sa.select(pairs.c.source_id, sa.func.sum(digest).label("digest"))
+        sa.select(pairs.c.source_id, sa.func.count().label("n"), sa.func.sum(digest).label("digest"))
         .group_by(pairs.c.source_id)
         .subquery()
     )
+
+
+def reference_sums(engine: Engine, e: EntityType) -> dict[int, tuple[int, int]]:
+    """``{source id: (references, their sync_ref_digest)}`` for the live sources of ``e`` that
+    should carry any: the number and the digest of the distinct references their live edges to
+    live rows give (what ``sync_ref_count`` and ``sync_ref_digest`` hold when the object is right)."""
+    if not relations_from(e.collection):
+        return {}
+    t, refs = table_for(e), _reference_digests(e)
+    q = (
+        sa.select(refs.c.source_id, refs.c.n, refs.c.digest % digests.MODULUS)
+        .select_from(refs.join(t, t.c.id == refs.c.source_id))
+        .where(t.c[e.soft_delete_column].is_(None))
+    )
+    with engine.connect() as conn:
+        return {int(i): (int(n), int(d)) for i, n, d in conn.execute(q)}
 
 
 def digest_buckets(

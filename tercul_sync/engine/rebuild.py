@@ -164,7 +164,9 @@ def rebuild(
         report.passages_reused = passages.embeddings_reused
         _require_no_failures(PASSAGE_COLLECTION, passages.write.failed)
     for e in entities:
-        parity = check_parity(ctx.db, client, e, list(ALL.values()), collection=plan.new[e.collection])
+        parity = check_parity(
+            ctx.db, client, e, list(ALL.values()), ctx.settings, collection=plan.new[e.collection]
+        )
         report.parity.append(parity)
         if not parity.exact:
             raise RebuildError(
