@@ -153,12 +153,19 @@ def row_columns(e: EntityType, extra: Sequence[str] = ()) -> list[sa.ColumnEleme
 
 
 def select_live_page(
-    e: EntityType, shards: Sequence[Shard], after_id: int, limit: int, below: int | None = None
+    e: EntityType,
+    shards: Sequence[Shard],
+    after_id: int,
+    limit: int,
+    below: int | None = None,
+    columns: Sequence[str] | None = None,
 ) -> sa.Select[Any]:
-    """One keyset page of live rows of ``shards`` (with ids under ``below``, if given), in id order."""
+    """One keyset page of live rows of ``shards`` (with ids under ``below``, if given), in id order:
+    ``row_columns``, or the id and ``columns`` alone."""
     t = table_for(e)
+    selected = row_columns(e) if columns is None else [t.c.id, *(t.c[c] for c in columns)]
     q = (
-        sa.select(*row_columns(e))
+        sa.select(*selected)
         .where(t.c[e.soft_delete_column].is_(None), t.c.id > after_id, shards_clause(t.c.id, shards))
         .order_by(t.c.id)
         .limit(limit)
@@ -172,17 +179,19 @@ def iter_live_pages(
     shards: Sequence[Shard],
     page_size: int,
     ranges: Sequence[tuple[int, int]] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> Iterator[list[RowMapping]]:
     """Stream the live rows of ``shards`` a page at a time, in id order; memory is bounded by
     ``page_size``. Several shards are one stream (every shard: one scan of the table, no modulus).
-    With ``ranges``, only the ids in those ``[low, high)`` ranges (in order, not overlapping)."""
+    With ``ranges``, only the ids in those ``[low, high)`` ranges (in order, not overlapping); with
+    ``columns``, only the id and those (``select_live_page``)."""
     if page_size < 1:
         raise ValueError(f"page size must be at least 1, got {page_size}")
     with read_connection(engine) as conn:
         for low, high in [(None, None)] if ranges is None else ranges:
             after = -1 << 62 if low is None else low - 1
             while True:
-                q = select_live_page(e, shards, after, page_size, high)
+                q = select_live_page(e, shards, after, page_size, high, columns)
                 page = list(conn.execute(q).mappings())
                 if page:
                     yield page
@@ -557,17 +566,14 @@ def _reference_digests(e: EntityType) -> sa.Subquery:
 
 
 def reference_sums(engine: Engine, e: EntityType) -> dict[int, tuple[int, int]]:
-    """``{source id: (references, their sync_ref_digest)}`` for the live sources of ``e`` that
-    should carry any: the number and the digest of the distinct references their live edges to
-    live rows give (what ``sync_ref_count`` and ``sync_ref_digest`` hold when the object is right)."""
+    """``{source id: (references, their sync_ref_digest)}`` for the sources of ``e`` (live or not:
+    the caller looks up its live ones) that should carry any: the number and the digest of the
+    distinct references their live edges to live rows give (what ``sync_ref_count`` and
+    ``sync_ref_digest`` hold when the object is right)."""
     if not relations_from(e.collection):
         return {}
-    t, refs = table_for(e), _reference_digests(e)
-    q = (
-        sa.select(refs.c.source_id, refs.c.n, refs.c.digest % digests.MODULUS)
-        .select_from(refs.join(t, t.c.id == refs.c.source_id))
-        .where(t.c[e.soft_delete_column].is_(None))
-    )
+    refs = _reference_digests(e)
+    q = sa.select(refs.c.source_id, refs.c.n, refs.c.digest % digests.MODULUS)
     with engine.connect() as conn:
         return {int(i): (int(n), int(d)) for i, n, d in conn.execute(q)}
 
