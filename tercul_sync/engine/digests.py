@@ -187,6 +187,12 @@ def row_digest(e: EntityType, table: sa.Table) -> sa.ColumnElement[int]:
     return Md5Digest(text).label(ROW_DIGEST_COLUMN)
 
 
+def object_digest_sql(e: EntityType, table: sa.Table, fingerprint_value: int) -> sa.ColumnElement[int]:
+    """``object_digest`` in SQL: the ``sync_digest`` the row's object should hold."""
+    row: sa.ColumnElement[int] = row_digest(e, table).element
+    return (row + fingerprint_value) % MODULUS
+
+
 # --- the search -----------------------------------------------------------------------------
 
 

@@ -110,7 +110,7 @@ def database_side(
     import pandas as pd
 
     t = reading.table_for(e)
-    digest = (digests.row_digest(e, t).element + fingerprint) % digests.MODULUS
+    digest = digests.object_digest_sql(e, t, fingerprint)
     q = (
         sa.select(t.c.id, digest)
         .where(t.c[e.soft_delete_column].is_(None), shard.clause(t.c.id))

@@ -593,7 +593,7 @@ def digest_buckets(
     with ``references``), each from one query of its own: joined, they cost more than apart."""
     t = table_for(e)
     bucket = ((t.c.id - low) // digests.BUCKET).label("bucket")
-    part = (digests.row_digest(e, t).element + fingerprint) % digests.MODULUS
+    part = digests.object_digest_sql(e, t, fingerprint)
     q = sa.select(bucket, sa.func.count(), sa.func.sum(part) if rows else sa.literal(0))
     q = q.where(t.c[e.soft_delete_column].is_(None), t.c.id >= low).group_by(bucket)
     if where is not None:
