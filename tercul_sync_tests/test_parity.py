@@ -9,11 +9,11 @@ import weaviate
 from weaviate.classes.data import DataObject
 
 from tercul_sync.devtools import demo_data
-from tercul_sync.engine import reading, runs
+from tercul_sync.engine import digests, reading, runs
 from tercul_sync.engine import weaviate_client as weaviate_client_module
 from tercul_sync.engine.digests import DIGEST_PROPERTY
 from tercul_sync.engine.objects import REF_COUNT_PROPERTY
-from tercul_sync.engine.parity import FRAME_COLUMNS, ParityReport, check_parity, diff
+from tercul_sync.engine.parity import DIGESTS, FRAME_COLUMNS, WALK, ParityReport, check_parity, diff
 from tercul_sync.engine.registry import entity, object_uuid, sync_order
 from tercul_sync.engine.settings import load_settings
 from tercul_sync.engine.weaviate_schema import ensure_schema
@@ -50,10 +50,24 @@ def test_equal_frames_are_exact():
     assert report.exact and report.describe() == "Tag: exact (2 live rows, 2 objects)"
 
 
+@pytest.mark.unit
+def test_the_nightly_parity_job_walks_every_object():
+    """The sync jobs' checks compare digests first (``ParityConfig``'s default); the nightly
+    ``parity`` job is configured to walk."""
+    from tercul_sync.defs.checks import PARITY_STEP, ParityConfig, parity
+
+    assert ParityConfig().walk is False
+    assert parity.config is not None and parity.config["ops"][PARITY_STEP]["config"] == {"walk": True}
+
+
 @pytest.mark.services
 def test_parity_is_exact_after_a_sync_and_finds_each_kind_of_damage(
-    pg_database: str, weaviate_client: weaviate.WeaviateClient
+    pg_database: str, weaviate_client: weaviate.WeaviateClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Both ways, by digests (ranges of 8 ids here, so that most ranges match and are not read)
+    and by a walk, find the same damage. Each kind of damage lies in a range of its own: a sum
+    that missed one kind would miss it."""
+    monkeypatch.setattr(digests, "BUCKET", 8)
     engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 600, seed=11)
     settings = load_settings(vectorizer="none")
@@ -64,7 +78,11 @@ def test_parity_is_exact_after_a_sync_and_finds_each_kind_of_damage(
     runs.run_edges(ctx, SHARDS, runs.FULL, {})
     shards = list(SHARDS.values())
     for e in sync_order():
-        assert check_parity(engine, weaviate_client, e, shards, settings).exact, e.collection
+        quick = check_parity(engine, weaviate_client, e, shards, settings)
+        assert quick.exact and (quick.method, quick.ranges_read) == (DIGESTS, 0), e.collection
+        walked = check_parity(engine, weaviate_client, e, shards, settings, walk=True)
+        assert walked.exact and walked.method == WALK, e.collection
+        assert (quick.rows, quick.objects) == (walked.rows, walked.objects) == (walked.rows, walked.rows)
 
     work = weaviate_client.collections.use("Work")
     with engine.connect() as conn:
@@ -81,7 +99,7 @@ def test_parity_is_exact_after_a_sync_and_finds_each_kind_of_damage(
                 " AND e.target_table = 'authors' AND e.deleted_at IS NULL AND e.source_id > :after"
                 " ORDER BY e.id LIMIT 1"
             ),
-            {"after": live[3]},
+            {"after": live[len(live) * 4 // 5]},
         ).one()
         new_target = conn.execute(
             sa.text(
@@ -90,7 +108,8 @@ def test_parity_is_exact_after_a_sync_and_finds_each_kind_of_damage(
             ),
             {"s": source},
         ).scalar_one()
-    missing, edited, wrong, revised = live[0], live[1], live[2], live[3]
+    missing, edited, wrong, revised = (live[len(live) * k // 5] for k in range(4))
+    assert len(live) > 50 and revised < source  # the damaged ids in ranges of their own
     work.data.delete_by_id(object_uuid("Work", missing))
     # Behind the sync's back in Weaviate: a digest and a reference count edited by hand.
     work.data.update(uuid=object_uuid("Work", edited), properties={DIGEST_PROPERTY: 12345})
@@ -108,11 +127,22 @@ def test_parity_is_exact_after_a_sync_and_finds_each_kind_of_damage(
     assert old_target != new_target
 
     report = check_parity(engine, weaviate_client, entity("Work"), shards, settings)
-    assert report.counts == {"missing": 1, "orphan": 1, "stale": 2, "wrong_references": 2}
-    assert report.samples["missing"] == [missing] and report.samples["orphan"] == [orphan]
-    assert sorted(report.samples["stale"]) == sorted([edited, revised])
-    assert sorted(report.samples["wrong_references"]) == sorted([wrong, source])
+    walked = check_parity(engine, weaviate_client, entity("Work"), shards, settings, walk=True)
+    # Only the ranges holding the damage were read, object by object.
+    assert report.method == DIGESTS and 0 < report.ranges_read <= 7
+    for r in (report, walked):
+        assert r.counts == {"missing": 1, "orphan": 1, "stale": 2, "wrong_references": 2}
+        assert r.samples["missing"] == [missing] and r.samples["orphan"] == [orphan]
+        assert sorted(r.samples["stale"]) == sorted([edited, revised])
+        assert sorted(r.samples["wrong_references"]) == sorted([wrong, source])
+    assert (report.rows, report.objects) == (walked.rows, walked.objects)
     assert check_parity(engine, weaviate_client, entity("Author"), shards, settings).exact  # untouched
+    # An object without a source_id lies in no range: the count says so, and the check walks.
+    authors = weaviate_client.collections.use("Author")
+    stray = authors.data.insert(properties={"name": "no source_id"})
+    stray_report = check_parity(engine, weaviate_client, entity("Author"), shards, settings)
+    assert stray_report.method == WALK and stray_report.counts["orphan"] == 1
+    authors.data.delete_by_id(stray)
 
     # A full run writes the missing, sweeps the orphan, and rewrites what the database changed.
     runs.run_entity(ctx, entity("Work"), SHARDS, runs.FULL, {})
@@ -126,6 +156,7 @@ def test_parity_is_exact_after_a_sync_and_finds_each_kind_of_damage(
         engine, weaviate_client, entity("Author"), shards, load_settings(vectorizer="weaviate")
     )
     assert other.counts["stale"] == other.rows > 0
+    assert other.method == WALK  # every range differs: reading them all is a walk
     forced = SyncContext(engine, weaviate_client, settings, force=True)
     runs.run_entity(forced, entity("Work"), SHARDS, runs.FULL, {})
     assert check_parity(engine, weaviate_client, entity("Work"), shards, settings).exact
@@ -168,7 +199,7 @@ def test_the_parity_step_reports_each_collection_against_its_own_asset(
     import dagster as dg
 
     from tercul_sync.defs.assets import build_assets
-    from tercul_sync.defs.checks import PARITY_CHECK, build_parity_checks
+    from tercul_sync.defs.checks import PARITY_CHECK, PARITY_STEP, ParityConfig, build_parity_checks
     from tercul_sync_tests import helpers
 
     engine = reading.make_engine(pg_database)
@@ -189,17 +220,21 @@ def test_the_parity_step_reports_each_collection_against_its_own_asset(
         jobs=[job],
         resources=helpers.resources(pg_database, weaviate_server_proc, vectorizer="none", passages=False),
     )
-    result = defs.resolve_job_def("parity").execute_in_process()
-    evaluations = {
-        e.asset_key.to_user_string(): e
-        for e in result.get_asset_check_evaluations()
-        if e.check_name == PARITY_CHECK
-    }
-    assert set(evaluations) == {e.collection for e in sync_order()}
-    for name, evaluation in evaluations.items():
-        if name in damaged:
-            assert not evaluation.passed, name
-            assert evaluation.metadata["missing"].value == 1, name
-            assert damaged[name] in evaluation.metadata["sample_ids"].value["missing"], name
-        else:
-            assert evaluation.passed, name
+    # By digests (the checks' default, in the sync jobs) and by a walk (the `parity` job's config).
+    for method in (DIGESTS, WALK):
+        config = dg.RunConfig(ops={PARITY_STEP: ParityConfig(walk=method == WALK)})
+        result = defs.resolve_job_def("parity").execute_in_process(run_config=config)
+        evaluations = {
+            e.asset_key.to_user_string(): e
+            for e in result.get_asset_check_evaluations()
+            if e.check_name == PARITY_CHECK
+        }
+        assert set(evaluations) == {e.collection for e in sync_order()}
+        for name, evaluation in evaluations.items():
+            assert evaluation.metadata["method"].value == method, name
+            if name in damaged:
+                assert not evaluation.passed, name
+                assert evaluation.metadata["missing"].value == 1, name
+                assert damaged[name] in evaluation.metadata["sample_ids"].value["missing"], name
+            else:
+                assert evaluation.passed, name

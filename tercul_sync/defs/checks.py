@@ -5,14 +5,16 @@ one step (``parity_checks``); the engine
 (``engine/parity.py``) builds both sides as pandas frames (the database side shard by shard)
 and counts missing, orphan and stale objects and wrong reference lists.
 Asset jobs include the checks of the assets they select, so ``full_sync``,
-``incremental_sync`` and ``orphan_sweep`` end with them; the ``parity`` job
-runs only the checks, nightly after the full sync (``TERCUL_SYNC_PARITY_CRON``).
+``incremental_sync`` and ``orphan_sweep`` end with them, comparing the range digests first and
+reading only the ranges that differ; the ``parity`` job runs only the checks, nightly after the
+full sync (``TERCUL_SYNC_PARITY_CRON``), and walks every object (config ``walk``).
 """
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
+from pydantic import Field
 
 from tercul_sync.defs.assets import EDGES_ASSET, PASSAGES_ASSET
 from tercul_sync.defs.jobs import TRIGGER_TAG
@@ -26,6 +28,14 @@ PARITY_STEP = "parity_checks"
 # Checks run at once: each waits on PostgreSQL and Weaviate for much of its time, and the passages
 # check (the texts cut again) is mostly Python; two overlap one's waits with another's work.
 PARITY_THREADS = 2
+
+
+class ParityConfig(dg.Config):
+    walk: bool = Field(
+        default=False,
+        description="Read every object of each collection instead of comparing the range digests "
+        "first (the nightly `parity` job's way: it does not rely on the sums the sync itself uses).",
+    )
 
 
 def _entity_spec(e: EntityType) -> dg.AssetCheckSpec:
@@ -65,6 +75,7 @@ def build_parity_checks(shard_count: int, passages: bool) -> dg.AssetChecksDefin
     )
     def _parity(
         context: dg.AssetCheckExecutionContext,
+        config: ParityConfig,
         weaviate: WeaviateResource,
         tercul_db: TerculDatabase,
         sync_settings: SyncSettings,
@@ -77,7 +88,8 @@ def build_parity_checks(shard_count: int, passages: bool) -> dg.AssetChecksDefin
             name = spec.asset_key.to_user_string()
             if name == PASSAGES_ASSET:
                 return check_passage_parity(tercul_db.engine, weaviate.client, shards)
-            return check_parity(tercul_db.engine, weaviate.client, by_asset[name], shards, settings)
+            e = by_asset[name]
+            return check_parity(tercul_db.engine, weaviate.client, e, shards, settings, walk=config.walk)
 
         with ThreadPoolExecutor(PARITY_THREADS, thread_name_prefix="tercul-parity") as pool:
             # The passages check first: the longest, it overlaps the entity checks.
@@ -108,7 +120,8 @@ parity_checks = build_parity_checks(SETTINGS.shards, SETTINGS.passages and bool(
 parity = dg.define_asset_job(
     "parity",
     selection=dg.AssetSelection.checks(parity_checks),
-    description="Compare every collection with its table (the parity checks alone).",
+    config=dg.RunConfig(ops={PARITY_STEP: ParityConfig(walk=True)}),
+    description="Compare every collection with its table, object by object (the parity checks alone).",
 )
 
 

@@ -237,3 +237,33 @@ def merge_buckets(found: Sequence[int], low: int) -> list[tuple[int, int]]:
         else:
             ranges.append((start, end))
     return ranges
+
+
+def covering_span(*bounds: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``[low, high)`` covering every ``(smallest, largest)`` id given; None when none is."""
+    known = [b for b in bounds if b]
+    return (min(b[0] for b in known), max(b[1] for b in known) + 1) if known else None
+
+
+def differing_ranges(
+    span: tuple[int, int],
+    database: Callable[[int], dict[int, Sums]],
+    weaviate: Callable[[int, int], Sums],
+    max_share: float,
+) -> tuple[list[tuple[int, int]], int] | None:
+    """The ranges of ids in ``span`` whose digest sums differ (``database(low)``: every bucket's sums
+    from ``low``; ``weaviate(a, b)``: the sums over ids ``[a, b)``), and the rows that matched; None
+    when the differences are everywhere (more than ``max_share`` of the buckets)."""
+    low, high = span
+    buckets = -(-(high - low) // BUCKET)
+    sums = database(low)
+    found = differing_buckets(
+        buckets,
+        database=prefix_measure(sums, buckets),
+        weaviate=lambda a, b: weaviate(low + a * BUCKET, low + b * BUCKET),
+        max_share=max_share,
+    )
+    if found is None:
+        return None
+    read = sum(sums.get(b, (0, 0))[0] for b in found)
+    return merge_buckets(found, low), sum(n for n, _ in sums.values()) - read

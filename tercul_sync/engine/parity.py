@@ -14,14 +14,26 @@ parsed. pandas joins the two sides on the id:
 - **wrong references**: an object carrying another number of references, or other targets, than
   the live edges between live rows give it.
 
-It works shard by shard on the database side (one query per shard, in id order); the Weaviate
-side is one cursor walk kept as four numeric columns, about 32 bytes an object. Duplicates cannot
-exist: object ids are deterministic, so a second copy of a row would be the same object.
+Two ways to build the frames, both ending in the same object-by-object diff:
+
+- **by digests** (the default over every shard): the sums the range digests keep are compared
+  first, one aggregate per range on each side, halving ranges that differ down to ``BUCKET`` ids
+  (``digests.differing_ranges``); only the ranges that differ are read, object by object. The
+  sums also add ``sync_ref_count``, so each of the four kinds is seen. Where the differences are
+  everywhere, or some object has no ``source_id`` (Weaviate's total count says so), it walks.
+  Its blind spot is the range digests': changes that cancel out in a range's count and sums.
+- **by a walk** (``walk=True``, the nightly ``parity`` job's, or a subset of the shards): the
+  database side shard by shard (one query per shard, in id order), the Weaviate side one cursor
+  walk kept as four numeric columns, about 32 bytes an object. It reads every object, so it does
+  not rely on the range machinery that the sync itself uses.
+
+Duplicates cannot exist: object ids are deterministic, so a second copy of a row would be the
+same object.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -30,15 +42,17 @@ import sqlalchemy as sa
 import weaviate
 from sqlalchemy.engine import Engine
 
-from tercul_sync.engine import digests, reading
+from tercul_sync.engine import digests, reading, weaviate_client
 from tercul_sync.engine.digests import DIGEST_PROPERTY, REF_DIGEST_PROPERTY
 from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY
 from tercul_sync.engine.passages import build_passages
+from tercul_sync.engine.reconcile import WALK_SHARE
 from tercul_sync.engine.registry import (
     PASSAGE_COLLECTION,
     SOURCE_ID_PROPERTY,
     EntityType,
     passage_parents,
+    relations_from,
 )
 from tercul_sync.engine.reports import MAX_SAMPLE
 from tercul_sync.engine.settings import Settings
@@ -48,6 +62,9 @@ if TYPE_CHECKING:  # imported where used: pandas costs half a second at every st
 
 KINDS = ("missing", "orphan", "stale", "wrong_references")
 FRAME_COLUMNS = ("digest", "ref_count", "ref_digest")  # both sides' frames, indexed by row id
+WEAVIATE_COLUMNS = (DIGEST_PROPERTY, REF_COUNT_PROPERTY, REF_DIGEST_PROPERTY)  # the same, as stored
+WALK, DIGESTS = "walk", "digests"  # how a report's frames were built
+IdFilter = Callable[["sa.ColumnElement[Any]"], "sa.ColumnElement[bool]"]
 
 
 @dataclass
@@ -57,6 +74,8 @@ class ParityReport:
     objects: int = 0  # objects in scope
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     samples: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    method: str = WALK  # WALK or DIGESTS
+    ranges_read: int = 0  # by digests: the id ranges whose sums differed, read object by object
 
     @property
     def exact(self) -> bool:
@@ -67,6 +86,8 @@ class ParityReport:
             "rows": self.rows,
             "objects": self.objects,
             **self.counts,
+            "method": self.method,
+            **({"ranges_read": self.ranges_read} if self.method == DIGESTS else {}),
             "sample_ids": {k: v for k, v in self.samples.items() if v},
         }
 
@@ -78,18 +99,26 @@ class ParityReport:
 def weaviate_side(client: weaviate.WeaviateClient, collection: str) -> pd.DataFrame:
     """``source_id`` (index), ``digest``, ``ref_count``, ``ref_digest`` of every object, from one
     cursor walk (a property an object lacks counts as 0)."""
+    walk = client.collections.use(collection).iterator(
+        return_properties=[SOURCE_ID_PROPERTY, *WEAVIATE_COLUMNS], cache_size=5_000
+    )
+    return _stored_frame(o.properties for o in walk)
+
+
+def weaviate_range(client: weaviate.WeaviateClient, collection: str, low: int, high: int) -> pd.DataFrame:
+    """``weaviate_side`` of the objects whose ``source_id`` is in ``[low, high)``."""
+    names = [SOURCE_ID_PROPERTY, *WEAVIATE_COLUMNS]
+    return _stored_frame(weaviate_client.properties_between(client, collection, low, high, names))
+
+
+def _stored_frame(objects: Any) -> pd.DataFrame:
     import pandas as pd
 
-    names = [DIGEST_PROPERTY, REF_COUNT_PROPERTY, REF_DIGEST_PROPERTY]
     ids: list[int] = []
     columns: list[list[int]] = [[], [], []]
-    walk = client.collections.use(collection).iterator(
-        return_properties=[SOURCE_ID_PROPERTY, *names], cache_size=5_000
-    )
-    for o in walk:
-        p = o.properties
+    for p in objects:
         ids.append(int(cast("int", p.get(SOURCE_ID_PROPERTY) or 0)))
-        for column, name in zip(columns, names, strict=True):
+        for column, name in zip(columns, WEAVIATE_COLUMNS, strict=True):
             column.append(int(cast("int", p.get(name) or 0)))
     return pd.DataFrame(
         dict(zip(FRAME_COLUMNS, columns, strict=True)),
@@ -101,21 +130,18 @@ def weaviate_side(client: weaviate.WeaviateClient, collection: str) -> pd.DataFr
 def database_side(
     engine: Engine,
     e: EntityType,
-    shard: reading.Shard,
+    ids_in: IdFilter,
     fingerprint: int,
     expected_refs: dict[int, tuple[int, int]],
 ) -> pd.DataFrame:
-    """``id`` (index), ``digest``, ``ref_count``, ``ref_digest`` of the shard's live rows, as their
-    objects should hold them (``expected_refs``: ``reading.reference_sums``)."""
+    """``id`` (index), ``digest``, ``ref_count``, ``ref_digest`` of the live rows whose id passes
+    ``ids_in`` (a shard's or a range's clause), as their objects should hold them
+    (``expected_refs``: ``reading.reference_sums``)."""
     import pandas as pd
 
     t = reading.table_for(e)
     digest = digests.object_digest_sql(e, t, fingerprint)
-    q = (
-        sa.select(t.c.id, digest)
-        .where(t.c[e.soft_delete_column].is_(None), shard.clause(t.c.id))
-        .order_by(t.c.id)
-    )
+    q = sa.select(t.c.id, digest).where(t.c[e.soft_delete_column].is_(None), ids_in(t.c.id)).order_by(t.c.id)
     with engine.connect() as conn:
         rows = conn.execute(q).all()
     ids = [r[0] for r in rows]
@@ -157,8 +183,10 @@ def check_parity(
     shards: Sequence[reading.Shard],
     settings: Settings,
     collection: str | None = None,
+    walk: bool = False,
 ) -> ParityReport:
-    """Compare one collection (by default the entity's alias) with its table over ``shards``.
+    """Compare one collection (by default the entity's alias) with its table over ``shards``: by
+    digests when ``shards`` cover every id, by a walk when asked (``walk``) or when they do not.
 
     ``settings`` are those the objects are written with: they shape the digests (the vectorizer,
     for one). The digests are computed by PostgreSQL or SQLite (``digests.DIALECTS``); on another
@@ -169,17 +197,75 @@ def check_parity(
             f"parity needs the row digests, which {engine.dialect.name} cannot compute here: "
             f"use one of {', '.join(digests.DIALECTS)}"
         )
-    report = ParityReport(collection or e.collection)
+    name = collection or e.collection
+    fingerprint = digests.fingerprint(e, settings)
+    if not walk and reading.covers_every_id(shards):
+        report = _by_digests(engine, client, e, name, fingerprint)
+        if report is not None:
+            return report
+    return _by_walk(engine, client, e, name, shards, fingerprint)
+
+
+def _by_walk(
+    engine: Engine,
+    client: weaviate.WeaviateClient,
+    e: EntityType,
+    collection: str,
+    shards: Sequence[reading.Shard],
+    fingerprint: int,
+) -> ParityReport:
+    report = ParityReport(collection)
     # The references' sums cost the database a digest per edge (seconds at a million rows): they
     # are computed while Weaviate is walked.
     with ThreadPoolExecutor(1, thread_name_prefix="tercul-parity-refs") as pool:
         sums = pool.submit(reading.reference_sums, engine, e)
-        wv = weaviate_side(client, collection or e.collection)
+        wv = weaviate_side(client, collection)
         expected_refs = sums.result()
-    fingerprint = digests.fingerprint(e, settings)
     for shard in shards:
         mine = wv if shard.count == 1 else wv[(wv.index % shard.count) == shard.index]
-        diff(database_side(engine, e, shard, fingerprint, expected_refs), mine, report)
+        diff(database_side(engine, e, shard.clause, fingerprint, expected_refs), mine, report)
+    return report
+
+
+def _ids_between(low: int, high: int) -> IdFilter:
+    return lambda column: sa.and_(column >= low, column < high)
+
+
+def _by_digests(
+    engine: Engine, client: weaviate.WeaviateClient, e: EntityType, collection: str, fingerprint: int
+) -> ParityReport | None:
+    """The report from the ranges whose sums differ, read object by object; None when a walk is
+    needed (differences everywhere, or objects outside every range)."""
+    span = digests.covering_span(
+        reading.id_bounds(engine, e), weaviate_client.source_id_bounds(client, collection)
+    )
+    report = ParityReport(collection, method=DIGESTS)
+    if span is None:
+        return report
+    summed = [DIGEST_PROPERTY]
+    if relations_from(e.collection):
+        summed += [REF_DIGEST_PROPERTY, REF_COUNT_PROPERTY]
+    found = digests.differing_ranges(
+        span,
+        lambda low: reading.digest_buckets(engine, e, fingerprint, low, reference_counts=True),
+        lambda low, high: weaviate_client.digest_between(client, collection, low, high, summed),
+        WALK_SHARE,
+    )
+    if found is None:
+        return None
+    ranges, matched = found
+    for low, high in ranges:
+        for a in range(low, high, digests.BUCKET):
+            b = min(a + digests.BUCKET, high)
+            refs = reading.reference_sums(engine, e, (a, b))
+            db = database_side(engine, e, _ids_between(a, b), fingerprint, refs)
+            diff(db, weaviate_range(client, collection, a, b), report)
+    report.ranges_read = len(ranges)
+    # Outside the ranges read, every range matched: as many objects as rows.
+    report.rows += matched
+    report.objects += matched
+    if weaviate_client.count_objects(client, collection) != report.objects:
+        return None  # objects without a source_id, in no range: only a walk sees them
     return report
 
 

@@ -539,10 +539,12 @@ def live_id_set(engine: Engine, e: EntityType, shards: Sequence[Shard]) -> Sorte
         return SortedIds(conn.execute(q).scalars())
 
 
-def _reference_digests(e: EntityType) -> sa.Subquery:
-    """``(source_id, digest)``: the sum of the digests of each source's references (its live edges
-    to live rows, each relation and target once), as ``ObjectSyncer`` adds them to its objects."""
+def _reference_digests(e: EntityType, span: tuple[int, int] | None = None) -> sa.Subquery:
+    """``(source_id, n, digest)``: the number and the sum of the digests of each source's references
+    (its live edges to live rows, each relation and target once), as ``ObjectSyncer`` adds them to
+    its objects; only of sources with ids in ``span`` (``[low, high)``) when given."""
     edges, parts = edges_table(), []
+    within = [] if span is None else [edges.c.source_id >= span[0], edges.c.source_id < span[1]]
     for rel in relations_from(e.collection):
         tgt = entity(rel.target)
         target = table_for(tgt)
@@ -553,6 +555,7 @@ def _reference_digests(e: EntityType) -> sa.Subquery:
                 edges.c.deleted_at.is_(None),
                 relation_clause(edges, rel),
                 target.c[tgt.soft_delete_column].is_(None),
+                *within,
             )
         )
     # Each (source, relation, target) once: the reference lists are sets, and edges may repeat.
@@ -565,14 +568,16 @@ def _reference_digests(e: EntityType) -> sa.Subquery:
     )
 
 
-def reference_sums(engine: Engine, e: EntityType) -> dict[int, tuple[int, int]]:
+def reference_sums(
+    engine: Engine, e: EntityType, span: tuple[int, int] | None = None
+) -> dict[int, tuple[int, int]]:
     """``{source id: (references, their sync_ref_digest)}`` for the sources of ``e`` (live or not:
-    the caller looks up its live ones) that should carry any: the number and the digest of the
-    distinct references their live edges to live rows give (what ``sync_ref_count`` and
-    ``sync_ref_digest`` hold when the object is right)."""
+    the caller looks up its live ones; those with ids in ``span`` only, when given) that should
+    carry any: the number and the digest of the distinct references their live edges to live rows
+    give (what ``sync_ref_count`` and ``sync_ref_digest`` hold when the object is right)."""
     if not relations_from(e.collection):
         return {}
-    refs = _reference_digests(e)
+    refs = _reference_digests(e, span)
     q = sa.select(refs.c.source_id, refs.c.n, refs.c.digest % digests.MODULUS)
     with engine.connect() as conn:
         return {int(i): (int(n), int(d)) for i, n, d in conn.execute(q)}
@@ -586,11 +591,13 @@ def digest_buckets(
     rows: bool = True,
     references: bool = True,
     where: sa.ColumnElement[bool] | None = None,
+    reference_counts: bool = False,
 ) -> dict[int, digests.Sums]:
     """``{bucket: (live rows, sum of their digests)}`` for the live rows with ids from ``low`` (and
     ``where``), bucket ``b`` holding ids ``[low + b * BUCKET, low + (b + 1) * BUCKET)``. The sum
     adds the rows' parts (``sync_digest``, with ``rows``) and their references' (``sync_ref_digest``,
-    with ``references``), each from one query of its own: joined, they cost more than apart."""
+    with ``references``; and ``sync_ref_count``, with ``reference_counts`` too), each from one query
+    of its own: joined, they cost more than apart."""
     t = table_for(e)
     bucket = ((t.c.id - low) // digests.BUCKET).label("bucket")
     part = digests.object_digest_sql(e, t, fingerprint)
@@ -602,8 +609,9 @@ def digest_buckets(
         out = {int(b): (int(n), int(s)) for b, n, s in conn.execute(q)}
         if references and relations_from(e.collection):
             refs = _reference_digests(e)
+            summed = refs.c.digest % digests.MODULUS
             q = (
-                sa.select(bucket, sa.func.sum(refs.c.digest % digests.MODULUS))
+                sa.select(bucket, sa.func.sum(summed + refs.c.n if reference_counts else summed))
                 .select_from(refs.join(t, t.c.id == refs.c.source_id))
                 .where(t.c[e.soft_delete_column].is_(None), t.c.id >= low)
                 .group_by(bucket)

@@ -11,7 +11,7 @@ Each Dagster asset calls exactly one of ``run_entity``, ``run_edges`` or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -269,15 +269,10 @@ def run_entity(
 
 def _id_range(ctx: SyncContext, e: EntityType) -> tuple[int, int] | None:
     """``[low, high)`` covering every id on either side."""
-    bounds = [
-        b
-        for b in (
-            reading.id_bounds(ctx.db, e),
-            weaviate_client.source_id_bounds(ctx.client, ctx.collection(e.collection)),
-        )
-        if b
-    ]
-    return (min(b[0] for b in bounds), max(b[1] for b in bounds) + 1) if bounds else None
+    return digests.covering_span(
+        reading.id_bounds(ctx.db, e),
+        weaviate_client.source_id_bounds(ctx.client, ctx.collection(e.collection)),
+    )
 
 
 def _ranges_to_read(
@@ -297,10 +292,11 @@ def _ranges_to_read(
     if relations_from(e.collection):
         summed.append(digests.REF_DIGEST_PROPERTY)
     fingerprint = digests.fingerprint(e, ctx.settings)
-    found = _differing_ranges(
+    found = digests.differing_ranges(
         span,
         lambda low: reading.digest_buckets(ctx.db, e, fingerprint, low, rows=rows),
         lambda low, high: weaviate_client.digest_between(ctx.client, stored_in, low, high, summed),
+        WALK_SHARE,
     )
     if found is None:
         return None
@@ -324,12 +320,13 @@ def _passage_ranges_to_read(
     fingerprint = digests.passage_fingerprint(e, ctx.settings, syncer.parent_target(e))
     firsts = weaviate_client.first_passages(e.collection, spec.property)
     with_text = reading.has_text(e, [p.property for p in e.passages])
-    found = _differing_ranges(
+    found = digests.differing_ranges(
         (bounds[0], bounds[1] + 1),
         lambda low: reading.digest_buckets(ctx.db, e, fingerprint, low, references=False, where=with_text),
         lambda low, high: weaviate_client.digest_between(
             ctx.client, ctx.collection(PASSAGE_COLLECTION), low, high, prop=PASSAGE_PARENT_ID, where=firsts
         ),
+        WALK_SHARE,
     )
     if found is None:
         return None
@@ -337,29 +334,6 @@ def _passage_ranges_to_read(
     syncer.report.parents_matched_by_digest += matched
     syncer.report.digest_ranges_read += len(ranges)
     return ranges
-
-
-def _differing_ranges(
-    span: tuple[int, int],
-    database: Callable[[int], dict[int, digests.Sums]],
-    weaviate: Callable[[int, int], digests.Sums],
-) -> tuple[list[tuple[int, int]], int] | None:
-    """The ranges of ids in ``span`` whose digest sums differ (``database(low)``: every bucket's sums
-    from ``low``; ``weaviate(a, b)``: the sums over ids ``[a, b)``), and the rows that matched; None
-    when the differences are everywhere (``WALK_SHARE``)."""
-    low, high = span
-    buckets = -(-(high - low) // digests.BUCKET)
-    sums = database(low)
-    found = digests.differing_buckets(
-        buckets,
-        database=digests.prefix_measure(sums, buckets),
-        weaviate=lambda a, b: weaviate(low + a * digests.BUCKET, low + b * digests.BUCKET),
-        max_share=WALK_SHARE,
-    )
-    if found is None:
-        return None
-    read = sum(sums.get(b, (0, 0))[0] for b in found)
-    return digests.merge_buckets(found, low), sum(n for n, _ in sums.values()) - read
 
 
 def _orphans_in(ctx: SyncContext, e: EntityType, ranges: Sequence[tuple[int, int]]) -> list[int]:

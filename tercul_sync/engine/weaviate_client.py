@@ -473,6 +473,18 @@ def objects_between(client: weaviate.WeaviateClient, collection: str, low: int, 
 
 
 @retry_transient
+def properties_between(
+    client: weaviate.WeaviateClient, collection: str, low: int, high: int, names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The properties ``names`` of the objects whose ``source_id`` is in ``[low, high)`` (at most
+    ``ID_CHUNK`` ids: each object's id is its row's, so as many objects at most)."""
+    found = client.collections.use(collection).query.fetch_objects(
+        filters=_between(low, high), limit=ID_CHUNK, return_properties=list(names)
+    )
+    return [dict(o.properties) for o in found.objects]
+
+
+@retry_transient
 def other_reference_counts(client: weaviate.WeaviateClient, collection: str, expected: IdCounts) -> list[int]:
     """The ``source_id`` of every object whose ``sync_ref_count`` is not ``expected`` (0 when absent),
     from a cursor walk (no filter, no aggregate), compared object by object: none of them is held."""

@@ -14,7 +14,7 @@ rebuild moves it behind an alias.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import weaviate
@@ -45,6 +45,7 @@ from tercul_sync.engine.registry import (
     Kind,
     Relation,
     passage_parents,
+    sync_order,
 )
 from tercul_sync.engine.replication import replication_config, replication_problems
 from tercul_sync.engine.settings import Settings
@@ -292,7 +293,10 @@ def ensure_schema(
     ``names`` maps registry names to other collections to ensure instead (a rebuild's new
     versions); those get no alias here (the rebuild swaps it when they are full).
     """
-    entities, relations = list(entities), list(relations)
+    # Targets first (``sync_order``), so that each collection is created with its references.
+    order = {e.collection: i for i, e in enumerate(sync_order())}
+    entities = sorted(entities, key=lambda e: order.get(e.collection, len(order)))
+    relations = list(relations)
     given = dict(names or {})
     physical: dict[str, str] = {}
     held = _Held(client)
@@ -304,10 +308,18 @@ def ensure_schema(
         return physical[collection]
 
     changes: list[str] = []
-    # Properties first, references second: a reference needs its target collection to exist.
+    # A reference needs its target collection to exist: a new collection is created with those of
+    # its references whose targets exist (or that point at itself), in one request; the others are
+    # added once every collection exists.
     for e in entities:
         mine = [r for r in relations if r.source == e.collection]
-        changes += _ensure_collection(held, e, name_of(e.collection), mine, name_of, settings)
+        own = name_of(e.collection)
+        ready = [
+            ReferenceProperty(name=r.name, target_collection=name_of(r.target))
+            for r in mine
+            if name_of(r.target) == own or name_of(r.target) in held.names
+        ]
+        changes += _ensure_collection(held, e, own, mine, name_of, settings, ready)
         if e.collection not in given:
             changes += _ensure_alias(held, e.collection, name_of(e.collection))
     for r in relations:
@@ -315,7 +327,10 @@ def ensure_schema(
     parents = [e.collection for e in passage_parents()] if settings is None or settings.passages else []
     if parents and all(held.resolve(p) or p in given for p in parents):
         passage = name_of(PASSAGE_COLLECTION)
-        changes += _ensure_collection(held, PASSAGE, passage, [], name_of, settings)
+        parent = ReferencePropertyMultiTarget(
+            name=PASSAGE_PARENT_REFERENCE, target_collections=[name_of(p) for p in parents]
+        )
+        changes += _ensure_collection(held, PASSAGE, passage, [], name_of, settings, [parent])
         if PASSAGE_COLLECTION not in given:
             changes += _ensure_alias(held, PASSAGE_COLLECTION, passage)
         changes += _ensure_passage_reference(held, passage, [name_of(p) for p in parents])
@@ -362,13 +377,17 @@ def _ensure_collection(
     relations: list[Relation],
     name_of: Callable[[str], str],
     settings: Settings | None,
+    references: Sequence[ReferenceProperty | ReferencePropertyMultiTarget] = (),
 ) -> list[str]:
+    """Create ``physical`` (with ``references``) if it does not exist; otherwise check it and add
+    the properties it lacks."""
     client = held.client
     if physical not in held.names:
         try:
             client.collections.create(
                 physical,
                 properties=[_create_property(s) for s in property_specs(e)],
+                references=list(references) or None,
                 vector_config=vector_config(e, settings),
                 replication_config=replication_config(settings),
             )
