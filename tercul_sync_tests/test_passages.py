@@ -16,7 +16,7 @@ from tercul_sync.engine import digests, reading, runs
 from tercul_sync.engine.chunking import split_text
 from tercul_sync.engine.embedding import make_embedder
 from tercul_sync.engine.objects import HASH_PROPERTY
-from tercul_sync.engine.parity import check_passage_parity
+from tercul_sync.engine.parity import DIGESTS, WALK, check_passage_parity
 from tercul_sync.engine.passages import passage_uuid
 from tercul_sync.engine.registry import PASSAGE_COLLECTION, entity, object_uuid, passage_parents
 from tercul_sync.engine.search import search_passages
@@ -243,7 +243,7 @@ def test_twenty_random_rounds_keep_the_passages_exactly_in_step(catalog: Catalog
         assert stored.keys() == expected.keys(), (round_no, action)
         assert all(stored[u][:3] == expected[u] for u in expected), (round_no, action)
         assert all(v[3] for v in stored.values()), (round_no, action)  # every passage has its vector
-        assert check_passage_parity(catalog.engine, ctx.client, list(SHARDS.values())).exact, (
+        assert check_passage_parity(catalog.engine, ctx.client, list(SHARDS.values()), ctx.settings).exact, (
             round_no,
             action,
         )
@@ -254,7 +254,11 @@ def test_passage_parity_finds_missing_orphan_and_stale_passages(catalog: Catalog
     for work_id in (1, 2, 3):
         catalog.insert_work(work_id, _body(rng, 30))
     _run(ctx, runs.FULL, {})
-    assert check_passage_parity(catalog.engine, ctx.client, list(SHARDS.values())).exact
+    shards = list(SHARDS.values())
+    quick = check_passage_parity(catalog.engine, ctx.client, shards, ctx.settings)
+    walked = check_passage_parity(catalog.engine, ctx.client, shards, ctx.settings, walk=True)
+    assert quick.exact and walked.exact and (quick.method, walked.method) == (DIGESTS, WALK)
+    assert (quick.rows, quick.objects) == (walked.rows, walked.objects) and quick.rows > 3
     passages = ctx.client.collections.use(PASSAGE_COLLECTION)
     by_parent = {}
     for uuid, (parent_id, position, _, _) in stored_passages(ctx.client).items():
@@ -262,12 +266,53 @@ def test_passage_parity_finds_missing_orphan_and_stale_passages(catalog: Catalog
     passages.data.delete_by_id(by_parent[1][1])  # missing
     passages.data.update(uuid=by_parent[2][0], properties={HASH_PROPERTY: "edited out of band"})  # stale
     catalog.hard_delete(3)  # its passages are orphans until a sweep
-    report = check_passage_parity(catalog.engine, ctx.client, list(SHARDS.values()))
+    report = check_passage_parity(catalog.engine, ctx.client, shards, ctx.settings)
+    assert report.method == WALK  # the digests saw a difference: the walk names it
     assert (report.counts["missing"], report.counts["stale"]) == (1, 1)
     assert report.counts["orphan"] == len(by_parent[3]) and report.samples["orphan"] == [3]
     assert report.samples["missing"] == [1] and report.samples["stale"] == [2]
     _run(replace(ctx, force=True), runs.FULL, {})  # a forced full run mends all three
-    assert check_passage_parity(catalog.engine, ctx.client, list(SHARDS.values())).exact
+    assert check_passage_parity(catalog.engine, ctx.client, shards, ctx.settings).exact
+
+
+def test_passage_parity_by_digests_sees_each_damage_alone_but_a_hash_edited_by_hand(
+    catalog: Catalog, ctx: SyncContext
+) -> None:
+    """Each damage on its own sends the digests to a walk (which names it), but for a passage's
+    content hash edited in Weaviate: only a walk sees that, as for entity objects (docs/parity.md)."""
+    rng = random.Random(8)
+    for work_id in (1, 2, 3, 4):
+        catalog.insert_work(work_id, _body(rng, 30))
+    _run(ctx, runs.FULL, {})
+    shards = list(SHARDS.values())
+    passages = ctx.client.collections.use(PASSAGE_COLLECTION)
+
+    def uuid_of(parent: int, position: int) -> str:
+        return passage_uuid("Work", parent, "body", position)
+
+    def check(walk: bool = False) -> Any:
+        return check_passage_parity(catalog.engine, ctx.client, shards, ctx.settings, walk=walk)
+
+    def mend() -> None:
+        _run(replace(ctx, force=True), runs.FULL, {})
+        assert check().exact and check().method == DIGESTS
+
+    passages.data.delete_by_id(uuid_of(1, 2))  # a passage missing: fewer than the first one records
+    assert check().method == WALK and check().counts["missing"] == 1
+    mend()
+    extra = dict(passages.query.fetch_object_by_id(uuid_of(2, 1)).properties)
+    passages.data.insert(properties={**extra, "position": 99}, uuid=uuid_of(2, 99))  # a tail left over
+    assert check().method == WALK and check().counts["orphan"] == 1
+    mend()
+    catalog.update(3, body=_body(rng, 30))  # a text changed, no sync since: its mark is out of date
+    assert check().method == WALK and not check().exact
+    mend()
+    catalog.hard_delete(4)  # a parent gone, its passages still there
+    assert check().method == WALK and check().counts["orphan"] > 0
+    mend()
+    passages.data.update(uuid=uuid_of(1, 1), properties={HASH_PROPERTY: "edited out of band"})
+    assert check().exact and check().method == DIGESTS  # the blind spot
+    assert check(walk=True).counts["stale"] == 1
 
 
 def test_a_sentence_from_deep_inside_a_long_body_finds_its_work(catalog: Catalog, ctx: SyncContext) -> None:

@@ -87,7 +87,9 @@ def build_parity_checks(shard_count: int, passages: bool) -> dg.AssetChecksDefin
         def check(spec: dg.AssetCheckSpec) -> ParityReport:
             name = spec.asset_key.to_user_string()
             if name == PASSAGES_ASSET:
-                return check_passage_parity(tercul_db.engine, weaviate.client, shards)
+                return check_passage_parity(
+                    tercul_db.engine, weaviate.client, shards, settings, walk=config.walk
+                )
             e = by_asset[name]
             return check_parity(tercul_db.engine, weaviate.client, e, shards, settings, walk=config.walk)
 

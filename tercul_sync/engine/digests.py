@@ -57,6 +57,9 @@ BUCKET = 4_096  # ids per range read when its digests differ
 # At most this many buckets per measured range: 2^20 ids, whose two digests sum below 2^53.
 MAX_BUCKETS = 2**20 // BUCKET
 DIGEST_VERSION = "2"  # bump when what the digest covers changes: every object is then read again
+# Bump when what a parent's first passage carries changes: every parent is then cut again once and
+# its first passage rewritten (3: the passage count, ``sync_passages``).
+PASSAGE_MARK_VERSION = "3"
 _NULL = "\\N"
 _SEPARATOR = "\x1f"
 DIALECTS = ("postgresql", "sqlite")
@@ -94,7 +97,9 @@ def passage_fingerprint(e: EntityType, settings: Settings, target: str) -> int:
     collection their parent reference names (a rebuild's version), the passages' vectorizer."""
     specs = [(p.property, p.language, p.copied, p.max_chars, p.overlap_chars) for p in e.passages]
     vectors = (settings.vectorizer, settings.embedding_model, settings.embedder)
-    return text_digest(repr((DIGEST_VERSION, "passages", e.collection, specs, target, vectors)))
+    return text_digest(
+        repr((DIGEST_VERSION, "passages", PASSAGE_MARK_VERSION, e.collection, specs, target, vectors))
+    )
 
 
 def object_digest(row_digest: int, fingerprint_value: int) -> int:

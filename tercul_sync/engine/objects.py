@@ -19,11 +19,15 @@ REF_COUNT_PROPERTY = "sync_ref_count"  # references the object carries; their su
 # On a parent's first passage only: a hash of everything its passages are cut from, so that a
 # parent whose text did not change is skipped whole, without reading each passage's hash.
 PARENT_HASH_PROPERTY = "sync_parent_hash"
+# On the same first passage: how many passages the parent's texts gave when they were written
+# (summed against a count of the passages by the parity check, ``parity.py``).
+PASSAGE_COUNT_PROPERTY = "sync_passages"
 BOOKKEEPING_PROPERTIES = (
     HASH_PROPERTY,
     REF_COUNT_PROPERTY,
     VECTOR_HASH_PROPERTY,
     PARENT_HASH_PROPERTY,
+    PASSAGE_COUNT_PROPERTY,
     DIGEST_PROPERTY,
     REF_DIGEST_PROPERTY,
 )

@@ -28,6 +28,7 @@ from tercul_sync.engine.embedding import Embedder, EmbedStats, make_embedder
 from tercul_sync.engine.objects import (
     HASH_PROPERTY,
     PARENT_HASH_PROPERTY,
+    PASSAGE_COUNT_PROPERTY,
     ObjectWrite,
     chunk,
     content_hash,
@@ -220,6 +221,7 @@ class PassageSyncer:
             for p in mine:
                 if p.uuid == marker:  # the parent's mark rides on its first passage, outside its hash
                     p.properties[PARENT_HASH_PROPERTY] = marks[row["id"]]
+                    p.properties[PASSAGE_COUNT_PROPERTY] = len(mine)
                     if digest_of[row["id"]] is not None:
                         p.properties[digests.DIGEST_PROPERTY] = digest_of[row["id"]]
                     markers.add(p.uuid)

@@ -51,7 +51,7 @@ from tercul_sync.engine.errors import (
     is_transient_error,
 )
 from tercul_sync.engine.id_tables import IdCounts
-from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY, ObjectWrite
+from tercul_sync.engine.objects import HASH_PROPERTY, PASSAGE_COUNT_PROPERTY, REF_COUNT_PROPERTY, ObjectWrite
 from tercul_sync.engine.registry import PASSAGE_COLLECTION, SOURCE_ID_PROPERTY
 from tercul_sync.engine.settings import Settings
 from tercul_sync.engine.vectors import VECTOR_HASH_PROPERTY
@@ -524,10 +524,32 @@ def first_passages(parent_collection: str, prop: str | None = None) -> Any:
 
 @retry_transient
 def count_first_passages(
-    client: weaviate.WeaviateClient, parent_collection: str, passages: str = PASSAGE_COLLECTION
+    client: weaviate.WeaviateClient,
+    parent_collection: str,
+    passages: str = PASSAGE_COLLECTION,
+    prop: str | None = None,
 ) -> int:
-    """Passages at position 0 whose parent is of ``parent_collection``: one per parent that has any."""
+    """Passages at position 0 whose parent is of ``parent_collection`` (of its text ``prop`` only,
+    if given): one per parent that has any."""
     res = client.collections.use(passages).aggregate.over_all(
-        filters=first_passages(parent_collection), total_count=True
+        filters=first_passages(parent_collection, prop), total_count=True
     )
     return int(res.total_count or 0)
+
+
+@retry_transient
+def passage_counts(
+    client: weaviate.WeaviateClient, passages: str, parent_collection: str, prop: str
+) -> tuple[int, int]:
+    """``(passages of parent_collection's texts, their number as the parents' first passages of
+    prop record it)``: equal when no passage is missing or left over (``parity.py``)."""
+    col = client.collections.use(passages)
+    stored = col.aggregate.over_all(
+        filters=Filter.by_property("parent_collection").equal(parent_collection), total_count=True
+    )
+    recorded = col.aggregate.over_all(
+        filters=first_passages(parent_collection, prop),
+        return_metrics=Metrics(PASSAGE_COUNT_PROPERTY).integer(sum_=True),
+    )
+    metric = recorded.properties[PASSAGE_COUNT_PROPERTY]
+    return int(stored.total_count or 0), int(metric.sum_ or 0) if isinstance(metric, AggregateInteger) else 0

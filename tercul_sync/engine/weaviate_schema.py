@@ -31,7 +31,12 @@ from weaviate.collections.classes.config_vectors import _VectorConfigCreate
 from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateInvalidInputError
 
 from tercul_sync.engine.digests import DIGEST_PROPERTY, REF_DIGEST_PROPERTY
-from tercul_sync.engine.objects import HASH_PROPERTY, PARENT_HASH_PROPERTY, REF_COUNT_PROPERTY
+from tercul_sync.engine.objects import (
+    HASH_PROPERTY,
+    PARENT_HASH_PROPERTY,
+    PASSAGE_COUNT_PROPERTY,
+    REF_COUNT_PROPERTY,
+)
 from tercul_sync.engine.registry import (
     ENTITIES,
     PASSAGE,
@@ -93,6 +98,7 @@ def property_specs(e: EntityType) -> list[PropertySpec]:
             *specs,
             PropertySpec(HASH_PROPERTY, DataType.TEXT),
             PropertySpec(PARENT_HASH_PROPERTY, DataType.TEXT),
+            PropertySpec(PASSAGE_COUNT_PROPERTY, DataType.INT),
             PropertySpec(DIGEST_PROPERTY, DataType.INT),
         ]
     specs = [PropertySpec(SOURCE_ID_PROPERTY, DataType.INT, ranged=True)]
@@ -115,6 +121,7 @@ UNINDEXED = (
     HASH_PROPERTY,
     VECTOR_HASH_PROPERTY,
     PARENT_HASH_PROPERTY,
+    PASSAGE_COUNT_PROPERTY,
     REF_COUNT_PROPERTY,
     DIGEST_PROPERTY,
     REF_DIGEST_PROPERTY,
