@@ -71,7 +71,13 @@ def resources(
     weaviate: WeaviateResource | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
-    """The three resources the assets use; ``weaviate`` replaces the plain Weaviate resource (faults)."""
+    """The three resources the assets use; ``weaviate`` replaces the plain Weaviate resource (faults).
+
+    ``settings`` are ``SyncSettings`` fields; any other name raises (the resource would ignore it,
+    and a test would believe it set, say, the vectorizer, which comes from the environment)."""
+    unknown = sorted(set(settings) - set(SyncSettings.model_fields))
+    if unknown:
+        raise TypeError(f"SyncSettings has no field {unknown}: set those through the environment")
     return {
         "weaviate": weaviate or weaviate_resource(server),
         "tercul_db": TerculDatabase(url=db_url),

@@ -204,7 +204,7 @@ def test_the_parity_step_reports_each_collection_against_its_own_asset(
 
     engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 600, seed=12)
-    assert helpers.run_sync(pg_database, weaviate_server_proc, vectorizer="none", passages=False).success
+    assert helpers.run_sync(pg_database, weaviate_server_proc).success
     damaged = {}
     for name, table in (("Work", "works"), ("Tag", "tags")):
         with engine.connect() as conn:
@@ -218,7 +218,7 @@ def test_the_parity_step_reports_each_collection_against_its_own_asset(
         assets=build_assets(helpers.SHARDS, passages=False),
         asset_checks=[checks],
         jobs=[job],
-        resources=helpers.resources(pg_database, weaviate_server_proc, vectorizer="none", passages=False),
+        resources=helpers.resources(pg_database, weaviate_server_proc),
     )
     # By digests (the checks' default, in the sync jobs) and by a walk (the `parity` job's config).
     for method in (DIGESTS, WALK):
