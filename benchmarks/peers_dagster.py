@@ -126,13 +126,11 @@ def timeline(
         "steps": rows,
         "command_s": command_seconds,
         "to_run_start_s": run_start,
-        "entity_wave_s": (max(r["ended_at"] for r in entity) - min(r["asked_at"] or 0 for r in entity))
+        # An in-process executor starts no step worker: its steps are "asked for" when they start.
+        "entity_wave_s": (max(r["ended_at"] for r in entity) - min(_asked(r) for r in entity))
         if entity
         else None,
-        # An in-process executor starts no step worker: its steps are "asked for" when they start.
-        "edges_s": (edges["ended_at"] - (edges["asked_at"] or edges["started_at"]))
-        if edges and edges["ended_at"]
-        else None,
+        "edges_s": (edges["ended_at"] - _asked(edges)) if edges and edges["ended_at"] else None,
         "after_run_end_s": (command_seconds - run_end) if run_end is not None else None,
         "retries": sum(r["retries"] for r in rows),
         "extra_steps": [r["step"] for r in rows if r["step"] not in core_steps],
@@ -140,3 +138,8 @@ def timeline(
         "engine_s_total": sum(r["engine_s"] for r in rows),
         "step_s_total": sum(r["step_s"] or 0 for r in rows),
     }
+
+
+def _asked(step: dict[str, Any]) -> float:
+    """When a step was asked for: its worker's start (multiprocess), or its own start (in process)."""
+    return float(step["asked_at"] if step["asked_at"] is not None else step["started_at"])
