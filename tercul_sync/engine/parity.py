@@ -242,16 +242,18 @@ def _by_digests(
         reading.id_bounds(engine, e), weaviate_client.source_id_bounds(client, collection)
     )
     report = ParityReport(collection, method=DIGESTS)
-    if span is None:
-        return report
     summed = [DIGEST_PROPERTY]
     if relations_from(e.collection):
         summed += [REF_DIGEST_PROPERTY, REF_COUNT_PROPERTY]
-    found = digests.differing_ranges(
-        span,
-        lambda low: reading.digest_buckets(engine, e, fingerprint, low, reference_counts=True),
-        lambda low, high: weaviate_client.digest_between(client, collection, low, high, summed),
-        WALK_SHARE,
+    found = (
+        ([], 0)
+        if span is None  # no row and no object with a source_id
+        else digests.differing_ranges(
+            span,
+            lambda low: reading.digest_buckets(engine, e, fingerprint, low, reference_counts=True),
+            lambda low, high: weaviate_client.digest_between(client, collection, low, high, summed),
+            WALK_SHARE,
+        )
     )
     if found is None:
         return None
