@@ -24,8 +24,8 @@ written; objects whose row is gone are deleted). The edges step compares the
 references' sums alone.
 
 The blind spot: a range where changes cancel out in both count and sum, about
-one chance in ``MODULUS`` (2^31) per changed range; the parity check and forced
-runs read everything. Sums stay exact in Weaviate's aggregates (doubles)
+one chance in ``MODULUS`` (2^31) per changed range; the nightly parity job (a walk) and
+forced runs read everything. Sums stay exact in Weaviate's aggregates (doubles)
 because no measured range holds more than ``MAX_BUCKETS`` buckets: 2^20 ids,
 each adding less than 2^32.
 

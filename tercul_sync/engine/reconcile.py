@@ -17,7 +17,7 @@ that is decided either way. Then it
 halves level by level, and gives up as soon as the ranges that differ are
 sure to need more reading than the share, before reading any.
 The one blind spot: a missing object and an orphan in the same range cancel
-out; the parity check and full runs cover it.
+out; the nightly parity walk and full runs cover it.
 """
 
 from __future__ import annotations
