@@ -150,6 +150,9 @@ def test_a_rebuild_changes_the_vectors_behind_the_alias_and_readers_never_see_a_
     assert all(not v for v in seen_during["vectors"].values())  # the old collection: no named vectors
     assert all(v == {"title", "body"} for v in seen_during["new_vectors"].values())
     assert report.swapped
+    # The gate before the swap read every object of each new version (it does not trust the digests
+    # the build just wrote).
+    assert [(p.method, p.exact) for p in report.parity] == [("walk", True)] * len(report.parity) != []
     # Afterwards the aliases answer from the new versions, with as many objects, and the old are gone.
     assert {n: resolve(weaviate_client, n) for n in before} == {
         "Work": "Work_v2",

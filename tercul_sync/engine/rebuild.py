@@ -163,9 +163,11 @@ def rebuild(
         report.passages_embedded = passages.embeddings.texts
         report.passages_reused = passages.embeddings_reused
         _require_no_failures(PASSAGE_COLLECTION, passages.write.failed)
+    # The gate before the swap walks every object: it must not rely on the digests the build itself
+    # just wrote.
     for e in entities:
         parity = check_parity(
-            ctx.db, client, e, list(ALL.values()), ctx.settings, collection=plan.new[e.collection]
+            ctx.db, client, e, list(ALL.values()), ctx.settings, collection=plan.new[e.collection], walk=True
         )
         report.parity.append(parity)
         if not parity.exact:
