@@ -42,18 +42,16 @@ import sqlalchemy as sa
 import weaviate
 from sqlalchemy.engine import Engine
 
-from tercul_sync.engine import digests, reading, weaviate_client
+from tercul_sync.engine import digest_ranges, digests, reading, weaviate_client
 from tercul_sync.engine.digests import DIGEST_PROPERTY, REF_DIGEST_PROPERTY
 from tercul_sync.engine.objects import HASH_PROPERTY, REF_COUNT_PROPERTY
 from tercul_sync.engine.passages import build_passages
 from tercul_sync.engine.reconcile import WALK_SHARE
 from tercul_sync.engine.registry import (
     PASSAGE_COLLECTION,
-    PASSAGE_PARENT_ID,
     SOURCE_ID_PROPERTY,
     EntityType,
     passage_parents,
-    relations_from,
 )
 from tercul_sync.engine.reports import MAX_SAMPLE
 from tercul_sync.engine.settings import Settings
@@ -238,22 +236,9 @@ def _by_digests(
 ) -> ParityReport | None:
     """The report from the ranges whose sums differ, read object by object; None when a walk is
     needed (differences everywhere, or objects outside every range)."""
-    span = digests.covering_span(
-        reading.id_bounds(engine, e), weaviate_client.source_id_bounds(client, collection)
-    )
     report = ParityReport(collection, method=DIGESTS)
-    summed = [DIGEST_PROPERTY]
-    if relations_from(e.collection):
-        summed += [REF_DIGEST_PROPERTY, REF_COUNT_PROPERTY]
-    found = (
-        ([], 0)
-        if span is None  # no row and no object with a source_id
-        else digests.differing_ranges(
-            span,
-            lambda low: reading.digest_buckets(engine, e, fingerprint, low, reference_counts=True),
-            lambda low, high: weaviate_client.digest_between(client, collection, low, high, summed),
-            WALK_SHARE,
-        )
+    found = digest_ranges.object_ranges(
+        engine, client, e, collection, fingerprint, WALK_SHARE, reference_counts=True
     )
     if found is None:
         return None
@@ -329,21 +314,9 @@ def _parents_matched(
 ) -> int | None:
     """How many live parents of ``e`` with text have a first passage marked as their row gives
     now, when every range of ids agrees; None when one does not."""
-    span = digests.covering_span(reading.id_bounds(engine, e))
-    if span is None:
-        return 0
     target = resolve(client, e.collection) or e.collection  # what the parent references name
     fingerprint = digests.passage_fingerprint(e, settings, target)
-    firsts = weaviate_client.first_passages(e.collection, e.passages[0].property)
-    with_text = reading.has_text(e, [p.property for p in e.passages])
-    found = digests.differing_ranges(
-        span,
-        lambda low: reading.digest_buckets(engine, e, fingerprint, low, references=False, where=with_text),
-        lambda low, high: weaviate_client.digest_between(
-            client, PASSAGE_COLLECTION, low, high, prop=PASSAGE_PARENT_ID, where=firsts
-        ),
-        0.0,
-    )
+    found = digest_ranges.mark_ranges(engine, client, e, PASSAGE_COLLECTION, fingerprint, 0.0)
     return None if found is None or found[0] else found[1]
 
 

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tercul_sync.engine import delete_log, digests, reading, weaviate_client
+from tercul_sync.engine import delete_log, digest_ranges, digests, reading, weaviate_client
 from tercul_sync.engine import edges as edge_rules
 from tercul_sync.engine.batching import WriteReport
 from tercul_sync.engine.changes import (
@@ -38,14 +38,12 @@ from tercul_sync.engine.reconcile import WALK_SHARE, bisect_mismatches
 from tercul_sync.engine.registry import (
     EDGES_TABLE,
     PASSAGE_COLLECTION,
-    PASSAGE_PARENT_ID,
     EntityType,
     edge_sources,
     edge_targets,
     entity,
     object_uuid,
     passage_parents,
-    relations_from,
 )
 from tercul_sync.engine.reports import MAX_SAMPLE, FailureRule, ReasonLog, add_sample, write_failure_report
 from tercul_sync.engine.writing import ObjectSyncer, ObjectSyncReport, SyncContext, sweep_orphans
@@ -284,19 +282,9 @@ def _ranges_to_read(
     Notes in ``report`` how many live rows matched and how many ranges are to be read."""
     if not digests.applies(ctx.db, ctx.settings, ctx.force):
         return None
-    span = _id_range(ctx, e)
-    if span is None:
-        return []
-    stored_in = ctx.collection(e.collection)
-    summed = [digests.DIGEST_PROPERTY] if rows else []
-    if relations_from(e.collection):
-        summed.append(digests.REF_DIGEST_PROPERTY)
     fingerprint = digests.fingerprint(e, ctx.settings)
-    found = digests.differing_ranges(
-        span,
-        lambda low: reading.digest_buckets(ctx.db, e, fingerprint, low, rows=rows),
-        lambda low, high: weaviate_client.digest_between(ctx.client, stored_in, low, high, summed),
-        WALK_SHARE,
+    found = digest_ranges.object_ranges(
+        ctx.db, ctx.client, e, ctx.collection(e.collection), fingerprint, WALK_SHARE, rows=rows
     )
     if found is None:
         return None
@@ -313,21 +301,9 @@ def _passage_ranges_to_read(
     None when the check does not apply or the differences are everywhere."""
     if not digests.applies(ctx.db, ctx.settings, ctx.force):
         return None
-    bounds = reading.id_bounds(ctx.db, e)
-    if bounds is None:
-        return []
-    spec = e.passages[0]
     fingerprint = digests.passage_fingerprint(e, ctx.settings, syncer.parent_target(e))
-    firsts = weaviate_client.first_passages(e.collection, spec.property)
-    with_text = reading.has_text(e, [p.property for p in e.passages])
-    found = digests.differing_ranges(
-        (bounds[0], bounds[1] + 1),
-        lambda low: reading.digest_buckets(ctx.db, e, fingerprint, low, references=False, where=with_text),
-        lambda low, high: weaviate_client.digest_between(
-            ctx.client, ctx.collection(PASSAGE_COLLECTION), low, high, prop=PASSAGE_PARENT_ID, where=firsts
-        ),
-        WALK_SHARE,
-    )
+    passages = ctx.collection(PASSAGE_COLLECTION)
+    found = digest_ranges.mark_ranges(ctx.db, ctx.client, e, passages, fingerprint, WALK_SHARE)
     if found is None:
         return None
     ranges, matched = found
