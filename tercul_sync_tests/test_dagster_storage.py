@@ -132,6 +132,35 @@ def test_storing_materializations_and_checks_opens_no_new_connection(postgres, t
         assert not opened, f"{len(opened)} connections opened for three runs' events"
 
 
+def test_runs_and_asset_records_are_read_without_reflecting_their_tables_each_time(
+    postgres, tmp_path, monkeypatch
+):
+    """Dagster reflects every column of ``runs`` when it adds a run or reads a run record, and of
+    ``asset_keys`` when it reads an asset record, several times per step and each with a
+    connection of its own; the storages remember the columns they found."""
+    with (
+        repository_instance(postgres, tmp_path, monkeypatch, "dagster_columns") as (home, _),
+        dg.DagsterInstance.from_config(home) as instance,
+    ):
+        reflected: list[str] = []
+
+        def count(conn, cursor, statement, parameters, context, executemany):
+            if "pg_catalog.pg_attribute" in statement:
+                reflected.append(str(parameters))
+
+        for storage in (instance.event_log_storage, instance.run_storage):
+            sa.event.listen(storage._engine, "before_cursor_execute", count)  # type: ignore[attr-defined]
+        first, *others = shards.get_partition_keys()
+        assert dg.materialize([sharded], instance=instance, partition_key=first).success
+        assert instance.get_asset_records([dg.AssetKey("sharded")])
+        assert reflected, "the first run and read find the columns"
+        reflected.clear()
+        for partition in others:
+            assert dg.materialize([sharded], instance=instance, partition_key=partition).success
+        assert instance.get_asset_records([dg.AssetKey("sharded")])
+        assert not reflected, f"{len(reflected)} tables reflected for three more runs: {reflected[:3]}"
+
+
 def test_processes_starting_together_on_an_empty_database_all_get_the_instance(postgres, tmp_path):
     """Celery workers, a run worker and the daemon can all start at once on a new Dagster database;
     each creates the tables it finds missing. dagster-postgres retries a lost race on some of those

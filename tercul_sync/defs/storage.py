@@ -44,7 +44,7 @@ missing, the others then find it there. Select it in ``dagster.yaml``:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -58,6 +58,7 @@ from sqlalchemy.pool import NullPool
 
 if TYPE_CHECKING:
     from dagster_postgres.auth import PgTokenProvider
+    from sqlalchemy.engine import Connection
 
 POOL_RECYCLE_S = 3_600  # seconds before a kept connection is replaced
 MAX_OVERFLOW = 10  # connections opened beyond the kept one while threads need them
@@ -114,26 +115,71 @@ class _KeptConnection:
         self._engine.dispose()  # the kept connection: an instance that is done holds none
 
 
-class PooledRunStorage(_KeptConnection, PostgresRunStorage):
-    """dagster-postgres's run storage on a pooled engine."""
+class _RemembersWhatExists:
+    """For a Dagster SQL storage: remembers each table or column it found.
+
+    Dagster asks whether a table or column exists (a migration may have added it) on its hot paths,
+    each time with a connection of its own and, for a column, a reflection of the whole table. Found
+    once, it stays found (Dagster never drops one at run time); not found, it is asked again next
+    time, as a migration may add it meanwhile.
+    """
+
+    _found: frozenset[str] = frozenset()  # per storage: each instance adds what it finds
+
+    def _exists(self, what: str, ask: Callable[[], bool]) -> bool:
+        if what not in self._found and ask():
+            self._found = self._found | {what}
+        return what in self._found
 
 
-class PooledEventLogStorage(_KeptConnection, PostgresEventLogStorage):
-    """dagster-postgres's event log storage on a pooled engine, remembering which tables exist.
+class PooledRunStorage(_KeptConnection, _RemembersWhatExists, PostgresRunStorage):
+    """dagster-postgres's run storage on a pooled engine, remembering which columns exist.
+
+    It reflects ``runs`` on every run it adds and every run record it reads (twice per step in a
+    run: ``has_run_stats_index_cols``), and ``bulk_actions`` for backfills.
+    """
+
+    def has_run_stats_index_cols(self) -> bool:
+        return self._exists("runs.stats_index_cols", super().has_run_stats_index_cols)
+
+    def has_backfill_id_column(self) -> bool:
+        return self._exists("runs.backfill_id", super().has_backfill_id_column)
+
+    def has_bulk_actions_selector_cols(self) -> bool:
+        return self._exists("bulk_actions.selector_cols", super().has_bulk_actions_selector_cols)
+
+    def has_bulk_action_job_name_column(self) -> bool:
+        return self._exists("bulk_actions.job_name", super().has_bulk_action_job_name_column)
+
+    def has_backfill_tags_table(self) -> bool:
+        return self._exists("backfill_tags", super().has_backfill_tags_table)
+
+
+class PooledEventLogStorage(_KeptConnection, _RemembersWhatExists, PostgresEventLogStorage):
+    """dagster-postgres's event log storage on a pooled engine, remembering which tables and
+    columns exist.
 
     Dagster asks ``has_table`` on every materialization (does the asset-tags table exist?) and every
     check evaluation, from inside the connection that stores the event: a second connection each
     time, which the pool closes on return (it keeps one), so a new connection and handshake per
-    event. A table once found stays (Dagster never drops one at run time); one not found is asked
-    again, as a migration may create it.
+    event. It reflects ``asset_keys`` (``has_asset_key_col``: may it read the status cache, are the
+    index columns there?) on each asset record it reads, several times per step.
     """
 
-    _tables_found: frozenset[str] = frozenset()  # per storage: each instance adds what it finds
-
     def has_table(self, table_name: str) -> bool:
-        if table_name not in self._tables_found and super().has_table(table_name):
-            self._tables_found = self._tables_found | {table_name}
-        return table_name in self._tables_found
+        return self._exists(table_name, lambda: super(PooledEventLogStorage, self).has_table(table_name))
+
+    def has_asset_key_col(self, column_name: str) -> bool:
+        return self._exists(
+            f"asset_keys.{column_name}",
+            lambda: super(PooledEventLogStorage, self).has_asset_key_col(column_name),
+        )
+
+    def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
+        return self._exists(
+            f"asset_keys.{column_name}",
+            lambda: super(PooledEventLogStorage, self)._has_asset_key_col_on_connection(conn, column_name),
+        )
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):
