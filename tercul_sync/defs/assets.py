@@ -29,7 +29,7 @@ from tercul_sync.engine.registry import (
     passage_parents,
 )
 from tercul_sync.engine.reports import FailureRule
-from tercul_sync.engine.weaviate_schema import SchemaMismatchError, ensure_schema
+from tercul_sync.engine.weaviate_schema import SchemaMismatchError
 from tercul_sync.engine.writing import ObjectSyncReport, SyncContext
 
 GROUP = "tercul"
@@ -161,6 +161,9 @@ def _as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+ENTITY_COLLECTIONS = frozenset(e.collection for e in ENTITIES)
+
+
 def _step(
     context: dg.AssetExecutionContext,
     name: str,
@@ -176,7 +179,8 @@ def _step(
     try:
         # Before anything is written: the tables match the registry and may be read.
         reading.check_source(tercul_db.engine, reading.tables_read_by(name))
-        changes = ensure_schema(weaviate.client, settings)
+        # An entity step needs its own collection; edges and passages need them all.
+        changes = weaviate.ensure_schema(settings, [name] if name in ENTITY_COLLECTIONS else None)
         if changes:  # one log line: each is an event Dagster stores, a write of its own
             context.log.info("schema: " + "; ".join(changes))
     except (SchemaMismatchError, reading.SourceSchemaError, reading.SourceAccessError) as exc:

@@ -9,6 +9,7 @@ comes from ``engine.settings.Settings``.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import dagster as dg
@@ -20,6 +21,7 @@ from weaviate.exceptions import UnexpectedStatusCodeError
 from tercul_sync.engine import reading, weaviate_client
 from tercul_sync.engine.objects import ObjectWrite
 from tercul_sync.engine.replication import with_consistency
+from tercul_sync.engine.schema_background import SchemaInBackground
 from tercul_sync.engine.settings import Settings, env_name, load_settings
 
 
@@ -50,6 +52,7 @@ class WeaviateResource(dg.ConfigurableResource):
 
     _client: weaviate.WeaviateClient | None = PrivateAttr(default=None)
     _refused: str | None = PrivateAttr(default=None)
+    _made_schema: SchemaInBackground | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         try:
@@ -65,9 +68,23 @@ class WeaviateResource(dg.ConfigurableResource):
             self._refused = f"Weaviate at {self.url} refused the connection ({exc.status_code}): {hint}"
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._made_schema is not None:
+            self._made_schema.close()
+            self._made_schema = None
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def ensure_schema(self, settings: Settings, collections: Collection[str] | None) -> list[str]:
+        """The schema ``settings`` ask for, made once per resource on a thread of its own
+        (``engine.schema_background``); waits until ``collections`` (None: all) are ready and
+        returns what was changed for them. In one process the steps share the resource, so the
+        first entity step writes while the collections after its own are still being made."""
+        if self._made_schema is None or self._made_schema.settings != settings:
+            if self._made_schema is not None:
+                self._made_schema.close()
+            self._made_schema = SchemaInBackground(self.client, settings)
+        return self._made_schema.wait(collections)
 
     def _connect(self) -> weaviate.WeaviateClient:
         client = weaviate_client.connect(

@@ -292,6 +292,7 @@ def ensure_schema(
     entities: Iterable[EntityType] = ENTITIES,
     relations: Iterable[Relation] = RELATIONS,
     names: Mapping[str, str] | None = None,
+    on_ready: Callable[[str, list[str]], None] | None = None,
 ) -> list[str]:
     """Create or check every collection and reference property; return what was changed.
 
@@ -299,7 +300,11 @@ def ensure_schema(
     Each collection is the one its alias names, or a new ``<name>_v1`` behind a new alias.
     ``names`` maps registry names to other collections to ensure instead (a rebuild's new
     versions); those get no alias here (the rebuild swaps it when they are full).
+    ``on_ready(collection, changes)`` is called as soon as a collection (registry name) and all
+    its reference properties are in place, with what was changed for it (``SchemaInBackground``
+    lets a step start writing then, while later collections are still being made).
     """
+    ready_now = on_ready or (lambda collection, made: None)
     # Targets first (``sync_order``), so that each collection is created with its references.
     order = {e.collection: i for i, e in enumerate(sync_order())}
     entities = sorted(entities, key=lambda e: order.get(e.collection, len(order)))
@@ -315,6 +320,7 @@ def ensure_schema(
         return physical[collection]
 
     changes: list[str] = []
+    waiting: dict[str, list[str]] = {}  # collections made or checked, some of their references not yet
     # A reference needs its target collection to exist: a new collection is created with those of
     # its references whose targets exist (or that point at itself), in one request; the others are
     # added once every collection exists.
@@ -326,21 +332,32 @@ def ensure_schema(
             for r in mine
             if name_of(r.target) == own or name_of(r.target) in held.names
         ]
-        changes += _ensure_collection(held, e, own, mine, name_of, settings, ready)
+        made = _ensure_collection(held, e, own, mine, name_of, settings, ready)
         if e.collection not in given:
-            changes += _ensure_alias(held, e.collection, name_of(e.collection))
+            made += _ensure_alias(held, e.collection, name_of(e.collection))
+        changes += made
+        if all(r.name in _existing(held, own)[1] for r in mine):
+            ready_now(e.collection, made)
+        else:  # a reference whose target comes later (or did not exist yet): added below
+            waiting[e.collection] = made
     for r in relations:
-        changes += _ensure_reference(held, r, name_of(r.source), name_of(r.target))
+        added = _ensure_reference(held, r, name_of(r.source), name_of(r.target))
+        changes += added
+        waiting.get(r.source, []).extend(added)
+    for collection, made in waiting.items():
+        ready_now(collection, made)
     parents = [e.collection for e in passage_parents()] if settings is None or settings.passages else []
     if parents and all(held.resolve(p) or p in given for p in parents):
         passage = name_of(PASSAGE_COLLECTION)
         parent = ReferencePropertyMultiTarget(
             name=PASSAGE_PARENT_REFERENCE, target_collections=[name_of(p) for p in parents]
         )
-        changes += _ensure_collection(held, PASSAGE, passage, [], name_of, settings, [parent])
+        made = _ensure_collection(held, PASSAGE, passage, [], name_of, settings, [parent])
         if PASSAGE_COLLECTION not in given:
-            changes += _ensure_alias(held, PASSAGE_COLLECTION, passage)
-        changes += _ensure_passage_reference(held, passage, [name_of(p) for p in parents])
+            made += _ensure_alias(held, PASSAGE_COLLECTION, passage)
+        made += _ensure_passage_reference(held, passage, [name_of(p) for p in parents])
+        changes += made
+        ready_now(PASSAGE_COLLECTION, made)
     return changes
 
 
