@@ -199,3 +199,10 @@ def test_loading_the_code_location_takes_its_objects_out_of_the_collectors_walks
     assert frozen > 100_000, frozen  # Dagster, weaviate-client, SQLAlchemy, gRPC: hundreds of thousands
     assert walked < frozen // 10, (walked, frozen)
     assert at_exit >= 1
+
+
+def test_loading_the_code_location_turns_on_dagsters_event_batches_unless_set():
+    """Each step's materializations (one per shard) are then stored with one insert, not one each."""
+    code = "import os, tercul_sync.definitions\nprint(os.environ['DAGSTER_EVENT_BATCH_SIZE'])"
+    assert _python(code, _clean_env()).strip() == "100"
+    assert _python(code, _clean_env(DAGSTER_EVENT_BATCH_SIZE="0")).strip() == "0"
