@@ -105,12 +105,18 @@ def parity_counts(engine: sa.Engine, client: weaviate.WeaviateClient, collection
 
 
 def failure_descriptions(result: dg.ExecuteInProcessResult) -> dict[str, str]:
-    """``{step: description or error}`` of every failed step of an in-process run."""
+    """``{step: description or error}`` of every failed step of an in-process run. An error is told
+    with its causes, as the UI shows it: a step out of retries says "Exceeded max_retries of 0"
+    and names what failed in its cause."""
     out = {}
     for event in result.get_step_failure_events():
         data = event.step_failure_data
         text = data.user_failure_data.description if data.user_failure_data else None
-        out[event.step_key] = text or (data.error.message if data.error else "")
+        error, told = data.error, []
+        while error is not None:
+            told.append(error.message)
+            error = error.cause
+        out[event.step_key] = text or "\n".join(told)
     return out
 
 

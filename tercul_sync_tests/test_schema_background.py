@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from weaviate.classes.config import DataType, Property
 
+from tercul_sync.defs.resources import WeaviateResource
 from tercul_sync.engine.registry import PASSAGE_COLLECTION, RELATIONS, sync_order
 from tercul_sync.engine.schema_background import SchemaInBackground
 from tercul_sync.engine.settings import load_settings
@@ -54,3 +55,24 @@ def test_a_step_waits_for_its_own_collections_and_gets_the_errors_of_those_only(
     finally:
         schema.close()
     assert resolve(weaviate_client, order[-1]) is None, "nothing is made after the mismatch"
+
+
+def test_after_an_error_the_next_step_asks_again(weaviate_server_proc, weaviate_client):
+    """An error may pass (a timeout while the server was busy): the resource starts the schema
+    again for the next step, or the retry of the one that failed, instead of raising it forever."""
+    order = [e.collection for e in sync_order()]
+    broken = order[3]
+    weaviate_client.collections.create(broken, properties=[Property(name="name", data_type=DataType.INT)])
+    resource = WeaviateResource(url=weaviate_server_proc.url, grpc_port=weaviate_server_proc.grpc_port)
+    settings = load_settings(vectorizer="none")
+    with pytest.raises(SchemaMismatchError):
+        resource.ensure_schema(settings, [broken])
+    weaviate_client.collections.delete(broken)  # mended meanwhile
+    try:
+        assert any(broken in change for change in resource.ensure_schema(settings, [broken]))
+        resource.ensure_schema(settings, None)
+    finally:
+        if resource._made_schema is not None:
+            resource._made_schema.close()
+        resource.client.close()
+    assert resolve(weaviate_client, order[-1]) is not None

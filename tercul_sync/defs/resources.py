@@ -79,12 +79,14 @@ class WeaviateResource(dg.ConfigurableResource):
         """The schema ``settings`` ask for, made once per resource on a thread of its own
         (``engine.schema_background``); waits until ``collections`` (None: all) are ready and
         returns what was changed for them. In one process the steps share the resource, so the
-        first entity step writes while the collections after its own are still being made."""
-        if self._made_schema is None or self._made_schema.settings != settings:
-            if self._made_schema is not None:
-                self._made_schema.close()
-            self._made_schema = SchemaInBackground(self.client, settings)
-        return self._made_schema.wait(collections)
+        first entity step writes while the collections after its own are still being made. After
+        an error (raised in the step that waited) the next call starts again."""
+        made = self._made_schema
+        if made is None or made.settings != settings or made.failed:
+            if made is not None:
+                made.close()
+            made = self._made_schema = SchemaInBackground(self.client, settings)
+        return made.wait(collections)
 
     def _connect(self) -> weaviate.WeaviateClient:
         client = weaviate_client.connect(

@@ -64,6 +64,13 @@ class SchemaInBackground:
             self._told.update(fresh)
             return [change for c in fresh for change in self._ready[c]]
 
+    @property
+    def failed(self) -> bool:
+        """It stopped on an error: the next step (or the retry of this one) must ask again, as the
+        error may have been a passing one (a timeout while the server was busy)."""
+        with self._changed:
+            return self._done and self._error is not None
+
     def close(self) -> None:
         """Wait for the thread (it ends by itself: every request it makes has a timeout)."""
         self._thread.join()
