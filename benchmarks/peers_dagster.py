@@ -106,8 +106,12 @@ def timeline(
             s["start"] = at  # the last start wins: a retried step starts again
         elif kind in (DagsterEventType.STEP_SUCCESS.value, DagsterEventType.STEP_FAILURE.value):
             s["end"], s["outcome"] = at, kind
+            if kind == DagsterEventType.STEP_FAILURE.value:
+                s.setdefault("retry_errors", []).append(_error_text(ev))
         elif kind in RETRY_EVENTS:
             s["retries"] += kind == DagsterEventType.STEP_UP_FOR_RETRY.value
+            if kind == DagsterEventType.STEP_UP_FOR_RETRY.value:  # why: kept in the run's details
+                s.setdefault("retry_errors", []).append(_error_text(ev))
         elif kind == DagsterEventType.ASSET_MATERIALIZATION.value:
             md = ev.event_specific_data.materialization.metadata  # type: ignore[union-attr]
             if "duration_s" in md:  # one materialization per shard, each with the step's duration
@@ -126,6 +130,7 @@ def timeline(
                 "engine_s": s["engine_s"],
                 "retries": s["retries"],
                 "outcome": s.get("outcome", "").replace("STEP_", "").lower(),
+                "errors": s.get("retry_errors", []),
             }
         )
     entity = [
@@ -153,6 +158,17 @@ def timeline(
         "engine_s_total": sum(r["engine_s"] for r in rows),
         "step_s_total": sum(r["step_s"] or 0 for r in rows),
     }
+
+
+def _error_text(event: Any, limit: int = 2000) -> str:
+    """A failed or retried step's error with its causes, cut to ``limit`` characters."""
+    data = event.event_specific_data
+    error = getattr(data, "error", None)
+    told = []
+    while error is not None:
+        told.append(f"{error.cls_name}: {error.message.strip()}")
+        error = error.cause
+    return " <- ".join(told)[:limit] or str(data)[:limit]
 
 
 def _asked(step: dict[str, Any]) -> float:

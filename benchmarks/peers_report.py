@@ -180,6 +180,10 @@ def print_summary(rows: list[dict[str, Any]], details: dict[str, Any], data: dic
             print()
             print(dagster_runs(details).to_string(index=False))
             print(dagster_steps(details).to_string(index=False))
+            for executor, run, tl in _dagster_runs(details):
+                for step in tl["steps"]:
+                    for error in step.get("errors", []):  # why a step was retried or failed
+                        print(f"{executor} {run} {step['step']}: {error}")
         if details.get("dlt"):
             print()
             print(dlt_steps(details).to_string(index=False))
