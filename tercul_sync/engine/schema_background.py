@@ -57,7 +57,7 @@ class SchemaInBackground:
             self._changed.wait_for(
                 lambda: self._done or (collections is not None and all(c in self._ready for c in collections))
             )
-            wanted = list(self._ready) if collections is None else [c for c in collections]
+            wanted = list(self._ready) if collections is None else list(collections)
             if self._error is not None and (collections is None or any(c not in self._ready for c in wanted)):
                 raise self._error
             fresh = [c for c in wanted if c in self._ready and c not in self._told]
