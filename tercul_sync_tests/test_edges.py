@@ -7,6 +7,7 @@ import sqlalchemy as sa
 
 from tercul_sync.devtools import demo_data
 from tercul_sync.engine import reading
+from tercul_sync.engine.registry import edge_sources
 from tercul_sync_tests.helpers import assert_references_match, metadata, run_sync, stored_references
 
 pytestmark = pytest.mark.services
@@ -33,9 +34,24 @@ def test_full_sync_writes_exactly_the_live_edges_and_is_idempotent(
     checks = {c.check_name: c for c in first.get_asset_check_evaluations() if c.asset_key.path == ["edges"]}
     assert checks["no_failed_objects"].passed  # skipped edges do not fail anything
 
+    # A source type whose step in this run deferred nothing is not compared again by edges (its
+    # objects carry every reference); one that deferred some (Category's parents, written in the
+    # same pages) is, and the references it deferred land.
+    whole = set(md["sources_written_whole"].split(", ")) - {"none"}
+    for e in edge_sources():
+        step = metadata(first, e.collection)
+        deferred = sum(
+            v for k, v in step.items() if k.startswith("references_deferred_") and isinstance(v, int)
+        )
+        assert (e.collection in whole) == (deferred == 0 and step["objects_failed"] == 0), e.collection
+    assert whole and "Category" not in whole, whole
+
     again = run_sync(pg_database, weaviate_server_proc)
     assert metadata(again, "edges")["objects_written"] == 0  # nothing changed: nothing rewritten
     assert_references_match(engine, weaviate_server_proc)
+
+    alone = run_sync(pg_database, weaviate_server_proc, selection=["edges"])  # no entity step in its run
+    assert metadata(alone, "edges")["sources_written_whole"] == "none"
 
 
 def test_removed_edges_and_deleted_targets_remove_references(

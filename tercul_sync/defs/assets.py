@@ -25,6 +25,7 @@ from tercul_sync.engine.registry import (
     PASSAGE_COLLECTION,
     RELATIONS,
     EntityType,
+    edge_sources,
     edge_targets,
     passage_parents,
 )
@@ -145,6 +146,32 @@ def _removed_since_edges(context: dg.AssetExecutionContext) -> dict[str, list[in
         else:
             if ids:
                 out[t.collection] = sorted(ids)
+    return out
+
+
+def _written_whole_in_this_run(context: dg.AssetExecutionContext) -> list[str]:
+    """Source types whose entity step ran earlier in this run, in full mode over every shard, and
+    deferred no reference and failed no object: ``runs.run_edges`` need not compare their reference
+    digests again. Read from each one's latest materialization (every shard's carries the step's
+    metadata); a type synced in another run, or not at all, is compared as before."""
+    partitions = context.assets_def.partitions_def
+    every_shard = set(partitions.get_partition_keys()) if partitions is not None else set()
+    out = []
+    for e in edge_sources():
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(e.collection)), limit=1
+        ).records
+        if not records or records[0].run_id != context.run.run_id or records[0].asset_materialization is None:
+            continue
+        md = records[0].asset_materialization.metadata
+        values = {k: v.value for k, v in md.items()}
+        deferred = sum(
+            int(v) for k, v in values.items() if k.startswith("references_deferred_") and isinstance(v, int)
+        )
+        shards = set(str(values.get("partitions", "")).split(", "))
+        full_and_whole = values.get("mode") == runs.FULL and shards >= every_shard
+        if full_and_whole and values.get("objects_failed") == 0 and deferred == 0:
+            out.append(e.collection)
     return out
 
 
@@ -329,9 +356,10 @@ def build_edges_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETR
         mode = _mode(context, config.mode, runs.EDGE_MODES)
         before = _previous_cursors(context, EDGES_ASSET)
         removed = _removed_since_edges(context) if mode == runs.INCREMENTAL else {}
+        whole = _written_whole_in_this_run(context) if mode == runs.FULL else []
         work: Callable[[SyncContext, dict[str, Any]], tuple[list[ObjectSyncReport], dict[str, Any]]]
         if config.batch_size is None:
-            work = lambda ctx, s: runs.edges_step(ctx, s, mode, before, removed)  # noqa: E731
+            work = lambda ctx, s: runs.edges_step(ctx, s, mode, before, removed, whole)  # noqa: E731
         else:
             try:
                 window = EdgeWindow(config.batch_size, config.offset)

@@ -11,7 +11,7 @@ Each Dagster asset calls exactly one of ``run_entity``, ``run_edges`` or
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -475,6 +475,7 @@ class EdgesRun:
     removed_targets: int = 0  # target rows removed outright that the entity steps named
     sources_of_removed: int = 0  # sources (per target) found pointing at them, rewritten
     log_pruned: int = 0  # entries of the delete log a full run pruned
+    written_whole: list[str] = field(default_factory=list)  # source types whose digests were not compared
 
 
 def _target_high_water(ctx: SyncContext, log_read_at: datetime | None) -> dict[str, Any]:
@@ -491,11 +492,18 @@ def run_edges(
     mode: str,
     previous: Mapping[str, CursorJson],
     removed: Mapping[str, Sequence[int]] | None = None,
+    written_whole: Collection[str] = (),
 ) -> EdgesRun:
     """Full: rewrite every source object whose reference lists changed. Incremental: only the
     sources of changed edges, of changed target rows and of the target rows ``removed`` outright
     (``{collection: ids}``, as the entity steps found them), then a count check per source type
-    that searches for references lost another way (edges removed outright)."""
+    that searches for references lost another way (edges removed outright).
+
+    ``written_whole``: source types whose entity step ran in this same run over every shard, in full
+    mode, and deferred no reference and failed no object. Their objects already carry exactly the
+    references the database has (each range either matched its digests, references included, or
+    was written with every reference, its targets all present), so a full run does not compare
+    their reference digests again."""
     removed = {c: sorted(set(ids)) for c, ids in (removed or {}).items() if ids}
     syncers = {e.collection: ObjectSyncer(ctx, e) for e in edge_sources()}
     run = EdgesRun([s.report for s in syncers.values()], cursors=dict(previous))
@@ -600,6 +608,9 @@ def run_edges(
             s.forget_targets()
         full = mode == FULL
         for collection, s in syncers.items():
+            if full and collection in written_whole:
+                run.written_whole.append(collection)
+                continue
             ranges = _ranges_to_read(ctx, entity(collection), s.report, rows=False) if full else None
             if ranges is not None:  # by digests: references deferred or gone leave a range's sum off
                 written = s.report.write.written
@@ -682,12 +693,13 @@ def edges_step(
     mode: str,
     previous: Mapping[str, CursorJson],
     removed: Mapping[str, Sequence[int]] | None = None,
+    written_whole: Collection[str] = (),
 ) -> tuple[list[ObjectSyncReport], dict[str, Any]]:
     """The edges step over every edge: its reports and metadata.
 
     An incremental run explains the edges it saw change.
     """
-    run = run_edges(ctx, shards, mode, previous, removed)
+    run = run_edges(ctx, shards, mode, previous, removed, written_whole)
     classification = edge_rules.classify_edges(
         ctx.db, list(shards.values()), None if mode == FULL else run.changed_edge_ids
     )
@@ -701,6 +713,8 @@ def edges_step(
         "sources_of_removed_targets": run.sources_of_removed,
         # the source types whose reference counts were off, with how many sources were rewritten
         "reconciled_by_count_check": ", ".join(run.reconciled) or "none",
+        # full runs: source types written whole earlier in this run, their digests not compared again
+        "sources_written_whole": ", ".join(run.written_whole) or "none",
         "delete_log": delete_log.status(ctx.db),
         "delete_log_pruned": run.log_pruned,
         "cursor_before": dict(previous),
