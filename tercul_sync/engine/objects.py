@@ -76,11 +76,13 @@ def as_utc(value: datetime | str) -> datetime:
 def to_weaviate_value(kind: Kind, value: Any) -> Any:
     """A column value as Weaviate stores it.
 
-    Timestamps become timezone-aware. Values of a surprising type pass through
-    as they are: Weaviate's own validation rejects them, and the row is reported.
+    Timestamps become timezone-aware RFC 3339 text (``isoformat``), formatted once here: the
+    content hash hashes that same text, and weaviate-client sends text as it is, where it would
+    format a ``datetime`` again for every object it converts. Values of a surprising type pass
+    through as they are: Weaviate's own validation rejects them, and the row is reported.
     """
     if kind is Kind.TIMESTAMP and isinstance(value, datetime):
-        return as_utc(value)
+        return as_utc(value).isoformat()
     return value
 
 
@@ -102,14 +104,10 @@ _NOT_HASHED = (HASH_PROPERTY, PARENT_HASH_PROPERTY)
 
 def content_hash(properties: Mapping[str, Any], references: Mapping[str, Sequence[str]]) -> str:
     """A stable digest of an object's properties and reference lists (keys sorted by the encoder)."""
-    doc = {
-        "p": {
-            k: v.isoformat() if isinstance(v, datetime) else v
-            for k, v in properties.items()
-            if k not in _NOT_HASHED
-        },
-        "r": {k: sorted(v) for k, v in references.items() if v},
-    }
+    hashed = dict(properties)  # timestamps are text already (to_weaviate_value)
+    for name in _NOT_HASHED:
+        hashed.pop(name, None)
+    doc = {"p": hashed, "r": {k: sorted(v) for k, v in references.items() if v}}
     return hashlib.sha256(_HASHED_JSON.encode(doc).encode()).hexdigest()
 
 
