@@ -201,3 +201,18 @@ def test_batches_in_flight_from_several_threads_are_all_counted_with_their_own_n
         by_number.setdefault(number, set()).add(key // 10)
     assert all(len(batches) == 1 for batches in by_number.values())  # a number names one batch
     assert len(by_number) == len({k // 10 for k in range(0, 4_000, 7)})
+
+
+def test_withdrawn_failures_leave_the_report_and_are_counted_again_when_written():
+    store = FlakyStore(bad=[2, 5])
+    processor = _processor(store)
+    _run(processor, [[1, 2, 3], [4, 5]])
+    taken = processor.withdraw(lambda f: f.key == 5)
+    assert [f.key for f in taken] == [5]
+    r = processor.report
+    assert (r.items, r.written, r.failed) == (4, 3, 1)
+    assert [f.key for f in r.failures] == [2]
+    store.bad.discard(5)  # written again another way: it lands, and is counted once
+    processor.write_batch([5])
+    assert (r.items, r.written, r.failed) == (5, 4, 1)
+    assert processor.withdraw(lambda f: False) == []

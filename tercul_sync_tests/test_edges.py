@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
+
 import pytest
 import sqlalchemy as sa
 
 from tercul_sync.devtools import demo_data
-from tercul_sync.engine import reading
-from tercul_sync.engine.registry import edge_sources
-from tercul_sync_tests.helpers import assert_references_match, metadata, run_sync, stored_references
+from tercul_sync.engine import reading, runs
+from tercul_sync.engine import weaviate_client as wc
+from tercul_sync.engine.registry import edge_sources, entity, object_uuid, relations_from
+from tercul_sync.engine.reports import FailureRule
+from tercul_sync.engine.settings import load_settings
+from tercul_sync.engine.weaviate_schema import ensure_schema
+from tercul_sync.engine.writing import SyncContext
+from tercul_sync_tests.helpers import (
+    assert_references_match,
+    expected_references,
+    metadata,
+    run_sync,
+    stored_references,
+)
 
 pytestmark = pytest.mark.services
 
@@ -45,6 +59,13 @@ def test_full_sync_writes_exactly_the_live_edges_and_is_idempotent(
         )
         assert (e.collection in whole) == (deferred == 0 and step["objects_failed"] == 0), e.collection
     assert whole and "Category" not in whole, whole
+    # An entity step's references to types written whole earlier in the run (no row failed; deferred
+    # references do not matter: every object exists) are not checked target by target.
+    for e in edge_sources():
+        before = {r.target for r in relations_from(e.collection) if r.target != e.collection}
+        trusted = {t for t in before if metadata(first, t)["objects_failed"] == 0}
+        assert metadata(first, e.collection)["targets_trusted"] == (", ".join(sorted(trusted)) or "none")
+    assert "Category" in metadata(first, "Work")["targets_trusted"]
 
     again = run_sync(pg_database, weaviate_server_proc)
     assert metadata(again, "edges")["objects_written"] == 0  # nothing changed: nothing rewritten
@@ -52,6 +73,10 @@ def test_full_sync_writes_exactly_the_live_edges_and_is_idempotent(
 
     alone = run_sync(pg_database, weaviate_server_proc, selection=["edges"])  # no entity step in its run
     assert metadata(alone, "edges")["sources_written_whole"] == "none"
+    work_alone = run_sync(
+        pg_database, weaviate_server_proc, selection=["Work"]
+    )  # its targets' steps: elsewhere
+    assert metadata(work_alone, "Work")["targets_trusted"] == "none"
 
 
 def test_removed_edges_and_deleted_targets_remove_references(
@@ -129,3 +154,43 @@ def test_edge_window_syncs_only_its_edges(pg_database, weaviate_server_proc, wea
     run_sync(pg_database, weaviate_server_proc, selection=["edges"])  # a full edges pass: everything in line
     assert _works_with_tag(weaviate_server_proc, tag) >= live_works
     assert_references_match(engine, weaviate_server_proc)
+
+
+def test_a_trusted_target_found_missing_sends_its_rows_through_the_check(
+    pg_database, weaviate_server_proc, weaviate_client, tmp_path
+):
+    """References to a trusted type are written unchecked; Weaviate refuses a row whose target has no
+    object (here deleted after its step, as if the row were made after that step read), and the row is
+    prepared again with the check: it lands without that reference, which is deferred, nothing fails."""
+    engine = reading.make_engine(pg_database)
+    demo_data.generate(engine, 600, seed=5)
+    settings = load_settings()
+    ensure_schema(weaviate_client, settings)
+    ctx = SyncContext(engine, weaviate_client, settings)
+    shards = {"all": reading.Shard(0, 1)}
+    for name in ("Author", "Tag", "Category"):
+        runs.run_entity(ctx, entity(name), shards, runs.FULL, {})
+    expected = {k: v for k, v in expected_references(engine).items() if k[0] == "Work"}
+    by_author = Counter(a for (_, name, _), targets in expected.items() if name == "authors" for a in targets)
+    missing, sources = by_author.most_common(1)[0]
+    weaviate_client.collections.use("Author").data.delete_by_id(object_uuid("Author", missing))
+
+    trusting = replace(ctx, trusted=frozenset({"Author", "Tag", "Category"}))
+    run = runs.run_entity(trusting, entity("Work"), shards, runs.FULL, {})
+    md = runs.summarize(
+        "Work",
+        [run.report],
+        {},
+        FailureRule(max_failure_rate=0.0, min_failures_to_fail=1),
+        tmp_path / "failures.jsonl",
+    ).metadata
+
+    assert md["objects_failed"] == 0, md.get("failure_sample")
+    assert md["rows_rechecked"] == sources  # trusted: refused by Weaviate, then checked
+    assert md["references_deferred_target_not_in_weaviate"] == sources
+    assert md["rows_read"] == reading.count_live(engine, entity("Work"))
+    assert wc.count_objects(weaviate_client, "Work") == md["rows_read"]
+    stored = {k: set(v) for k, v in stored_references(weaviate_server_proc).items() if k[0] == "Work" and v}
+    assert stored == {
+        k: left for k, v in expected.items() if (left := v - {missing} if k[1] == "authors" else v)
+    }

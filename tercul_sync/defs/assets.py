@@ -8,7 +8,8 @@ shards it reads whole as one stream of pages (``engine.runs.run_entity``).
 """
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
@@ -28,6 +29,7 @@ from tercul_sync.engine.registry import (
     edge_sources,
     edge_targets,
     passage_parents,
+    relations_from,
 )
 from tercul_sync.engine.reports import FailureRule
 from tercul_sync.engine.weaviate_schema import SchemaMismatchError
@@ -149,30 +151,46 @@ def _removed_since_edges(context: dg.AssetExecutionContext) -> dict[str, list[in
     return out
 
 
-def _written_whole_in_this_run(context: dg.AssetExecutionContext) -> list[str]:
-    """Source types whose entity step ran earlier in this run, in full mode over every shard, and
-    deferred no reference and failed no object: ``runs.run_edges`` need not compare their reference
-    digests again. Read from each one's latest materialization (every shard's carries the step's
-    metadata); a type synced in another run, or not at all, is compared as before."""
+def _written_whole_in_this_run(
+    context: dg.AssetExecutionContext, collections: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """Of ``collections``, the types whose entity step ran earlier in this run, in full mode over
+    every shard, and failed no row: every live row had an object when it ended. With the metadata of
+    that step (every shard's materialization carries it), read from each one's latest
+    materialization; a type synced in another run, or not at all, is left out."""
     partitions = context.assets_def.partitions_def
     every_shard = set(partitions.get_partition_keys()) if partitions is not None else set()
-    out = []
-    for e in edge_sources():
+    out = {}
+    for collection in collections:
         records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(e.collection)), limit=1
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(collection)), limit=1
         ).records
         if not records or records[0].run_id != context.run.run_id or records[0].asset_materialization is None:
             continue
-        md = records[0].asset_materialization.metadata
-        values = {k: v.value for k, v in md.items()}
-        deferred = sum(
+        values = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+        shards = set(str(values.get("partitions", "")).split(", "))
+        if values.get("mode") == runs.FULL and shards >= every_shard and values.get("objects_failed") == 0:
+            out[collection] = values
+    return out
+
+
+def _compared_again_not_needed(context: dg.AssetExecutionContext) -> list[str]:
+    """Source types ``runs.run_edges`` need not compare by reference digests again: written whole
+    in this run (``_written_whole_in_this_run``) with no reference deferred."""
+    whole = _written_whole_in_this_run(context, [e.collection for e in edge_sources()])
+    return [
+        collection
+        for collection, values in whole.items()
+        if not any(
             int(v) for k, v in values.items() if k.startswith("references_deferred_") and isinstance(v, int)
         )
-        shards = set(str(values.get("partitions", "")).split(", "))
-        full_and_whole = values.get("mode") == runs.FULL and shards >= every_shard
-        if full_and_whole and values.get("objects_failed") == 0 and deferred == 0:
-            out.append(e.collection)
-    return out
+    ]
+
+
+def _trusted_targets(context: dg.AssetExecutionContext, e: EntityType) -> frozenset[str]:
+    """The targets of ``e``'s references written whole earlier in this run (``SyncContext.trusted``)."""
+    targets = {r.target for r in relations_from(e.collection) if r.target != e.collection}
+    return frozenset(_written_whole_in_this_run(context, sorted(targets)))
 
 
 def _as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -324,12 +342,18 @@ def build_entity_asset(
         mode = runs.IDS if ids is not None else _mode(context, config.mode, runs.ENTITY_MODES)
         before = _previous_cursors(context, e.collection)
 
+        trusted = _trusted_targets(context, e) if mode == runs.FULL else frozenset()
+
         def work(ctx: SyncContext, shards: dict[str, Any]) -> tuple[list[ObjectSyncReport], dict[str, Any]]:
             if ids is not None:
                 run = runs.run_entity_ids(ctx, e, shards, ids, before)
             else:
-                run = runs.run_entity(ctx, e, shards, mode, before)
-            return [run.report], run.metadata(mode, before)
+                run = runs.run_entity(replace(ctx, trusted=trusted), e, shards, mode, before)
+            # the targets whose existence was not checked reference by reference (SyncContext.trusted)
+            return [run.report], {
+                **run.metadata(mode, before),
+                "targets_trusted": ", ".join(sorted(trusted)) or "none",
+            }
 
         return _step(context, e.collection, weaviate, tercul_db, sync_settings, config.force, work)
 
@@ -356,7 +380,7 @@ def build_edges_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETR
         mode = _mode(context, config.mode, runs.EDGE_MODES)
         before = _previous_cursors(context, EDGES_ASSET)
         removed = _removed_since_edges(context) if mode == runs.INCREMENTAL else {}
-        whole = _written_whole_in_this_run(context) if mode == runs.FULL else []
+        whole = _compared_again_not_needed(context) if mode == runs.FULL else []
         work: Callable[[SyncContext, dict[str, Any]], tuple[list[ObjectSyncReport], dict[str, Any]]]
         if config.batch_size is None:
             work = lambda ctx, s: runs.edges_step(ctx, s, mode, before, removed, whole)  # noqa: E731

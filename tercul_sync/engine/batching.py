@@ -112,6 +112,17 @@ class BatchProcessor(Generic[T]):
             r.failed += 1
             r.failures.append(ItemFailure(key, message, r.batches))
 
+    def withdraw(self, matches: Callable[[ItemFailure], bool]) -> list[ItemFailure]:
+        """Take the failures ``matches`` picks out of the report, to be written again another way
+        (their new outcome is counted then): they no longer count as items or as failed."""
+        with self._lock:
+            r = self.report
+            taken = [f for f in r.failures if matches(f)]
+            r.failures = [f for f in r.failures if not matches(f)]
+            r.items -= len(taken)
+            r.failed -= len(taken)
+        return taken
+
     def write_batch(self, items: list[T]) -> list[T]:
         """Write one batch; return the items that landed.
 

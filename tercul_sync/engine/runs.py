@@ -101,6 +101,8 @@ def summarize(
         "objects_failed": total.failed,
         "objects_unchanged": sum(r.unchanged for r in reports),
         "objects_reindexed": sum(r.reindexed for r in reports),
+        # rows Weaviate refused for a missing reference target, prepared again with the target checked
+        "rows_rechecked": sum(r.rechecked_rows for r in reports),
         "references_written": sum(r.references_written for r in reports),
         "batches": total.batches,
         "failed_batches": total.failed_batches,

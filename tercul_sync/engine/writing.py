@@ -9,6 +9,7 @@ replaces and a re-run never duplicates anything, references included.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -57,11 +58,20 @@ class SyncContext:
     names: Mapping[str, str] = field(default_factory=dict)
     # Registry name -> a collection whose stored vectors may be reused (a rebuild's old versions).
     reuse_vectors_from: Mapping[str, str] = field(default_factory=dict)
+    # Registry names of types every live row of which had an object as this step began (their full
+    # step ran earlier in the same run, over every shard, and failed no row): references to them are
+    # written without asking Weaviate first whether each target exists (docs/design.md, "Trusted
+    # targets"). Weaviate checks every reference it is sent anyway; a row it refuses for a missing
+    # target is prepared again with the check (ObjectSyncer._retry_missing_targets).
+    trusted: frozenset[str] = frozenset()
 
     def collection(self, name: str) -> str:
         """The collection this context reads and writes for registry name ``name``."""
         return self.names.get(name, name)
 
+
+# Weaviate's refusal of an object whose reference names no object (usecases/objects/validation).
+MISSING_TARGET = re.compile(r"'cref' \S+: no object with id \S+ found")
 
 VECTOR_CHECK_SAMPLE = 1_000  # written objects per step whose vectors are read back and checked
 PREPARE_THREADS = 2  # pages prepared at once (one computes while another waits on PostgreSQL or Weaviate)
@@ -84,6 +94,7 @@ class ObjectSyncReport:
     # (uuid, vector names it must carry) of some written objects, for the vectors_present check
     vector_sample: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     reindexed: int = 0  # objects stored but not found by id, deleted and written again (_make_findable)
+    rechecked_rows: int = 0  # rows refused for a missing reference target, prepared again with checks
 
 
 class ObjectSyncer:
@@ -115,6 +126,9 @@ class ObjectSyncer:
         self.collection_was_empty = False
         self._fingerprint = digests.fingerprint(e, ctx.settings)
         self._has_relations = bool(relations_from(e.collection))
+        # A type's references to itself are always checked: its targets are being written now.
+        self._trusted = ctx.trusted - {e.collection}
+        self._retried_missing = False
 
     def forget_targets(self) -> None:
         """Drop the targets seen to exist (they are looked up again when needed): frees memory that
@@ -182,6 +196,25 @@ class ObjectSyncer:
                 write_oldest()
             while written:
                 written.popleft().result()
+        self._retry_missing_targets()
+
+    def _retry_missing_targets(self) -> None:
+        """Prepare and write again, once, the rows Weaviate refused because a reference's target
+        does not exist: a trusted target made or restored after its own step read, or a checked one
+        deleted since the check. Their targets are checked this time (from then on, for the whole
+        step), so a missing one is deferred like any other and the row lands without it."""
+        if self._retried_missing:
+            return
+        taken = self._processor.withdraw(lambda f: MISSING_TARGET.search(f.message) is not None)
+        if not taken:
+            return
+        self._retried_missing = True
+        self._trusted = frozenset()
+        self.forget_targets()  # the trusted ones were never checked
+        with self._counting:
+            self.report.rechecked_rows += len(taken)
+            self.report.rows_read -= len(taken)  # read again below
+        self.sync_ids([f.key for f in taken if isinstance(f.key, int)])
 
     def _prepare(self, rows: Sequence[Row]) -> list[ObjectWrite]:
         """The objects of ``rows`` that need writing: references resolved, unchanged ones dropped,
@@ -385,7 +418,9 @@ class ObjectSyncer:
             edges = by_relation[rel.name]
             present = self._present.setdefault(rel.target, set())
             unknown = {t for pairs in edges.values() for _, t in pairs} - present
-            if unknown:
+            if unknown and rel.target in self._trusted:
+                present.update(unknown)
+            elif unknown:
                 by_uuid = {object_uuid(rel.target, t): t for t in unknown}
                 found = weaviate_client.existing_uuids(self.client, self.ctx.collection(rel.target), by_uuid)
                 present.update(by_uuid[u] for u in found)
