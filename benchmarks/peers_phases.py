@@ -24,6 +24,7 @@ import argparse
 import json
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,17 @@ def _entity_row(name: str, seconds: float, run: runs.EntityRun) -> dict[str, Any
 
 
 def engine(args: argparse.Namespace) -> dict[str, Any]:
-    """One engine run (``first`` / ``rerun`` / ``full`` in full mode, ``incremental`` from saved cursors)."""
+    """One engine run (``first`` / ``rerun`` / ``full`` in full mode, ``incremental`` from saved cursors).
+
+    As in a Dagster step: the objects imported are frozen out of the cycle collector's walks (what
+    loading the code location does), and an entity step trusts the targets written whole earlier in
+    the run (``SyncContext.trusted``)."""
+    try:
+        from tercul_sync.garbage_collection import settle_imports
+    except ImportError:  # --code older than the module
+        pass
+    else:
+        settle_imports()
     settings = load_settings()
     db = reading.make_engine(args.db_url)
     client = weaviate_client.connect(
@@ -193,9 +204,16 @@ def engine(args: argparse.Namespace) -> dict[str, Any]:
     t = time.perf_counter()
     ensure_schema(client, settings)
     steps.append({"step": "schema", "seconds": time.perf_counter() - t})
+    whole: set[str] = set()  # types written whole earlier in this run, as the Dagster assets read them
     for e in sync_order():
         t = time.perf_counter()
-        run = runs.run_entity(ctx, e, SHARDS, mode, previous.get(e.collection, {}))
+        step_ctx = ctx
+        if hasattr(ctx, "trusted") and mode == runs.FULL:  # --code older than 01c552f: no trusted targets
+            targets = {r.target for r in RELATIONS if r.source == e.collection and r.target != e.collection}
+            step_ctx = replace(ctx, trusted=frozenset(targets & whole))
+        run = runs.run_entity(step_ctx, e, SHARDS, mode, previous.get(e.collection, {}))
+        if run.report.write.failed == 0:
+            whole.add(e.collection)
         steps.append(_entity_row(e.collection, time.perf_counter() - t, run))
         cursors[e.collection] = run.cursors
         # --code older than 78c55f0: no removed ids
