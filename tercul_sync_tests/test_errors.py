@@ -139,6 +139,7 @@ def test_httpx_status_errors_are_classified_by_status():
         (grpc.StatusCode.UNAVAILABLE, True),
         (grpc.StatusCode.DEADLINE_EXCEEDED, True),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, True),
+        (grpc.StatusCode.CANCELLED, True),
         (grpc.StatusCode.INVALID_ARGUMENT, False),
         (grpc.StatusCode.PERMISSION_DENIED, False),
         (grpc.StatusCode.UNAUTHENTICATED, False),
