@@ -29,7 +29,6 @@ from tercul_sync.engine.registry import (
     edge_sources,
     edge_targets,
     passage_parents,
-    relations_from,
 )
 from tercul_sync.engine.reports import FailureRule
 from tercul_sync.engine.weaviate_schema import SchemaMismatchError
@@ -187,10 +186,9 @@ def _compared_again_not_needed(context: dg.AssetExecutionContext) -> list[str]:
     ]
 
 
-def _trusted_targets(context: dg.AssetExecutionContext, e: EntityType) -> frozenset[str]:
-    """The targets of ``e``'s references written whole earlier in this run (``SyncContext.trusted``)."""
-    targets = {r.target for r in relations_from(e.collection) if r.target != e.collection}
-    return frozenset(_written_whole_in_this_run(context, sorted(targets)))
+def _trusted_targets(context: dg.AssetExecutionContext, targets: Iterable[str]) -> frozenset[str]:
+    """Of an entity's ``targets``, those written whole earlier in this run (``SyncContext.trusted``)."""
+    return frozenset(_written_whole_in_this_run(context, targets))
 
 
 def _as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -342,7 +340,7 @@ def build_entity_asset(
         mode = runs.IDS if ids is not None else _mode(context, config.mode, runs.ENTITY_MODES)
         before = _previous_cursors(context, e.collection)
 
-        trusted = _trusted_targets(context, e) if mode == runs.FULL else frozenset()
+        trusted = _trusted_targets(context, targets) if mode == runs.FULL else frozenset()
 
         def work(ctx: SyncContext, shards: dict[str, Any]) -> tuple[list[ObjectSyncReport], dict[str, Any]]:
             if ids is not None:

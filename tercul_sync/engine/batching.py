@@ -117,8 +117,11 @@ class BatchProcessor(Generic[T]):
         (their new outcome is counted then): they no longer count as items or as failed."""
         with self._lock:
             r = self.report
-            taken = [f for f in r.failures if matches(f)]
-            r.failures = [f for f in r.failures if not matches(f)]
+            taken: list[ItemFailure] = []
+            kept: list[ItemFailure] = []
+            for f in r.failures:
+                (taken if matches(f) else kept).append(f)
+            r.failures = kept
             r.items -= len(taken)
             r.failed -= len(taken)
         return taken

@@ -60,9 +60,10 @@ class SyncContext:
     reuse_vectors_from: Mapping[str, str] = field(default_factory=dict)
     # Registry names of types every live row of which had an object as this step began (their full
     # step ran earlier in the same run, over every shard, and failed no row): references to them are
-    # written without asking Weaviate first whether each target exists (docs/design.md, "Trusted
-    # targets"). Weaviate checks every reference it is sent anyway; a row it refuses for a missing
-    # target is prepared again with the check (ObjectSyncer._retry_missing_targets).
+    # written without asking Weaviate first whether each target exists (docs/design.md, "Targets
+    # written whole earlier in the run are trusted"). Weaviate checks every reference it is sent
+    # anyway; a row it refuses for a missing target is prepared again with the check
+    # (ObjectSyncer._retry_missing_targets).
     trusted: frozenset[str] = frozenset()
 
     def collection(self, name: str) -> str:
