@@ -152,6 +152,27 @@ def test_weaviate_errors_raised_from_grpc_take_the_grpc_status(make, explicit_ca
     assert is_transient_error(exc) is transient
 
 
+@pytest.mark.parametrize(
+    ("details", "transient"),
+    [
+        ("aggregate: tried to browse non-existing index for Category_v1", True),
+        ("parse params: could not find class Author in schema", True),
+        ("explorer: get class: vectorSearch: invalid filter", False),
+    ],
+)
+def test_a_collection_not_yet_loaded_is_transient_though_grpc_unknown_is_not(details, transient):
+    # How the server answers a read of a collection made a moment ago by another process (or not yet
+    # applied by a cluster follower): gRPC UNKNOWN, which alone is permanent; its words decide.
+    cause = FakeRpcError(grpc.StatusCode.UNKNOWN, details)
+    try:
+        try:
+            raise cause
+        except grpc.RpcError as rpc:
+            raise WeaviateQueryError(str(rpc.details()), "GRPC search") from rpc
+    except WeaviateQueryError as exc:
+        assert is_transient_error(exc) is transient
+
+
 def test_the_weaviate_error_alone_says_nothing_and_is_permanent():
     # Same types, no gRPC error behind them: nothing says "retry", so it is not retried.
     assert not is_transient_error(WeaviateBatchError("unavailable"))
@@ -212,6 +233,7 @@ def test_the_chain_is_followed_to_its_first_verdict_and_survives_a_cycle():
         "RESOURCE_EXHAUSTED: too many concurrent requests",
         "cannot reach enough replicas: required 2 replicas, got 1: 127.0.0.12:55729: status code: 404",
         "failed to execute query: rpc error: code = Canceled desc = grpc: the client connection is closing",
+        "aggregate: tried to browse non-existing index for Category_v1",
     ],
 )
 def test_transient_batch_messages(message):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from weaviate.classes.config import DataType, Property
 
 from tercul_sync.defs.resources import WeaviateResource
+from tercul_sync.engine import weaviate_client as wc
 from tercul_sync.engine.registry import PASSAGE_COLLECTION, RELATIONS, sync_order
 from tercul_sync.engine.schema_background import SchemaInBackground
 from tercul_sync.engine.settings import load_settings
@@ -76,3 +80,28 @@ def test_after_an_error_the_next_step_asks_again(weaviate_server_proc, weaviate_
             resource._made_schema.close()
         resource.client.close()
     assert resolve(weaviate_client, order[-1]) is not None
+
+
+def test_a_read_of_a_collection_another_process_is_still_making_waits_for_it(weaviate_client):
+    """Parallel steps each ensure the schema: a step can find a collection that another step's process
+    made a moment ago and read it before this node has loaded it. Weaviate then answers gRPC UNKNOWN
+    ("could not find class ... in schema", or "tried to browse non-existing index"); the read waits
+    and tries again (errors.NOT_YET_LOADED_MARKERS) instead of failing the step. Here the collection
+    comes 0.8 s after the first read."""
+    made_at: list[float] = []
+
+    def make_later() -> None:
+        time.sleep(0.8)
+        weaviate_client.collections.create(
+            "Late_v1", properties=[Property(name="title", data_type=DataType.TEXT)]
+        )
+        made_at.append(time.monotonic())
+
+    maker = threading.Thread(target=make_later)
+    started = time.monotonic()
+    maker.start()
+    try:
+        assert wc.count_objects(weaviate_client, "Late_v1") == 0
+    finally:
+        maker.join()
+    assert made_at and made_at[0] - started >= 0.8  # the first attempts did meet the missing class

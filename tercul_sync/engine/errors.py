@@ -7,9 +7,11 @@ Only the per-object messages of a batch result, which are plain strings,
 are classified by their text.
 
 Transient: connection refused or reset, timeouts, HTTP 429 and 5xx, gRPC
-UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED, a database
-connection that dropped. Permanent: everything else, notably HTTP 401, 403
-and 422 and gRPC PERMISSION_DENIED, UNAUTHENTICATED and INVALID_ARGUMENT.
+UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED and CANCELLED, a
+database connection that dropped, and a collection that the node has not
+loaded yet (by the server's words, ``NOT_YET_LOADED_MARKERS``). Permanent:
+everything else, notably HTTP 401, 403 and 422 and gRPC PERMISSION_DENIED,
+UNAUTHENTICATED and INVALID_ARGUMENT.
 
 A third kind is neither: a **refusal by the infrastructure**. A Weaviate
 shard whose disk filled up (``DISK_USE_READONLY_PERCENTAGE``) or that an
@@ -84,6 +86,13 @@ TRANSIENT_MESSAGE_MARKERS = (
     # A node's own gRPC connection to a replica that was killed while the batch was in flight.
     "the client connection is closing",
 )
+
+# The server's words for a collection its schema lists that this node has not loaded yet: its index
+# right after another step's process made it ("tried to browse non-existing index for Category_v1",
+# seen in a first multiprocess full_sync), or, on a cluster, the class itself before a follower applied
+# the schema change ("could not find class Author in schema"). Both pass within a second, and come as
+# gRPC UNKNOWN, which says nothing; a collection that is really gone still fails once retries run out.
+NOT_YET_LOADED_MARKERS = ("tried to browse non-existing index", "could not find class")
 
 
 # The server's words for a store that refuses writes (storagestate.ErrStatusReadOnly in Weaviate).
@@ -174,6 +183,8 @@ def is_transient_error(exc: BaseException) -> bool:
     """
     if refused_by_infrastructure(exc):
         return False
+    if any(not_yet_loaded(str(link)) for link in exception_chain(exc)):
+        return True
     for link in exception_chain(exc):
         verdict = _verdict(link)
         if verdict is not None:
@@ -186,7 +197,13 @@ def is_transient_message(message: str) -> bool:
     if refusal_cause(message):
         return False
     text = message.lower()
-    return any(marker in text for marker in TRANSIENT_MESSAGE_MARKERS)
+    return any(marker in text for marker in TRANSIENT_MESSAGE_MARKERS) or not_yet_loaded(text)
+
+
+def not_yet_loaded(message: str) -> bool:
+    """Whether a server message says a collection is not loaded on this node yet (NOT_YET_LOADED_MARKERS)."""
+    text = message.lower()
+    return any(marker in text for marker in NOT_YET_LOADED_MARKERS)
 
 
 def describe(exc: BaseException) -> str:
