@@ -68,6 +68,9 @@ def test_the_edges_come_after_every_entity_and_sources_after_their_targets():
     assert {k.to_user_string() for k in edges.dependency_keys} == {e.collection for e in ENTITIES}
     work = defs.resolve_assets_def("Work")
     assert {k.to_user_string() for k in work.dependency_keys} == {"Author", "Tag", "Category"}
+    # passages after their parents, and after the edges: the catalog whole first (docs/passages.md)
+    passages = defs.resolve_assets_def(PASSAGES_ASSET)
+    assert {k.to_user_string() for k in passages.dependency_keys} == {"Work", "Translation", EDGES_ASSET}
 
 
 def test_jobs_cover_full_sync_and_each_entity_alone():

@@ -396,10 +396,13 @@ def build_edges_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETR
 def build_passages_asset(shard_count: int, retry_policy: dg.RetryPolicy = STEP_RETRY) -> dg.AssetsDefinition:
     parents = [e.collection for e in passage_parents()]
 
+    # After its parents (a passage refers to its parent's object) and after `edges`: the catalog's
+    # objects and references are whole first, and the passages, a derived index (embedded on the
+    # CPU with a local model), do not share the machine with the edges step (docs/passages.md).
     @_asset(
         PASSAGES_ASSET,
         f"Long texts of {', '.join(parents)} as passages, objects of `{PASSAGE_COLLECTION}`.",
-        parents,
+        [*parents, EDGES_ASSET],
         "Every passage landed in Weaviate.",
         shard_count,
         retry_policy,
