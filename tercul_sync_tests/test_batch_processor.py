@@ -207,12 +207,14 @@ def test_withdrawn_failures_leave_the_report_and_are_counted_again_when_written(
     store = FlakyStore(bad=[2, 5])
     processor = _processor(store)
     _run(processor, [[1, 2, 3], [4, 5]])
+    assert processor.report.failed_batches == 2
     taken = processor.withdraw(lambda f: f.key == 5)
     assert [f.key for f in taken] == [5]
     r = processor.report
     assert (r.items, r.written, r.failed) == (4, 3, 1)
     assert [f.key for f in r.failures] == [2]
+    assert r.failed_batches == 1  # the batch [4, 5] has no failure left; [1, 2, 3] still has one
     store.bad.discard(5)  # written again another way: it lands, and is counted once
     processor.write_batch([5])
-    assert (r.items, r.written, r.failed) == (5, 4, 1)
+    assert (r.items, r.written, r.failed, r.failed_batches) == (5, 4, 1, 1)
     assert processor.withdraw(lambda f: False) == []

@@ -114,7 +114,8 @@ class BatchProcessor(Generic[T]):
 
     def withdraw(self, matches: Callable[[ItemFailure], bool]) -> list[ItemFailure]:
         """Take the failures ``matches`` picks out of the report, to be written again another way
-        (their new outcome is counted then): they no longer count as items or as failed."""
+        (their new outcome is counted then): they no longer count as items or as failed, and a
+        batch left with no failure no longer counts as failed."""
         with self._lock:
             r = self.report
             taken: list[ItemFailure] = []
@@ -124,6 +125,8 @@ class BatchProcessor(Generic[T]):
             r.failures = kept
             r.items -= len(taken)
             r.failed -= len(taken)
+            emptied = {f.batch for f in taken} - {f.batch for f in kept}
+            r.failed_batches = max(0, r.failed_batches - len(emptied))
         return taken
 
     def write_batch(self, items: list[T]) -> list[T]:
