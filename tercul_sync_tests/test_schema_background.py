@@ -105,27 +105,3 @@ def test_a_read_of_a_collection_another_process_is_still_making_waits_for_it(wea
     finally:
         maker.join()
     assert made_at and made_at[0] - started >= 0.8  # the first attempts did meet the missing class
-
-
-def test_closing_stops_the_thread_after_its_collection_and_the_next_step_completes_the_schema(
-    weaviate_client,
-):
-    """A step that is over does not wait for the collections other steps need: ``close`` stops the
-    thread after the collection it is making. The next ``ensure_schema`` (the next step's) finds what
-    was made and completes it: every collection, alias and reference, as if nothing had stopped."""
-    order = [e.collection for e in sync_order()]
-    settings = load_settings(vectorizer="none")
-    schema = SchemaInBackground(weaviate_client, settings)
-    schema.wait([order[0]])
-    schema.close()  # about 150 ms a collection: eight more would take over a second
-    made = [c for c in order if resolve(weaviate_client, c) is not None]
-    assert order[0] in made and len(made) < len(order), f"the thread did not stop: {made}"
-    assert resolve(weaviate_client, PASSAGE_COLLECTION) is None
-
-    changes = ensure_schema(weaviate_client, settings)
-    assert all(resolve(weaviate_client, c) is not None for c in [*order, PASSAGE_COLLECTION])
-    assert not any(order[0] in change for change in changes), "what was made is not made again"
-    for r in RELATIONS:
-        refs = weaviate_client.collections.use(resolve(weaviate_client, r.source)).config.get().references
-        assert r.name in {ref.name for ref in refs}, f"{r.source}.{r.name} missing"
-    assert ensure_schema(weaviate_client, settings) == [], "complete: a third pass changes nothing"

@@ -6,11 +6,6 @@ index it is about to create (``DB.GetIndex``, "TODO-RAFT remove backoff"). The e
 of an empty Weaviate cost 1.2 to 1.4 s of waiting that uses no CPU. Made in the background, in
 ``sync_order`` (targets first), the first entity step starts writing once its own collection is
 there, while the next ones are still being made.
-
-A step that is over stops its thread after the collection it is making (``close``): each step
-process ensures the schema, so what is left is made by the next step that needs it. With the
-multiprocess executor the four first steps each used to wait, after their own work, until their
-thread had made or checked every collection, and the Work step waited for the last of them.
 """
 
 from __future__ import annotations
@@ -24,10 +19,6 @@ from tercul_sync.engine.settings import Settings
 from tercul_sync.engine.weaviate_schema import ensure_schema
 
 
-class _Stopped(Exception):
-    """Raised in the thread, between two collections, once ``close`` asked it to stop."""
-
-
 class SchemaInBackground:
     """``ensure_schema`` running on a thread; ``wait`` for some collections, or for all of it."""
 
@@ -38,7 +29,6 @@ class SchemaInBackground:
         self._told: set[str] = set()  # collections whose changes a wait already returned
         self._error: BaseException | None = None
         self._done = False
-        self._stopping = False
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="tercul-schema", daemon=True)
         self._thread.start()
@@ -46,8 +36,6 @@ class SchemaInBackground:
     def _run(self) -> None:
         try:
             ensure_schema(self._client, self.settings, on_ready=self._mark)
-        except _Stopped:
-            pass
         except BaseException as exc:  # raised in the step that waits for what it did not make
             with self._changed:
                 self._error = exc
@@ -60,8 +48,6 @@ class SchemaInBackground:
         with self._changed:
             self._ready[collection] = list(changes)
             self._changed.notify_all()
-            if self._stopping:
-                raise _Stopped
 
     def wait(self, collections: Collection[str] | None = None) -> list[str]:
         """Block until ``collections`` (registry names; None: every one) are ready; return the changes
@@ -86,9 +72,5 @@ class SchemaInBackground:
             return self._done and self._error is not None
 
     def close(self) -> None:
-        """Stop the thread after the collection it is making, and wait for it (every request it makes
-        has a timeout). What it had not made yet is left to the next ``ensure_schema``, which finds
-        what was made (a collection without its alias or a reference included) and completes it."""
-        with self._changed:
-            self._stopping = True
+        """Wait for the thread (it ends by itself: every request it makes has a timeout)."""
         self._thread.join()
