@@ -730,6 +730,16 @@ def test_step_process_killed_on_the_daemon_then_eight_concurrent_runs(
             holder.close()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         assert "python" in cmdline, cmdline  # the step's own process (a child of the run worker we launched)
+        # Forked from the run worker itself (defs/executors.py: the run worker a code server starts
+        # runs only waiting helpers besides its main thread), not from a forkserver: its parent is
+        # the process that started the run.
+        run_worker = next(
+            int(json.loads(event)["dagster_event"]["pid"])
+            for _, _, _, event in _events(dagster_db, run_id, ("PIPELINE_START",))
+        )
+        status_lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        parent = next(int(line.split()[1]) for line in status_lines if line.startswith("PPid:"))
+        assert parent == run_worker, (pid, parent, run_worker)
         with engine.connect() as conn:
             total = conn.execute(sa.text("SELECT count(*) FROM works WHERE deleted_at IS NULL")).scalar_one()
         landed = _hold_mid_write(pid, works, total=total, batch=int(settings["TERCUL_SYNC_BATCH_SIZE"]))

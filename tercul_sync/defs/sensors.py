@@ -12,8 +12,8 @@ schedule stays as the safety net for what the marks cannot see.
 Its runs are of ``sync_changes``: ``incremental_sync``'s assets and tags, with
 the in-process executor. A run the sensor asks for is small (the rows changed
 in one interval), so one process that already imported the code location runs
-its steps in turn, with one set of connections, instead of a forkserver that
-imports it again and a process per step; the pools apply all the same. And
+its steps in turn, with one set of connections, instead of a process per step
+opening its own; the pools apply all the same. And
 ``edges`` is left out when an entity table only had updates (its newest
 ``updated_at`` moved, not its count or its newest ``deleted_at``): the entity
 step writes each updated object whole with its references, and no reference

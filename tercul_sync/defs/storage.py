@@ -44,6 +44,8 @@ missing, the others then find it there. Select it in ``dagster.yaml``:
 from __future__ import annotations
 
 import contextlib
+import os
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -65,11 +67,25 @@ MAX_OVERFLOW = 10  # connections opened beyond the kept one while threads need t
 SCHEMA_LOCK_KEY = 0x7465726375_01  # pg_advisory_lock key held while a process makes Dagster's tables
 
 
+# Every pooled engine of this process: a forked child (executors.py) must not use their connections.
+_POOLED: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+
+
+def _forget_inherited_connections() -> None:
+    """In a forked child: drop the pools' connections without closing them (closing would end the
+    parent's session, whose socket the child shares), so the child opens its own if it needs one."""
+    for engine in list(_POOLED):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)
+
+
 def pooled_engine(postgres_url: str, token_provider: PgTokenProvider | None) -> sa.Engine:
     """The engine ``optimize_for_webserver`` makes (autocommit, one connection kept), with no
     statement timeout and a ping before each use: a connection PostgreSQL dropped (a restart) is
     replaced before the call, not found broken by it."""
-    return create_pg_engine(
+    engine = create_pg_engine(
         postgres_url,
         token_provider,
         isolation_level="AUTOCOMMIT",
@@ -78,6 +94,8 @@ def pooled_engine(postgres_url: str, token_provider: PgTokenProvider | None) -> 
         pool_recycle=POOL_RECYCLE_S,
         pool_pre_ping=True,
     )
+    _POOLED.add(engine)
+    return engine
 
 
 @contextlib.contextmanager

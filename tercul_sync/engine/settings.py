@@ -177,8 +177,8 @@ class Settings(BaseModel):
     executor: Literal["multiprocess", "in_process", "celery", "k8s"] = _env(
         "TERCUL_SYNC_EXECUTOR",
         default="multiprocess",
-        description="Where a run's steps execute. `multiprocess`: processes on the run's machine, started "
-        "by a forkserver. `in_process`: one after another in the run's own process (no step starts). "
+        description="Where a run's steps execute. `multiprocess`: processes on the run's machine, forked "
+        "from the run's process. `in_process`: one after another in the run's own process (no step starts). "
         "`celery`: Celery tasks on `dagster-celery` workers, through the broker "
         "`TERCUL_SYNC_CELERY_BROKER`. `k8s`: one Kubernetes Job per step (dagster-k8s `k8s_job_executor`, "
         "under the Helm chart's `K8sRunLauncher`). See docs/deployment.md.",
