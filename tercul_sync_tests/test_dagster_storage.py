@@ -233,3 +233,53 @@ def _waiting_on_the_lock(conn: sa.Connection, db: str) -> bool:
             {"db": db},
         ).scalar_one()
     )
+
+
+def test_a_process_that_found_the_tables_and_its_forks_do_not_look_again(postgres, tmp_path):
+    """Once a process has found (or made) the tables, another instance it makes, and the step
+    processes it forks, skip the lock and the look: they get their instance while the lock is held."""
+    db = new_database(postgres, "dagster_found")
+    holder = sa.create_engine(sa.make_url(postgres).set(database=db), isolation_level="AUTOCOMMIT")
+    try:
+        home = tmp_path / "home"
+        write_instance_config(home)
+        script = (
+            "import os, sys, dagster as dg\n"
+            f"def instance(): dg.DagsterInstance.from_config({str(home)!r}).get_runs(limit=1)\n"
+            "instance()\n"  # looks: makes the tables
+            "print('found', flush=True)\n"
+            "sys.stdin.readline()\n"  # the test holds the lock now
+            "instance()\n"
+            "child = os.fork()\n"
+            "if child == 0:\n"
+            "    instance()\n"
+            "    os._exit(0)\n"
+            "_, status = os.waitpid(child, 0)\n"
+            "print('done', status, flush=True)\n"
+        )
+        env = {**os.environ, **PostgresStorage(db).env()}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "found", proc.communicate()[1][-2000:]
+        with holder.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            try:
+                out, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                waiting = _waiting_on_the_lock(conn, db)
+                proc.kill()
+                pytest.fail(f"an instance waited for the lock again (waiting on it: {waiting})")
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
+        assert proc.returncode == 0 and out.strip() == "done 0", (out, err[-2000:])
+    finally:
+        holder.dispose()
+        drop_database(postgres, db)

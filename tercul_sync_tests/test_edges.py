@@ -194,3 +194,47 @@ def test_a_trusted_target_found_missing_sends_its_rows_through_the_check(
     assert stored == {
         k: left for k, v in expected.items() if (left := v - {missing} if k[1] == "authors" else v)
     }
+
+
+def test_an_incremental_edges_run_trusts_its_targets_and_rechecks_a_missing_one(
+    pg_database, weaviate_server_proc, weaviate_client, tmp_path
+):
+    """An incremental edges run writes the sources of changed edges without looking each target up
+    (they are live rows the entity steps keep in Weaviate); a source whose new target has no object
+    is refused by Weaviate, prepared again with the check, and lands with that reference deferred."""
+    engine = reading.make_engine(pg_database)
+    demo_data.generate(engine, 600, seed=5)
+    settings = load_settings()
+    ensure_schema(weaviate_client, settings)
+    ctx = SyncContext(engine, weaviate_client, settings)
+    shards = {"all": reading.Shard(0, 1)}
+    for e in (entity(n) for n in ("Author", "Publisher", "Tag", "Category", "Work", "Translation", "Book")):
+        runs.run_entity(ctx, e, shards, runs.FULL, {})
+    cursors = runs.run_edges(ctx, shards, runs.FULL, {}).cursors
+
+    expected = expected_references(engine)
+    missing = min(a for (src, name, _), targets in expected.items() if name == "authors" for a in targets)
+    weaviate_client.collections.use("Author").data.delete_by_id(object_uuid("Author", missing))
+    work_authors = {w: t for (src, name, w), t in expected.items() if (src, name) == ("Work", "authors")}
+    new_sources = sorted(w for w, targets in work_authors.items() if missing not in targets)[:3]
+    with engine.begin() as conn:
+        next_id = conn.execute(sa.text("SELECT max(id) FROM edges")).scalar_one() + 1
+        for i, w in enumerate(new_sources):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO edges (id, created_at, updated_at, source_table, source_id, target_table, "
+                    "target_id, relation) VALUES (:id, now(), now(), 'works', :w, 'authors', :a, 'authors')"
+                ),
+                {"id": next_id + i, "w": w, "a": missing},
+            )
+
+    run = runs.run_edges(ctx, shards, runs.INCREMENTAL, cursors)
+    rule = FailureRule(max_failure_rate=0.0, min_failures_to_fail=1)
+    md = runs.summarize("edges", run.reports, {}, rule, tmp_path / "f.jsonl").metadata
+
+    assert md["objects_failed"] == 0, md.get("failure_sample")
+    assert md["rows_rechecked"] == len(new_sources)  # trusted: refused by Weaviate, then checked
+    assert md["references_deferred_target_not_in_weaviate"] >= len(new_sources)
+    stored = stored_references(weaviate_server_proc)
+    for w in new_sources:
+        assert sorted(stored[("Work", "authors", w)]) == sorted(expected[("Work", "authors", w)])

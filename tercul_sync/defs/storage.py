@@ -29,7 +29,10 @@ some tables but not on others (``instance_info``, the ``pending_steps``
 type), and CI lost a Celery worker to "relation instance_info already
 exists". So the storages are made under a PostgreSQL advisory lock
 (``SCHEMA_LOCK_KEY``): one process at a time finds and creates what is
-missing, the others then find it there. Select it in ``dagster.yaml``:
+missing, the others then find it there. A process looks once per database: an instance it
+makes again (a sensor tick's), and the step processes forked from a run worker (``executors.py``)
+that had looked, skip the lock and the look (50 ms a process, four at a time queued on the lock
+when a wave of steps starts). Select it in ``dagster.yaml``:
 
 .. code-block:: yaml
 
@@ -67,6 +70,8 @@ MAX_OVERFLOW = 10  # connections opened beyond the kept one while threads need t
 SCHEMA_LOCK_KEY = 0x7465726375_01  # pg_advisory_lock key held while a process makes Dagster's tables
 
 
+# Storage URLs whose tables this process found or made (inherited by the step processes it forks).
+_TABLES_FOUND: set[str] = set()
 # Every pooled engine of this process: a forked child (executors.py) must not use their connections.
 _POOLED: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
@@ -219,18 +224,16 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         self.postgres_url = postgres_url
         self.should_autocreate_tables = should_autocreate_tables
         self._inst_data = inst_data
-        with (
-            one_process_at_a_time(postgres_url, token_provider)
-            if should_autocreate_tables
-            else contextlib.nullcontext()
-        ):
-            self._run_storage = PooledRunStorage(postgres_url, should_autocreate_tables, None, token_provider)
-            self._event_log_storage = PooledEventLogStorage(
-                postgres_url, should_autocreate_tables, None, token_provider
-            )
+        # Tables this process (or the run worker it was forked from) found or made are still there.
+        look = should_autocreate_tables and postgres_url not in _TABLES_FOUND
+        with one_process_at_a_time(postgres_url, token_provider) if look else contextlib.nullcontext():
+            self._run_storage = PooledRunStorage(postgres_url, look, None, token_provider)
+            self._event_log_storage = PooledEventLogStorage(postgres_url, look, None, token_provider)
             self._schedule_storage = PostgresScheduleStorage(
-                postgres_url, should_autocreate_tables, token_provider=token_provider
+                postgres_url, look, token_provider=token_provider
             )
+        if look:
+            _TABLES_FOUND.add(postgres_url)
         super(DagsterPostgresStorage, self).__init__()  # what comes after its __init__ in the MRO
 
     @classmethod

@@ -12,7 +12,7 @@ Each Dagster asset calls exactly one of ``run_entity``, ``run_edges`` or
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -507,6 +507,8 @@ def run_edges(
     was written with every reference, its targets all present), so a full run does not compare
     their reference digests again."""
     removed = {c: sorted(set(ids)) for c, ids in (removed or {}).items() if ids}
+    if mode != FULL:  # the sources of changes: their targets are written without a lookup each
+        ctx = replace(ctx, trusted=frozenset(t.collection for t in edge_targets()))
     syncers = {e.collection: ObjectSyncer(ctx, e) for e in edge_sources()}
     run = EdgesRun([s.report for s in syncers.values()], cursors=dict(previous))
     overlap = timedelta(seconds=ctx.settings.overlap_seconds)
