@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
+import weaviate
 
 from tercul_sync.devtools import demo_data
 from tercul_sync.engine import reading, runs
@@ -156,18 +157,24 @@ def test_edge_window_syncs_only_its_edges(pg_database, weaviate_server_proc, wea
     assert_references_match(engine, weaviate_server_proc)
 
 
+def _demo_context(
+    db_url: str, client: weaviate.WeaviateClient
+) -> tuple[sa.Engine, SyncContext, dict[str, reading.Shard]]:
+    """600 demo rows, the schema made, a context and one shard over everything."""
+    engine = reading.make_engine(db_url)
+    demo_data.generate(engine, 600, seed=5)
+    settings = load_settings()
+    ensure_schema(client, settings)
+    return engine, SyncContext(engine, client, settings), {"all": reading.Shard(0, 1)}
+
+
 def test_a_trusted_target_found_missing_sends_its_rows_through_the_check(
     pg_database, weaviate_server_proc, weaviate_client, tmp_path
 ):
     """References to a trusted type are written unchecked; Weaviate refuses a row whose target has no
     object (here deleted after its step, as if the row were made after that step read), and the row is
     prepared again with the check: it lands without that reference, which is deferred, nothing fails."""
-    engine = reading.make_engine(pg_database)
-    demo_data.generate(engine, 600, seed=5)
-    settings = load_settings()
-    ensure_schema(weaviate_client, settings)
-    ctx = SyncContext(engine, weaviate_client, settings)
-    shards = {"all": reading.Shard(0, 1)}
+    engine, ctx, shards = _demo_context(pg_database, weaviate_client)
     for name in ("Author", "Tag", "Category"):
         runs.run_entity(ctx, entity(name), shards, runs.FULL, {})
     expected = {k: v for k, v in expected_references(engine).items() if k[0] == "Work"}
@@ -202,12 +209,7 @@ def test_an_incremental_edges_run_trusts_its_targets_and_rechecks_a_missing_one(
     """An incremental edges run writes the sources of changed edges without looking each target up
     (they are live rows the entity steps keep in Weaviate); a source whose new target has no object
     is refused by Weaviate, prepared again with the check, and lands with that reference deferred."""
-    engine = reading.make_engine(pg_database)
-    demo_data.generate(engine, 600, seed=5)
-    settings = load_settings()
-    ensure_schema(weaviate_client, settings)
-    ctx = SyncContext(engine, weaviate_client, settings)
-    shards = {"all": reading.Shard(0, 1)}
+    engine, ctx, shards = _demo_context(pg_database, weaviate_client)
     for e in (entity(n) for n in ("Author", "Publisher", "Tag", "Category", "Work", "Translation", "Book")):
         runs.run_entity(ctx, e, shards, runs.FULL, {})
     cursors = runs.run_edges(ctx, shards, runs.FULL, {}).cursors
