@@ -63,10 +63,16 @@ def _run_probe(tmp_path: Path, threads: str) -> tuple[int, dict[str, object]]:
 
 
 def test_only_the_main_thread_and_waiting_helpers_fork():
-    assert start_method([]) == FORK
-    assert start_method(["termination-handler", "QueueFeederThread", "QueueFeederThread"]) == FORK
-    assert start_method(["QueueFeederThread", "Thread-1 (sleep)"]) == FORKSERVER
-    assert start_method(["grpc-worker"]) == FORKSERVER
+    assert start_method([], 1) == FORK
+    assert start_method(["termination-handler", "QueueFeederThread"], 3) == FORK
+    assert start_method(["QueueFeederThread", "Thread-1 (sleep)"], 3) == FORKSERVER
+    assert start_method(["grpc-worker"], 2) == FORKSERVER
+
+
+def test_a_thread_python_does_not_know_or_cannot_count_means_the_forkserver():
+    assert start_method([], 2) == FORKSERVER  # a native thread (a C library's)
+    assert start_method(["termination-handler"], 5) == FORKSERVER
+    assert start_method([], None) == FORKSERVER  # no /proc to count them
 
 
 def test_a_step_of_a_one_thread_run_worker_is_its_child(tmp_path):

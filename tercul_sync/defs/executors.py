@@ -22,11 +22,14 @@ process while they wait (``FORK_SAFE_HELPERS``):
 
 A run worker of ``dagster job execute`` and ``dg launch`` runs only its main thread; one the daemon
 has a code server start runs the two helpers (both checked by the tests). With any other thread
-running, the executor falls back to Dagster's forkserver, preloaded with the code location. What
-the run worker holds that a child must not touch is its storage's pooled PostgreSQL connection:
-``storage.py`` drops it, unclosed, in every forked child (SQLAlchemy's recipe for ``os.fork``); the
-child makes its own Dagster instance anyway. Weaviate clients and database engines are made by each
-step's resources, in the child.
+running, or a thread the kernel counts that Python does not know (one a C library started, such as
+gRPC's), or where there is no ``/proc`` to count them, the executor falls back to Dagster's
+forkserver, preloaded with the code location. (Python 3.12 and later warn on any fork of a process
+with threads; the daemon's run workers would show that warning.) What the run worker holds that a
+child must not touch is its storage's pooled PostgreSQL connection: ``storage.py`` drops it,
+unclosed, in every forked child (SQLAlchemy's recipe for ``os.fork``); the child makes its own
+Dagster instance anyway. Weaviate clients and database engines are made by each step's resources,
+in the child.
 
 Everything else is Dagster's ``MultiprocessExecutor`` and its config (``max_concurrent``,
 ``retries``, ``tag_concurrency_limits``), unchanged: a step process that dies is seen by the run
@@ -35,8 +38,9 @@ worker, marked failed and retried.
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import dagster as dg
 from dagster._core.execution.retries import RetryMode
@@ -48,10 +52,12 @@ FORK, FORKSERVER = "fork", "forkserver"
 FORK_SAFE_HELPERS = frozenset({"termination-handler", "QueueFeederThread"})  # see the module's doc
 
 
-def start_method(other_threads: Iterable[str]) -> str:
+def start_method(other_threads: Sequence[str], os_threads: int | None) -> str:
     """How to start step processes from a run worker whose threads besides the main one have these
-    names."""
-    return FORK if set(other_threads) <= FORK_SAFE_HELPERS else FORKSERVER
+    names, and which runs ``os_threads`` threads in all as the kernel counts them (None: unknown).
+    A thread the kernel counts and Python does not (one a C library started) may hold any lock."""
+    known = os_threads is not None and os_threads == 1 + len(other_threads)
+    return FORK if known and set(other_threads) <= FORK_SAFE_HELPERS else FORKSERVER
 
 
 def _other_threads() -> list[str]:
@@ -59,9 +65,17 @@ def _other_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t is not main]
 
 
+def _os_threads() -> int | None:
+    """This process's threads as Linux counts them (None where there is no ``/proc``)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
 def _create(init_context: dg.InitExecutorContext) -> MultiprocessExecutor:
     config = init_context.executor_config
-    method = start_method(_other_threads())
+    method = start_method(_other_threads(), _os_threads())
     return MultiprocessExecutor(
         retries=RetryMode.from_config(config["retries"]),  # type: ignore[arg-type]
         max_concurrent=config.get("max_concurrent"),  # type: ignore[arg-type]
