@@ -66,6 +66,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 from peers_measure import MB, Measured, code_snapshot, run_measured
+from peers_report import DEFAULT_EXECUTORS
 
 # tercul_sync is imported inside the functions: with --code REV this script first starts again
 # on a snapshot of the package, before anything of it is loaded.
@@ -493,7 +494,7 @@ def main() -> None:
     ap.add_argument("--skip-dlt", action="store_true")
     ap.add_argument(
         "--executors",
-        default="multiprocess,in_process",
+        default=DEFAULT_EXECUTORS,
         help="TERCUL_SYNC_EXECUTOR values to run full_sync with, comma-separated",
     )
     ap.add_argument("--skip-dagster", action="store_true")

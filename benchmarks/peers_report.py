@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+DEFAULT_EXECUTORS = "multiprocess,in_process"  # bench_peers.py --executors
 NOTES = re.compile(r"<!-- notes -->.*?<!-- /notes -->", re.S)
 NOTES_PLACEHOLDER = "<!-- notes -->\n<!-- /notes -->"
 
@@ -269,6 +270,11 @@ def write_report(
         + (" --skip-dlt" if args.skip_dlt else "")
         + (" --skip-dagster" if args.skip_dagster else "")
         + (" --skip-limit" if getattr(args, "skip_limit", False) else "")
+        + (
+            f" --executors {args.executors}"
+            if not args.skip_dagster and getattr(args, "executors", DEFAULT_EXECUTORS) != DEFAULT_EXECUTORS
+            else ""
+        )
         + (" --limit-once" if getattr(args, "limit_once", False) else "")
         + (" --delete-log" if getattr(args, "delete_log", False) else "")
         + (" --dagster-storage sqlite" if on_sqlite and not args.skip_dagster else "")
