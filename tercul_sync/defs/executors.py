@@ -31,9 +31,10 @@ unclosed, in every forked child (SQLAlchemy's recipe for ``os.fork``); the child
 Dagster instance anyway. Weaviate clients and database engines are made by each step's resources,
 in the child.
 
-Everything else is Dagster's ``MultiprocessExecutor`` and its config (``max_concurrent``,
-``retries``, ``tag_concurrency_limits``), unchanged: a step process that dies is seen by the run
-worker, marked failed and retried.
+Everything else is Dagster's ``MultiprocessExecutor``, with Dagster's config schema: a step process
+that dies is seen by the run worker, marked failed and retried. The definition is configured
+(``max_concurrent`` from ``TERCUL_SYNC_MAX_CONCURRENT_STEPS``, the rest at Dagster's defaults, retries
+on), so a run's own config does not change it, as with Dagster's executor configured before.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _create(init_context: dg.InitExecutorContext) -> MultiprocessExecutor:
 
 
 def multiprocess_executor(max_concurrent: int) -> dg.ExecutorDefinition:
-    """The executor, named ``multiprocess`` as Dagster's is and taking its config, at most
+    """The executor, named ``multiprocess`` as Dagster's is, configured to run at most
     ``max_concurrent`` steps at once."""
     forking = dg.ExecutorDefinition(
         name="multiprocess",
