@@ -37,10 +37,25 @@ def _backends(admin_url: str, db: str) -> int:
     return int(n)
 
 
-def _backends_gone(admin_url: str, db: str, within_s: float) -> int:
-    """Connections open to ``db`` after waiting up to ``within_s`` for them all to close."""
+def _activity(admin_url: str, db: str) -> list[tuple[object, ...]]:
+    """What each connection to ``db`` is doing (for a failure's message)."""
+    admin = sa.create_engine(admin_url)
+    with admin.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT pid, application_name, state, backend_start, state_change, left(query, 120) "
+                "FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"
+            ),
+            {"db": db},
+        ).all()
+    admin.dispose()
+    return [tuple(row) for row in rows]
+
+
+def _backends_settled(admin_url: str, db: str, at_most: int, within_s: float) -> int:
+    """Connections open to ``db`` once at most ``at_most`` remain, or after ``within_s``."""
     deadline = time.monotonic() + within_s
-    while (n := _backends(admin_url, db)) and time.monotonic() < deadline:
+    while (n := _backends(admin_url, db)) > at_most and time.monotonic() < deadline:
         time.sleep(0.2)
     return n
 
@@ -88,8 +103,11 @@ def test_the_repositorys_instance_keeps_a_connection_per_storage_instead_of_one_
                 assert dg.materialize([counted], instance=instance).success
             # Kept open for the next event, as the webserver's pool keeps them: with dagster-postgres's
             # own storage (a new connection per call, closed after it) there would be none now.
-            held = _backends(postgres, db)
-            assert 1 <= held <= 2, held  # at most one per pooled storage: runs, events
+            # At most one per pooled storage (runs, events). One opened beyond it while a thread
+            # needed it (the schedule storage's, the pool's overflow) leaves pg_stat_activity a
+            # moment after its client closes it: CI once counted 3 just then. One left open stays.
+            held = _backends_settled(postgres, db, at_most=2, within_s=10)
+            assert 1 <= held <= 2, _activity(postgres, db)
             assert len(instance.get_runs()) == 3
             # PostgreSQL drops the kept connections (a restart, an idle timeout): the next run's
             # writes ping, find them gone and open new ones instead of failing.
@@ -98,7 +116,7 @@ def test_the_repositorys_instance_keeps_a_connection_per_storage_instead_of_one_
             assert len(instance.get_runs()) == 4
         # And closed with the instance. A backend leaves pg_stat_activity a moment after its client
         # hangs up (on a slow day that moment was seen): a connection left open stays and fails this.
-        assert _backends_gone(postgres, db, within_s=10) == 0
+        assert _backends_settled(postgres, db, at_most=0, within_s=10) == 0
 
 
 shards = dg.StaticPartitionsDefinition(["a", "b", "c", "d"])
