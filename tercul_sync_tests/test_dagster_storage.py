@@ -25,31 +25,26 @@ def counted() -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"n": 1})
 
 
-def _backends(admin_url: str, db: str) -> int:
-    """Connections open to ``db`` now (other than the one asking)."""
+def _connections(admin_url: str, db: str, columns: str) -> list[tuple[object, ...]]:
+    """``columns`` of ``pg_stat_activity`` for each connection to ``db`` (other than the one asking)."""
     admin = sa.create_engine(admin_url)
     with admin.connect() as conn:
-        n = conn.execute(
-            sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"),
-            {"db": db},
-        ).scalar_one()
+        query = f"SELECT {columns} FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"
+        rows = conn.execute(sa.text(query), {"db": db}).all()
     admin.dispose()
-    return int(n)
+    return [tuple(row) for row in rows]
+
+
+def _backends(admin_url: str, db: str) -> int:
+    """Connections open to ``db`` now."""
+    return len(_connections(admin_url, db, "pid"))
 
 
 def _activity(admin_url: str, db: str) -> list[tuple[object, ...]]:
     """What each connection to ``db`` is doing (for a failure's message)."""
-    admin = sa.create_engine(admin_url)
-    with admin.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT pid, application_name, state, backend_start, state_change, left(query, 120) "
-                "FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"
-            ),
-            {"db": db},
-        ).all()
-    admin.dispose()
-    return [tuple(row) for row in rows]
+    return _connections(
+        admin_url, db, "pid, application_name, state, backend_start, state_change, left(query, 120)"
+    )
 
 
 def _backends_settled(admin_url: str, db: str, at_most: int, within_s: float) -> int:
@@ -61,17 +56,8 @@ def _backends_settled(admin_url: str, db: str, at_most: int, within_s: float) ->
 
 
 def _terminate_backends(admin_url: str, db: str) -> int:
-    admin = sa.create_engine(admin_url)
-    with admin.connect() as conn:
-        ended = conn.execute(
-            sa.text(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = :db AND pid <> pg_backend_pid()"
-            ),
-            {"db": db},
-        ).scalar_one()
-    admin.dispose()
-    return int(ended)
+    """End every connection to ``db``: how many were ended."""
+    return sum(bool(ended) for (ended,) in _connections(admin_url, db, "pg_terminate_backend(pid)"))
 
 
 @contextlib.contextmanager
