@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import weaviate
 from pydantic import PrivateAttr
@@ -46,6 +47,13 @@ def cluster(tmp_path, monkeypatch) -> Iterator[LocalCluster]:
         yield nodes
     finally:
         nodes.stop()
+
+
+def _members_seen(url: str) -> list[tuple[str, str]]:
+    """``(name, status)`` of every node as the node at ``url`` sees it: Weaviate asks each one for its
+    status through that node's own cluster API (the node-to-node port)."""
+    nodes = httpx.get(f"{url}/v1/nodes", timeout=30).json()["nodes"]
+    return sorted((n["name"], n["status"]) for n in nodes)
 
 
 def _parity_at_all(engine, client: weaviate.WeaviateClient) -> list[str]:
@@ -90,6 +98,13 @@ def test_sync_survives_a_lost_node_and_reads_at_all_show_parity(cluster, pg_data
             if self._batches == self.kill_at_batch:
                 os.kill(self.node_pid, signal.SIGKILL)
             return super().send_objects(client, collection, items)
+
+    # Each node answers its own internal traffic. With one cluster API port for all three (a bug of
+    # start_cluster until 2026-12), the first node to bind it answered for every node (each named
+    # itself n1 here), and losing that node cut the other two off from each other: a sync hung.
+    everyone = [(f"n{i + 1}", "HEALTHY") for i in range(len(cluster.nodes))]
+    for node in cluster.nodes:
+        assert _members_seen(node.url) == everyone, node.url
 
     engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 2_000, seed=21)

@@ -392,13 +392,18 @@ def start_cluster(
     Linux routes all of 127.0.0.0/8 to loopback, so the addresses need no setup. The first node
     is the gossip seed; a client may talk to any node (``LocalCluster.url`` is the first).
     """
-    # gRPC binds every interface, whatever the address: a port each. Raft's internal RPC port does
-    # too, yet must be the same on every node (a follower reaches the leader on its own port number).
-    http, gossip, data, raft, raft_rpc, *grpc = free_ports(5 + len(hosts))
+    # gRPC binds every interface, whatever the address: a port each. So does the cluster API
+    # (CLUSTER_DATA_BIND_PORT, node-to-node reads, writes and repairs), and each node gossips its
+    # own: with one port for all, the first node to bind it answered every node's internal traffic,
+    # and losing that node cut the others off from each other. Raft's internal RPC port binds the
+    # node's address yet must be the same on every node (a follower reaches the leader on its own
+    # port number).
+    http, gossip, raft, raft_rpc, *per_node = free_ports(4 + 2 * len(hosts))
+    grpc, data = per_node[: len(hosts)], per_node[len(hosts) :]
     names = [f"n{i + 1}" for i in range(len(hosts))]
     nodes, envs = [], []
     for i, host in enumerate(hosts):
-        env = server_env(data_dir / names[i], grpc[i], gossip, data, raft, raft_rpc)
+        env = server_env(data_dir / names[i], grpc[i], gossip, data[i], raft, raft_rpc)
         env.update(
             CLUSTER_HOSTNAME=names[i],
             CLUSTER_BIND_ADDR=host,
