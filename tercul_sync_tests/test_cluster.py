@@ -102,9 +102,12 @@ def test_sync_survives_a_lost_node_and_reads_at_all_show_parity(cluster, pg_data
     # Each node answers its own internal traffic. With one cluster API port for all three (a bug of
     # start_cluster until 2026-12), the first node to bind it answered for every node (each named
     # itself n1 here), and losing that node cut the other two off from each other: a sync hung.
+    # (Given a few seconds: a node that has just answered ready may not have gossiped its port yet.)
     everyone = [(f"n{i + 1}", "HEALTHY") for i in range(len(cluster.nodes))]
-    for node in cluster.nodes:
-        assert _members_seen(node.url) == everyone, node.url
+    deadline = time.monotonic() + 30
+    while (seen := [_members_seen(n.url) for n in cluster.nodes]) != [everyone] * len(cluster.nodes):
+        assert time.monotonic() < deadline, seen
+        time.sleep(1)
 
     engine = reading.make_engine(pg_database)
     demo_data.generate(engine, 2_000, seed=21)
