@@ -220,15 +220,14 @@ def test_an_incremental_edges_run_trusts_its_targets_and_rechecks_a_missing_one(
     work_authors = {w: t for (src, name, w), t in expected.items() if (src, name) == ("Work", "authors")}
     new_sources = sorted(w for w, targets in work_authors.items() if missing not in targets)[:3]
     with engine.begin() as conn:
-        next_id = conn.execute(sa.text("SELECT max(id) FROM edges")).scalar_one() + 1
-        for i, w in enumerate(new_sources):
-            conn.execute(
-                sa.text(
-                    "INSERT INTO edges (id, created_at, updated_at, source_table, source_id, target_table, "
-                    "target_id, relation) VALUES (:id, now(), now(), 'works', :w, 'authors', :a, 'authors')"
-                ),
-                {"id": next_id + i, "w": w, "a": missing},
-            )
+        conn.execute(
+            sa.text(
+                "INSERT INTO edges (created_at, updated_at, source_table, source_id, target_table, "
+                "target_id, relation) SELECT now(), now(), 'works', w, 'authors', :a, 'authors' "
+                "FROM unnest(CAST(:ws AS bigint[])) AS w"
+            ),
+            {"ws": new_sources, "a": missing},
+        )
 
     run = runs.run_edges(ctx, shards, runs.INCREMENTAL, cursors)
     rule = FailureRule(max_failure_rate=0.0, min_failures_to_fail=1)
